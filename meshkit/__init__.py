@@ -1,0 +1,82 @@
+"""meshkit: compose GenAI microservices into streaming graphs.
+
+Declare services and pipelines in ``services.yaml`` (or in code with
+:class:`ServiceOrchestrator`), then serve them over HTTP in the OpenAI and Ollama
+dialects with ``meshkit serve``.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .client import HttpClient, Timeouts
+from .errors import (
+    BadRequest,
+    GraphError,
+    MeshError,
+    NodeError,
+    NodeTimeout,
+    NotFound,
+    SpecError,
+    UpstreamError,
+    UpstreamRejected,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from .gateway import build_app, build_service_app, pipeline_handler
+from .mesh import Mesh
+from .nodes import Context, MicroService, RemoteLLM, ServiceRegistry, ServiceType
+from .orchestrator import ServiceOrchestrator
+from .protocol import (
+    ChatRequest,
+    Chunk,
+    ChunkStream,
+    Completion,
+    EmbeddingRequest,
+    Embeddings,
+    Message,
+    Usage,
+)
+from .spec import MeshSpec, load
+
+try:
+    __version__ = version("meshkit")
+except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+    __version__ = "0.0.0"
+
+__all__ = [
+    "BadRequest",
+    "ChatRequest",
+    "Chunk",
+    "ChunkStream",
+    "Completion",
+    "Context",
+    "EmbeddingRequest",
+    "Embeddings",
+    "GraphError",
+    "HttpClient",
+    "Mesh",
+    "MeshError",
+    "MeshSpec",
+    "Message",
+    "MicroService",
+    "NodeError",
+    "NodeTimeout",
+    "NotFound",
+    "RemoteLLM",
+    "ServiceOrchestrator",
+    "ServiceRegistry",
+    "ServiceType",
+    "SpecError",
+    "Timeouts",
+    "UpstreamError",
+    "UpstreamRejected",
+    "UpstreamTimeout",
+    "UpstreamUnavailable",
+    "Usage",
+    "__version__",
+    "build_app",
+    "build_service_app",
+    "load",
+    "pipeline_handler",
+]

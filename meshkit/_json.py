@@ -1,0 +1,27 @@
+"""JSON in one place: orjson when installed (``meshkit[fast]``), the stdlib otherwise."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+try:  # pragma: no cover - depends on the environment
+    import orjson
+
+    def dumps(obj: Any) -> bytes:
+        """Serialise to compact UTF-8 bytes."""
+        return orjson.dumps(obj)  # type: ignore[no-any-return]
+
+    loads = orjson.loads
+    JSONDecodeError: type[ValueError] = orjson.JSONDecodeError
+
+except ImportError:  # pragma: no cover
+
+    def dumps(obj: Any) -> bytes:
+        """Serialise to compact UTF-8 bytes."""
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+    loads = json.loads
+    JSONDecodeError = json.JSONDecodeError
+
+__all__ = ["JSONDecodeError", "dumps", "loads"]

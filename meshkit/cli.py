@@ -1,0 +1,106 @@
+"""The ``meshkit`` command: ``serve``, ``validate``. The only place logging is configured."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+import structlog
+
+from .errors import SpecError
+from .mesh import Mesh
+
+
+def configure_logging(level: str | None = None) -> None:
+    """Key/value logs to stderr at ``level`` (default ``$MESHKIT_LOG_LEVEL`` or info)."""
+    name = (level or os.environ.get("MESHKIT_LOG_LEVEL") or "info").upper()
+    numeric = logging.getLevelName(name)
+    if not isinstance(numeric, int):
+        numeric = logging.INFO
+    logging.basicConfig(level=numeric, stream=sys.stderr, format="%(message)s")
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso"),
+            structlog.processors.format_exc_info,
+            structlog.dev.ConsoleRenderer(colors=False),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+def _load(path: str) -> Mesh | None:
+    try:
+        return Mesh.from_file(path)
+    except SpecError as exc:
+        print(f"{path}: {len(exc.problems)} problem(s)", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return None
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Check a services file; print every problem; exit 1 if there are any."""
+    mesh = _load(args.file)
+    if mesh is None:
+        return 1
+    spec = mesh.spec
+    print(f"{args.file}: ok ({len(spec.services)} services, {len(spec.pipelines)} pipelines, "
+          f"{len(spec.gateway.routes)} routes)")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the gateway until interrupted."""
+    from aiohttp import web
+
+    from .gateway import build_app
+
+    configure_logging(args.log_level)
+    mesh = _load(args.file)
+    if mesh is None:
+        return 1
+    host = args.host or mesh.spec.gateway.host
+    port = args.port or mesh.spec.gateway.port
+    loop = None
+    try:
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    except ImportError:
+        pass
+    app = build_app(mesh)
+
+    def ready(*_: object) -> None:
+        print(f"meshkit gateway ready on http://{host}:{port}", file=sys.stderr, flush=True)
+
+    web.run_app(app, host=host, port=port, handler_cancellation=True, print=ready,
+                access_log=None, loop=loop)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``meshkit`` console script."""
+    parser = argparse.ArgumentParser(prog="meshkit", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the gateway for a services file")
+    serve.add_argument("file", nargs="?", default="services.yaml")
+    serve.add_argument("--host", help="interface to bind (default: gateway.host)")
+    serve.add_argument("--port", type=int, help="port to bind (default: gateway.port)")
+    serve.add_argument("--log-level", help="debug, info, warning, error")
+    serve.set_defaults(func=cmd_serve)
+    validate = sub.add_parser("validate", help="check a services file and list its problems")
+    validate.add_argument("file")
+    validate.set_defaults(func=cmd_validate)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

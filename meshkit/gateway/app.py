@@ -1,0 +1,159 @@
+"""The gateway `Application`: dialect routes over a mesh, health, and errors in shape."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+
+import structlog
+from aiohttp import web
+
+from ..errors import BadRequest, MeshError, NotFound
+from ..mesh import Mesh
+from ..orchestrator import ServiceOrchestrator
+from . import ollama, openai
+from .dialect import json_response
+from .route import Route
+
+log = structlog.get_logger(__name__)
+
+MESH = web.AppKey("meshkit.mesh", Mesh)
+ROUTES = web.AppKey("meshkit.routes", list[Route])
+
+#: Default cap on request bodies; larger ones get a 413 in the caller's dialect.
+MAX_BODY = 8 * 1024 * 1024
+
+_MOUNT = {"openai": openai.add_routes, "ollama": ollama.add_routes}
+
+
+class PayloadTooLarge(MeshError):
+    """The request body is over the gateway's limit."""
+
+    status = 413
+    code = "payload_too_large"
+    kind = "invalid_request_error"
+
+
+class MethodNotAllowed(MeshError):
+    """The path exists but not for this method."""
+
+    status = 405
+    code = "method_not_allowed"
+    kind = "invalid_request_error"
+
+
+def _dialect_for(path: str, routes: Iterable[Route]) -> str:
+    """Which dialect's error shape fits a path nobody routed."""
+    for route in routes:
+        if route.dialect == "ollama" and path.startswith(route.prefix + "/api/"):
+            return "ollama"
+    return "openai"
+
+
+def _render(err: MeshError, dialect: str) -> web.Response:
+    if dialect == "ollama":
+        return ollama.error_response(err)
+    return openai.error_response(err)
+
+
+@web.middleware
+async def _errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Turn aiohttp's own 4xx and any crash into JSON in the caller's dialect."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        if exc.status == 404:
+            err: MeshError = NotFound(f"no route for {request.method} {request.path}")
+        elif exc.status == 405:
+            err = MethodNotAllowed(f"{request.method} is not allowed on {request.path}")
+        elif exc.status == 413:
+            limit = request.app._client_max_size  # noqa: SLF001 - aiohttp keeps it private
+            err = PayloadTooLarge(f"request body is larger than {limit} bytes")
+        else:
+            err = BadRequest(exc.reason)
+            err.status = exc.status
+        response = _render(err, _dialect_for(request.path, request.app.get(ROUTES, [])))
+        if exc.status == 405:
+            response.headers["Allow"] = exc.headers.get("Allow", "")
+        return response
+    except MeshError as err:
+        return _render(err, _dialect_for(request.path, request.app.get(ROUTES, [])))
+
+
+def mount(app: web.Application, routes: list[Route]) -> None:
+    """Add every route's dialect endpoints and the health endpoints to ``app``."""
+    app[ROUTES] = routes
+    for route in routes:
+        _MOUNT[route.dialect](app.router, route)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Process is alive; never touches upstreams or credentials."""
+    return json_response({"status": "ok"})
+
+
+def build_app(mesh: Mesh, *, max_body: int = MAX_BODY) -> web.Application:
+    """The gateway for a loaded mesh, as its ``gateway.routes`` declare.
+
+    With no routes declared and a single pipeline, both dialects are mounted at ``/``.
+    """
+    app = web.Application(client_max_size=max_body, middlewares=[_errors])
+    app[MESH] = mesh
+    specs = list(mesh.spec.gateway.routes)
+    routes: list[Route] = []
+    if specs:
+        for spec in specs:
+            embeddings = mesh.services[spec.embeddings] if spec.embeddings else None
+            routes.append(Route(spec.dialect, mesh.pipelines[spec.pipeline], spec.prefix,
+                                spec.model, embeddings))
+    elif len(mesh.pipelines) == 1:
+        (only,) = mesh.pipelines.values()
+        routes = [Route("openai", only), Route("ollama", only)]
+    mount(app, routes)
+
+    async def readyz(request: web.Request) -> web.Response:
+        status = await mesh.ready()
+        ok = all(status.values())
+        return json_response({"status": "ready" if ok else "unavailable", "services": status},
+                             status=200 if ok else 503)
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        await mesh.open()
+        log.info("meshkit.gateway.open", pipelines=sorted(mesh.pipelines),
+                 routes=[f"{r.dialect}:{r.prefix or '/'}" for r in routes])
+        yield
+        await mesh.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    return app
+
+
+def pipeline_handler(
+    orchestrator: ServiceOrchestrator,
+    *,
+    dialect: str = "openai",
+    endpoint: str = "chat",
+    model: str | None = None,
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """An aiohttp handler that answers one dialect endpoint from ``orchestrator``.
+
+    Args:
+        orchestrator: The pipeline; it must be open when requests arrive.
+        dialect: ``"openai"`` or ``"ollama"``.
+        endpoint: ``"chat"``, or ``"generate"`` for Ollama's prompt endpoint.
+        model: Default model for requests that name none.
+    """
+    route = Route(dialect, orchestrator, model=model)
+    if dialect == "openai" and endpoint == "chat":
+        return openai.chat_handler(route)
+    if dialect == "ollama" and endpoint == "chat":
+        return ollama.chat_handler(route)
+    if dialect == "ollama" and endpoint == "generate":
+        return ollama.generate_handler(route)
+    raise ValueError(f"no {endpoint!r} endpoint in the {dialect!r} dialect")

@@ -1,0 +1,171 @@
+"""What every dialect shares: running a chat through a pipeline and writing the answer.
+
+A dialect supplies a parser (body → :class:`ChatRequest`) and an encoder (chunks →
+bytes); :func:`serve_chat` does the rest: status before the first byte, streaming with
+an awaited write per chunk, a final error event when the stream breaks, and closing the
+pipeline's stream (which cancels the upstream call) however the response ends.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol
+
+import structlog
+from aiohttp import web
+
+from .. import _json
+from ..errors import MeshError, UpstreamError
+from ..nodes.base import Context
+from ..orchestrator import ServiceOrchestrator
+from ..protocol.types import ChatRequest, Chunk, Completion, Usage
+
+log = structlog.get_logger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Encoder(Protocol):
+    """Turns one answer into a dialect's bytes."""
+
+    content_type: str
+
+    def chunk(self, chunk: Chunk) -> bytes | None: ...
+
+    def end(self) -> bytes: ...
+
+    def error(self, err: MeshError) -> bytes: ...
+
+    def completion(self, completion: Completion) -> dict[str, Any]: ...
+
+
+class Dialect(Protocol):
+    """How one API family reads requests and renders answers and errors."""
+
+    name: str
+
+    def error_response(self, err: MeshError) -> web.Response: ...
+
+
+class InternalError(MeshError):
+    """Something unexpected broke inside meshkit; details stay in the log."""
+
+
+def request_id(request: web.Request) -> str:
+    """The caller's ``X-Request-ID`` when sane, else a fresh one."""
+    given = request.headers.get("X-Request-ID", "")
+    if 0 < len(given) <= 128 and given.isprintable():
+        return given
+    return uuid.uuid4().hex
+
+
+def json_response(obj: Any, *, status: int = 200, rid: str | None = None) -> web.Response:
+    """A JSON response serialised with meshkit's fast encoder."""
+    headers = {"X-Request-ID": rid} if rid else None
+    return web.Response(
+        body=_json.dumps(obj), status=status, content_type="application/json", headers=headers
+    )
+
+
+async def serve_chat(
+    request: web.Request,
+    orchestrator: ServiceOrchestrator,
+    chat: ChatRequest,
+    make_encoder: Callable[[ChatRequest], Encoder],
+    rid: str,
+) -> web.StreamResponse:
+    """Run ``chat`` through ``orchestrator`` and answer in the encoder's dialect."""
+    ctx = Context(client=orchestrator.client, request_id=rid, headers=request.headers)
+    result = await orchestrator.run(chat, ctx)
+    encoder = make_encoder(chat)
+    if not chat.stream:
+        completion = await collect(result)
+        return json_response(encoder.completion(completion), rid=rid)
+    stream = as_stream(result)
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": encoder.content_type,
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+            "X-Request-ID": rid,
+        }
+    )
+    await response.prepare(request)
+    try:
+        try:
+            async for chunk in stream:
+                data = encoder.chunk(chunk)
+                if data:
+                    await response.write(data)
+        except MeshError as err:
+            log.warning("meshkit.stream.failed", request_id=rid, error=err.message)
+            await response.write(encoder.error(err))
+        except (ConnectionResetError, BrokenPipeError):
+            raise
+        except Exception:
+            log.exception("meshkit.stream.crashed", request_id=rid)
+            await response.write(encoder.error(InternalError("internal error in the pipeline")))
+        else:
+            await response.write(encoder.end())
+        await response.write_eof()
+    except (ConnectionResetError, BrokenPipeError):
+        log.info("meshkit.client.gone", request_id=rid)
+    finally:
+        await _aclose(stream)
+    return response
+
+
+async def _aclose(stream: AsyncIterator[Chunk]) -> None:
+    close = getattr(stream, "aclose", None)
+    if close is not None:
+        await close()
+
+
+async def _single(completion: Completion) -> AsyncIterator[Chunk]:
+    if completion.text:
+        yield Chunk(completion.text, model=completion.model)
+    yield Chunk("", completion.finish_reason or "stop", completion.usage, completion.model,
+                completion.meta)
+
+
+def as_stream(result: Any) -> AsyncIterator[Chunk]:
+    """Any pipeline result as a chunk stream."""
+    if isinstance(result, Completion):
+        return _single(result)
+    if isinstance(result, str):
+        return _single(Completion(result))
+    if hasattr(result, "__aiter__"):
+        return result  # type: ignore[no-any-return]
+    raise UpstreamError(f"the pipeline returned {type(result).__name__}, not an answer")
+
+
+async def collect(result: Any) -> Completion:
+    """Any pipeline result as a whole completion (a stream is read to its end)."""
+    if isinstance(result, Completion):
+        return result
+    if isinstance(result, str):
+        return Completion(result)
+    stream = as_stream(result)
+    parts: list[str] = []
+    finish: str | None = None
+    usage: Usage | None = None
+    model: str | None = None
+    meta: dict[str, Any] = {}
+    try:
+        async for chunk in stream:
+            parts.append(chunk.text)
+            finish = chunk.finish_reason or finish
+            usage = chunk.usage or usage
+            model = chunk.model or model
+            if chunk.meta:
+                meta.update(chunk.meta)
+    finally:
+        await _aclose(stream)
+    return Completion("".join(parts), finish or "stop", usage, model, meta or None)
+
+
+def now_ns() -> int:
+    """Monotonic nanoseconds, for the duration fields Ollama clients read."""
+    return time.perf_counter_ns()

@@ -1,0 +1,210 @@
+"""The OpenAI dialect: ``/v1/chat/completions``, ``/v1/models``, ``/v1/embeddings``."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from aiohttp import web
+
+from .. import _json
+from ..errors import BadRequest, MeshError, NotFound
+from ..nodes.base import Context
+from ..protocol.types import ChatRequest, Chunk, Completion, EmbeddingRequest, Usage
+from . import validate as v
+from .dialect import Handler, json_response, request_id, serve_chat
+from .route import Route
+
+#: Request fields passed to the LLM untouched (sampling and output controls).
+PASSTHROUGH = (
+    "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs",
+    "user", "response_format", "tools", "tool_choice", "parallel_tool_calls",
+    "reasoning_effort",
+)
+
+
+def error_body(err: MeshError) -> dict[str, Any]:
+    """OpenAI's error object."""
+    return {"error": {"message": err.message, "type": err.kind, "param": err.param,
+                      "code": err.code}}
+
+
+def error_response(err: MeshError) -> web.Response:
+    """An error as OpenAI clients expect it."""
+    return json_response(error_body(err), status=err.status)
+
+
+def parse_chat(body: bytes) -> ChatRequest:
+    """Validate a ``/v1/chat/completions`` body."""
+    obj = v.parse_object(body)
+    messages = v.messages(obj)
+    n = v.opt_int(obj, "n", low=1)
+    if n not in (None, 1):
+        raise BadRequest("'n' must be 1: meshkit returns one choice", param="n")
+    options = v.opt_object(obj, "stream_options")
+    max_tokens = v.opt_int(obj, "max_completion_tokens", low=1)
+    if max_tokens is None:
+        max_tokens = v.opt_int(obj, "max_tokens", low=1)
+    return ChatRequest(
+        messages=messages,
+        model=v.opt_str(obj, "model") or None,
+        stream=v.opt_bool(obj, "stream", False),
+        temperature=v.opt_number(obj, "temperature", low=0, high=2),
+        top_p=v.opt_number(obj, "top_p", low=0, high=1),
+        max_tokens=max_tokens,
+        stop=v.opt_stop(obj, "stop"),
+        seed=v.opt_int(obj, "seed"),
+        include_usage=v.opt_bool(options, "include_usage", False,
+                                 param="stream_options.include_usage"),
+        extra={k: obj[k] for k in PASSTHROUGH if k in obj},
+    )
+
+
+class ChatEncoder:
+    """Encodes one answer as ``chat.completion`` or ``chat.completion.chunk`` events."""
+
+    content_type = "text/event-stream; charset=utf-8"
+
+    def __init__(self, chat: ChatRequest) -> None:
+        self.id = "chatcmpl-" + uuid.uuid4().hex[:24]
+        self.created = int(time.time())
+        self.model = chat.model or ""
+        self.include_usage = chat.include_usage
+        self._first = True
+        self._usage: Usage | None = None
+        self._usage_relayed = False
+
+    def _event(self, delta: dict[str, Any], finish: str | None) -> bytes:
+        obj = {
+            "id": self.id, "object": "chat.completion.chunk", "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        }
+        return b"data: " + _json.dumps(obj) + b"\n\n"
+
+    def chunk(self, chunk: Chunk) -> bytes | None:
+        if chunk.raw is not None:
+            # Relay the upstream's own event; drop the usage-only event unless asked.
+            if chunk.usage is not None and not chunk.text and chunk.finish_reason is None:
+                self._usage = chunk.usage
+                if not self.include_usage:
+                    return None
+                self._usage_relayed = True
+                return b"data: " + chunk.raw + b"\n\n"
+            self._first = False
+            return b"data: " + chunk.raw + b"\n\n"
+        if chunk.usage is not None:
+            self._usage = chunk.usage
+        out = b""
+        if chunk.meta:
+            out += b"data: " + _json.dumps({
+                "id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                "model": self.model, "choices": [], "meshkit": dict(chunk.meta),
+            }) + b"\n\n"
+        if chunk.text or chunk.finish_reason or self._first:
+            delta: dict[str, Any] = {"content": chunk.text} if chunk.text or self._first else {}
+            if self._first:
+                delta["role"] = "assistant"
+                self._first = False
+            out += self._event(delta, chunk.finish_reason)
+        return out or None
+
+    def end(self) -> bytes:
+        tail = b""
+        if self.include_usage and self._usage is not None and not self._usage_relayed:
+            tail = b"data: " + _json.dumps({
+                "id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                "model": self.model, "choices": [], "usage": _usage(self._usage),
+            }) + b"\n\n"
+        return tail + b"data: [DONE]\n\n"
+
+    def error(self, err: MeshError) -> bytes:
+        return b"data: " + _json.dumps(error_body(err)) + b"\n\n"
+
+    def completion(self, completion: Completion) -> dict[str, Any]:
+        obj: dict[str, Any] = {
+            "id": self.id, "object": "chat.completion", "created": self.created,
+            "model": self.model or completion.model or "",
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": completion.text},
+                "logprobs": None,
+                "finish_reason": completion.finish_reason or "stop",
+            }],
+        }
+        if completion.usage is not None:
+            obj["usage"] = _usage(completion.usage)
+        if completion.meta:
+            obj["meshkit"] = dict(completion.meta)
+        return obj
+
+
+def _usage(usage: Usage) -> dict[str, int]:
+    return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.total_tokens}
+
+
+def chat_handler(route: Route) -> Handler:
+    """The ``/v1/chat/completions`` handler answering from ``route``'s pipeline."""
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        rid = request_id(request)
+        try:
+            body = await request.read()
+            parsed = parse_chat(body).with_model(route.default_model())
+            return await serve_chat(request, route.orchestrator, parsed, ChatEncoder, rid)
+        except MeshError as err:
+            return error_response(err)
+
+    return chat
+
+
+def add_routes(router: web.UrlDispatcher, route: Route) -> None:
+    """Mount the OpenAI endpoints for ``route``."""
+    prefix = route.prefix
+
+    async def models(request: web.Request) -> web.Response:
+        try:
+            names = await route.model_names()
+        except MeshError as err:
+            return error_response(err)
+        return json_response({"object": "list", "data": [
+            {"id": n, "object": "model", "created": 0, "owned_by": "meshkit"} for n in names
+        ]})
+
+    async def embeddings(request: web.Request) -> web.Response:
+        rid = request_id(request)
+        try:
+            if route.embeddings is None:
+                raise NotFound("this route has no embedding service")
+            obj = v.parse_object(await request.read())
+            raw = obj.get("input")
+            if isinstance(raw, str):
+                texts: tuple[str, ...] = (raw,)
+            elif isinstance(raw, list) and raw and all(isinstance(t, str) for t in raw):
+                texts = tuple(raw)
+            else:
+                raise BadRequest("'input' must be a string or a non-empty array of strings",
+                                 param="input")
+            model = v.opt_str(obj, "model") or route.default_model()
+            ctx = Context(client=route.orchestrator.client, request_id=rid,
+                          headers=request.headers)
+            embed = getattr(route.embeddings, "embed", None)
+            if embed is None:
+                raise NotFound(f"service {route.embeddings.name!r} cannot embed")
+            result = await embed(EmbeddingRequest(texts, model), ctx)
+        except MeshError as err:
+            return error_response(err)
+        usage = result.usage or Usage()
+        return json_response({
+            "object": "list",
+            "data": [{"object": "embedding", "index": i, "embedding": list(vec)}
+                     for i, vec in enumerate(result.vectors)],
+            "model": result.model or model or "",
+            "usage": {"prompt_tokens": usage.prompt_tokens, "total_tokens": usage.total_tokens},
+        }, rid=rid)
+
+    router.add_post(prefix + "/v1/chat/completions", chat_handler(route))
+    router.add_get(prefix + "/v1/models", models)
+    router.add_post(prefix + "/v1/embeddings", embeddings)

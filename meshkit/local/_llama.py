@@ -1,0 +1,103 @@
+"""Glue to llama-cpp-python: a per-token watch for cancellation and token counts.
+
+Imported only when a model is loaded, so ``meshkit.local`` imports without the
+``local`` extra (the parent of a managed child process never needs llama.cpp).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import llama_cpp
+import numpy as np
+import numpy.typing as npt
+
+
+class TokenWatch:
+    """A llama.cpp stopping criterion called once per sampled token.
+
+    It stops the decode loop as soon as ``cancel`` is set (the consumer left) and counts
+    what was sampled. ``sampled`` includes the end-of-turn token when the model emitted
+    one, as llama.cpp's own server counts it.
+    """
+
+    def __init__(self, cancel: threading.Event) -> None:
+        self.cancel = cancel
+        self.prompt_tokens = 0
+        self.sampled = 0
+        self.observed_cancel = False
+
+    def __call__(self, input_ids: npt.NDArray[np.intc], logits: npt.NDArray[np.single]) -> bool:
+        # input_ids holds the prompt and every token sampled before this one.
+        self.sampled = max(self.sampled, len(input_ids) - self.prompt_tokens + 1)
+        if self.cancel.is_set():
+            self.observed_cancel = True
+            return True
+        return False
+
+
+class WatchedLlama(llama_cpp.Llama):
+    """``llama_cpp.Llama`` whose completions obey the watch set in :attr:`watch`.
+
+    The chat handlers format the prompt and then call :meth:`create_completion`; hooking
+    there keeps llama.cpp's own chat templates while adding a per-token stop check and
+    exact prompt token counts. Only the engine's worker thread touches an instance.
+    """
+
+    watch: TokenWatch | None = None
+
+    def create_completion(self, prompt: str | list[int], *args: Any, **kwargs: Any) -> Any:
+        watch = self.watch
+        if watch is not None:
+            if isinstance(prompt, list):
+                watch.prompt_tokens = len(prompt)
+            else:
+                watch.prompt_tokens = len(self.tokenize(prompt.encode("utf-8"), special=True))
+            criteria = llama_cpp.StoppingCriteriaList([watch])
+            if kwargs.get("stopping_criteria"):
+                criteria.extend(kwargs["stopping_criteria"])
+            kwargs["stopping_criteria"] = criteria
+        return super().create_completion(prompt, *args, **kwargs)
+
+
+def load_chat(path: str, *, n_ctx: int, n_threads: int, chat_format: str | None) -> WatchedLlama:
+    """Load a model for generation."""
+    return WatchedLlama(
+        model_path=path,
+        n_ctx=n_ctx,
+        n_threads=n_threads,
+        n_threads_batch=n_threads,
+        chat_format=chat_format,
+        verbose=False,
+    )
+
+
+def load_embedder(path: str, *, n_ctx: int, n_threads: int) -> llama_cpp.Llama:
+    """Load a second context on the same file for mean-pooled embeddings.
+
+    A context is created either for generation or for pooled embeddings; the weights
+    are memory-mapped, so the second instance shares them with the first.
+    """
+    return llama_cpp.Llama(
+        model_path=path,
+        embedding=True,
+        pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
+        n_ctx=n_ctx,
+        n_batch=n_ctx,
+        n_ubatch=n_ctx,
+        n_threads=n_threads,
+        n_threads_batch=n_threads,
+        verbose=False,
+    )
+
+
+def embed(llama: llama_cpp.Llama, texts: list[str]) -> tuple[list[list[float]], int]:
+    """Unit-length mean-pooled vectors for ``texts`` and the number of tokens read."""
+    vectors, tokens = llama.embed(texts, normalize=True, truncate=True, return_count=True)
+    return vectors, int(tokens)
+
+
+def n_embd(llama: llama_cpp.Llama) -> int:
+    """Width of the model's vectors."""
+    return int(llama.n_embd())

@@ -1,0 +1,131 @@
+"""The node contract: `MicroService`, its `ServiceType`, and the per-request `Context`."""
+
+from __future__ import annotations
+
+import enum
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import attrs
+
+if TYPE_CHECKING:
+    from ..client import HttpClient
+
+
+class ServiceType(str, enum.Enum):
+    """What kind of work a node does; decides its default ports and its YAML ``type``."""
+
+    LLM = "llm"
+    EMBEDDING = "embedding"
+    RETRIEVER = "retriever"
+    RERANKER = "reranker"
+    GUARDRAIL = "guardrail"
+    PROMPT = "prompt"
+    CUSTOM = "custom"
+
+
+@attrs.define
+class Context:
+    """State of one request as it travels through a graph.
+
+    Nodes read the request id, the caller's headers (for routing decisions), the
+    deadline, and make outbound calls only through ``client``.
+    """
+
+    client: HttpClient
+    request_id: str = attrs.field(factory=lambda: uuid.uuid4().hex)
+    headers: Mapping[str, str] = attrs.field(factory=dict)
+    deadline: float | None = None
+    trace: list[str] = attrs.field(factory=list)
+    meta: dict[str, Any] = attrs.field(factory=dict)
+
+    def remaining(self, default: float) -> float:
+        """Seconds left before the deadline, capped at ``default``."""
+        if self.deadline is None:
+            return default
+        return max(0.0, min(default, self.deadline - time.monotonic()))
+
+
+RouteHandler = Callable[..., Awaitable[Any]]
+
+
+class MicroService:
+    """A typed node of a pipeline graph.
+
+    Subclass it and override :meth:`process` for work done in this process; use a
+    built-in subclass (``RemoteLLM`` and friends) for a remote endpoint. The same
+    object can also be served on its own port with :meth:`start`, exposing its routes
+    (see :meth:`add_route`) and ``/healthz``.
+
+    Args:
+        name: Unique name of the node within a graph.
+        service_type: What the node does; defaults to the class's ``service_type``.
+        host: Interface to bind when served on its own port.
+        port: Port to bind when served on its own port.
+        params: Free-form node parameters from the YAML (``top_k``, templates, ...).
+        timeout: Seconds this node may take before its first output.
+    """
+
+    service_type: ClassVar[ServiceType] = ServiceType.CUSTOM
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        service_type: ServiceType | str | None = None,
+        host: str = "0.0.0.0",
+        port: int = 8000,
+        params: Mapping[str, Any] | None = None,
+        timeout: float = 60.0,
+    ) -> None:
+        self.name = name
+        if service_type is not None:
+            self.service_type = ServiceType(service_type)  # type: ignore[misc]
+        self.host = host
+        self.port = port
+        self.params: Mapping[str, Any] = dict(params or {})
+        self.timeout = timeout
+        self.routes: list[tuple[str, RouteHandler, tuple[str, ...]]] = []
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} ({self.service_type.value})>"
+
+    async def process(self, data: Any, ctx: Context) -> Any:
+        """Do this node's work on ``data`` and return its output.
+
+        ``data`` is the predecessor's output (the request itself for a first node, a
+        dict keyed by node name where several predecessors join). Return a value, a
+        :class:`~meshkit.protocol.Completion`, or an async iterator of
+        :class:`~meshkit.protocol.Chunk` to stream.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement process()")
+
+    async def open(self, client: HttpClient) -> None:  # noqa: B027 - optional hook
+        """Acquire resources before the first request (called once by the owner)."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release what :meth:`open` acquired."""
+
+    async def ready(self, client: HttpClient) -> bool:
+        """Whether this node can serve now (used by ``/readyz``)."""
+        return True
+
+    async def models(self, client: HttpClient) -> Sequence[str]:
+        """Model names this node can serve, for ``/v1/models`` and ``/api/tags``."""
+        return ()
+
+    # -- serving on its own port -------------------------------------------------------
+
+    def add_route(
+        self, path: str, handler: RouteHandler, methods: Sequence[str] = ("POST",)
+    ) -> None:
+        """Expose ``handler`` (an aiohttp handler) at ``path`` when served with start()."""
+        self.routes.append((path, handler, tuple(methods)))
+
+    def start(self, *, handle_signals: bool = True) -> None:
+        """Serve this service's routes on ``host:port`` until interrupted (blocking)."""
+        from ..gateway.standalone import run_service
+
+        run_service(self, handle_signals=handle_signals)
