@@ -253,13 +253,16 @@ class ServiceOrchestrator:
         ctx.trace.append(service.name)
         started = time.perf_counter()
         try:
-            async with asyncio.timeout(service.timeout):
+            if service.timeout is None:
                 result = await service.process(data, ctx)
+            else:
+                async with asyncio.timeout(service.timeout):
+                    result = await service.process(data, ctx)
         except MeshError:
             raise
         except TimeoutError as exc:
             raise NodeTimeout(
-                f"node {service.name!r} took longer than {service.timeout:g} s",
+                f"node {service.name!r} took longer than {service.timeout} s",
                 node=service.name,
             ) from exc
         except Exception as exc:

@@ -44,6 +44,7 @@ class FakeLLM:
         requests: Bodies of the chat requests received, in order.
         sent: Per request, the monotonic time each token was written.
         cancelled: Set when a client went away before its answer was complete.
+        url: Base URL while :meth:`serve` runs.
         completed: Count of answers delivered in full.
     """
 
@@ -59,6 +60,7 @@ class FakeLLM:
     sent: list[list[float]] = attrs.field(factory=list)
     cancelled: asyncio.Event = attrs.field(factory=asyncio.Event)
     completed: int = 0
+    url: str = ""
     _release: asyncio.Event = attrs.field(factory=asyncio.Event)
 
     def release(self) -> None:
@@ -88,8 +90,9 @@ class FakeLLM:
         await site.start()
         sockets = site._server.sockets if site._server else []  # noqa: SLF001
         bound = sockets[0].getsockname()[1] if sockets else port
+        self.url = f"http://{host}:{bound}"
         try:
-            yield f"http://{host}:{bound}"
+            yield self.url
         finally:
             await runner.cleanup()
 

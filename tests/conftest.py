@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import ollama
+import openai
 import pytest
 import yaml
 from aiohttp.test_utils import TestClient, TestServer
@@ -34,8 +36,7 @@ GatewayFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 async def fake() -> AsyncIterator[FakeLLM]:
     """A fake upstream with the seed's tokens, served on a free port; see ``fake.url``."""
     llm = FakeLLM()
-    async with llm.serve() as url:
-        llm.url = url  # type: ignore[attr-defined]
+    async with llm.serve():
         yield llm
 
 
@@ -46,9 +47,40 @@ async def gateway(
     """Build a gateway from YAML text (or a fake's URL) and return a test client for it."""
 
     async def make(source: str | FakeLLM, **llm: Any) -> TestClient[Any, Any]:
-        text = source if isinstance(source, str) else mesh_yaml(source.url, **llm)  # type: ignore[attr-defined]
+        text = source if isinstance(source, str) else mesh_yaml(source.url, **llm)
         mesh = Mesh(loads(text, env={}))
         server = TestServer(build_app(mesh), **SERVER_KWARGS)
         return await aiohttp_client(server)
 
     return make
+
+
+class Clients:
+    """Official client libraries pointed at a test gateway; closed after the test."""
+
+    def __init__(self) -> None:
+        self._open: list[Any] = []
+
+    def openai(self, gw: TestClient[Any, Any], **kwargs: Any) -> openai.AsyncOpenAI:
+        client = openai.AsyncOpenAI(
+            base_url=str(gw.make_url("/v1")), api_key=kwargs.pop("api_key", "unused"),
+            max_retries=0, **kwargs)
+        self._open.append(client)
+        return client
+
+    def ollama(self, gw: TestClient[Any, Any], **kwargs: Any) -> ollama.AsyncClient:
+        client = ollama.AsyncClient(host=str(gw.make_url("")), **kwargs)
+        self._open.append(client)
+        return client
+
+    async def close(self) -> None:
+        for client in self._open:
+            await client.close()
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[Clients]:
+    """Factory for `openai` / `ollama` clients talking to a gateway."""
+    made = Clients()
+    yield made
+    await made.close()

@@ -14,7 +14,7 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 
 import structlog
 
@@ -106,9 +106,9 @@ async def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _until_stopped(work: object, stop: asyncio.Event) -> bool:
+async def _until_stopped(work: Awaitable[None], stop: asyncio.Event) -> bool:
     """Run ``work`` unless ``stop`` is set first; True if it finished."""
-    task = asyncio.ensure_future(work)  # type: ignore[arg-type]
+    task = asyncio.ensure_future(work)
     stopper = asyncio.ensure_future(stop.wait())
     await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
     stopper.cancel()

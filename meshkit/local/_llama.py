@@ -7,6 +7,7 @@ Imported only when a model is loaded, so ``meshkit.local`` imports without the
 from __future__ import annotations
 
 import threading
+from collections.abc import Generator
 from typing import Any
 
 import llama_cpp
@@ -22,8 +23,9 @@ class TokenWatch:
     one, as llama.cpp's own server counts it.
     """
 
-    def __init__(self, cancel: threading.Event) -> None:
+    def __init__(self, cancel: threading.Event, turn_tokens: frozenset[int] = frozenset()) -> None:
         self.cancel = cancel
+        self.turn_tokens = turn_tokens
         self.prompt_tokens = 0
         self.sampled = 0
         self.observed_cancel = False
@@ -34,7 +36,9 @@ class TokenWatch:
         if self.cancel.is_set():
             self.observed_cancel = True
             return True
-        return False
+        # A base model goes on to write the next user turn itself; that token renders
+        # as nothing, so it is caught here (one token late) rather than by stop strings.
+        return len(input_ids) > self.prompt_tokens and int(input_ids[-1]) in self.turn_tokens
 
 
 class WatchedLlama(llama_cpp.Llama):
@@ -46,6 +50,7 @@ class WatchedLlama(llama_cpp.Llama):
     """
 
     watch: TokenWatch | None = None
+    turn_tokens: frozenset[int] = frozenset()
 
     def create_completion(self, prompt: str | list[int], *args: Any, **kwargs: Any) -> Any:
         watch = self.watch
@@ -63,7 +68,7 @@ class WatchedLlama(llama_cpp.Llama):
 
 def load_chat(path: str, *, n_ctx: int, n_threads: int, chat_format: str | None) -> WatchedLlama:
     """Load a model for generation."""
-    return WatchedLlama(
+    llama = WatchedLlama(
         model_path=path,
         n_ctx=n_ctx,
         n_threads=n_threads,
@@ -71,6 +76,11 @@ def load_chat(path: str, *, n_ctx: int, n_threads: int, chat_format: str | None)
         chat_format=chat_format,
         verbose=False,
     )
+    if chat_format == "gemma":
+        tokens = llama.tokenize(b"<start_of_turn>", add_bos=False, special=True)
+        if len(tokens) == 1:
+            llama.turn_tokens = frozenset(tokens)
+    return llama
 
 
 def load_embedder(path: str, *, n_ctx: int, n_threads: int) -> llama_cpp.Llama:
@@ -92,10 +102,23 @@ def load_embedder(path: str, *, n_ctx: int, n_threads: int) -> llama_cpp.Llama:
     )
 
 
+def stream_chat(
+    llama: WatchedLlama, kwargs: dict[str, Any]
+) -> Generator[tuple[str, str | None], None, None]:
+    """Run a streamed chat completion; yield (text delta, finish reason) pairs."""
+    parts: Any = llama.create_chat_completion(**kwargs)
+    try:
+        for part in parts:
+            choice = part["choices"][0]
+            yield str(choice["delta"].get("content") or ""), choice["finish_reason"]
+    finally:
+        parts.close()
+
+
 def embed(llama: llama_cpp.Llama, texts: list[str]) -> tuple[list[list[float]], int]:
     """Unit-length mean-pooled vectors for ``texts`` and the number of tokens read."""
     vectors, tokens = llama.embed(texts, normalize=True, truncate=True, return_count=True)
-    return vectors, int(tokens)
+    return [[float(x) for x in vector] for vector in vectors], int(tokens)
 
 
 def n_embd(llama: llama_cpp.Llama) -> int:

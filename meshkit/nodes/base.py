@@ -65,7 +65,8 @@ class MicroService:
         host: Interface to bind when served on its own port.
         port: Port to bind when served on its own port.
         params: Free-form node parameters from the YAML (``top_k``, templates, ...).
-        timeout: Seconds this node may take before its first output.
+        timeout: Seconds this node may take before its first output; None for a
+            node that enforces its own timeouts (remote services do).
     """
 
     service_type: ClassVar[ServiceType] = ServiceType.CUSTOM
@@ -78,7 +79,7 @@ class MicroService:
         host: str = "0.0.0.0",
         port: int = 8000,
         params: Mapping[str, Any] | None = None,
-        timeout: float = 60.0,
+        timeout: float | None = 60.0,
     ) -> None:
         self.name = name
         if service_type is not None:

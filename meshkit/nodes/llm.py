@@ -57,7 +57,7 @@ class RemoteLLM(MicroService):
         params: Mapping[str, Any] | None = None,
     ) -> None:
         self.timeouts = timeouts or Timeouts()
-        super().__init__(name, params=params, timeout=self.timeouts.first_byte)
+        super().__init__(name, params=params, timeout=None)
         if api not in APIS:
             raise ValueError(f"api must be one of {APIS}, not {api!r}")
         endpoints = [endpoint] if isinstance(endpoint, str) else list(endpoint)
@@ -133,7 +133,16 @@ class RemoteLLM(MicroService):
                     )
                 )
                 chunks = self._parse(response)
-                first = await anext(chunks, None)
+                # Servers often open with an empty role-only event: the first token is
+                # the first chunk that carries something.
+                head: list[Chunk] = []
+                while True:
+                    chunk = await anext(chunks, None)
+                    if chunk is None:
+                        break
+                    head.append(chunk)
+                    if chunk.text or chunk.finish_reason or chunk.usage:
+                        break
         except BaseException as exc:
             await stack.__aexit__(type(exc), exc, exc.__traceback__)
             if isinstance(exc, TimeoutError) and not isinstance(exc, MeshError):
@@ -146,14 +155,15 @@ class RemoteLLM(MicroService):
                     f"{self.name}: stream failed ({type(exc).__name__})", service=self.name
                 ) from exc
             raise
-        return self._relay(stack, first, chunks)
+        return self._relay(stack, head, chunks)
 
     async def _relay(
-        self, stack: AsyncExitStack, first: Chunk | None, chunks: AsyncIterator[Chunk]
+        self, stack: AsyncExitStack, head: list[Chunk], chunks: AsyncIterator[Chunk]
     ) -> ChunkStream:
         try:
-            if first is not None:
-                yield first
+            for chunk in head:
+                yield chunk
+            if head:
                 async for chunk in chunks:
                     yield chunk
         except TimeoutError as exc:
