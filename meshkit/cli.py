@@ -99,6 +99,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     validate.add_argument("file")
     validate.set_defaults(func=cmd_validate)
     args = parser.parse_args(argv)
+    # Like `python -m`, let services.yaml name classes of the project it runs in.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     return int(args.func(args))
 
 

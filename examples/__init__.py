@@ -1,0 +1,1 @@
+"""Runnable meshkit examples (importable so services.yaml can name their classes)."""

@@ -1,0 +1,93 @@
+"""The seed's ExampleService, written with meshkit.
+
+A megaservice on its own port: ``POST /v1/example-service`` (OpenAI dialect) and
+``POST /api/generate`` (Ollama dialect) run the chain ``example -> llm``, where
+``example`` formats the request and ``llm`` is a remote OpenAI-compatible server.
+The answer streams back chunk by chunk.
+
+Run it (configured by environment, as in Compose)::
+
+    LLM_ENDPOINT=http://localhost:11434 python examples/example_service.py
+    curl -N localhost:8000/api/generate -d '{"prompt": "Why is the sky blue?"}'
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import attrs
+
+from meshkit import (
+    ChatRequest,
+    Context,
+    HttpClient,
+    Message,
+    MicroService,
+    RemoteLLM,
+    ServiceOrchestrator,
+    ServiceType,
+    pipeline_handler,
+)
+
+DEFAULT_MODEL = "llama3.2:1b"
+
+
+class FormatRequest(MicroService):
+    """Fills in the default model and a system prompt when the caller gave none."""
+
+    service_type = ServiceType.CUSTOM
+
+    async def process(self, data: Any, ctx: Context) -> ChatRequest:
+        request: ChatRequest = data
+        request = request.with_model(self.params.get("model", DEFAULT_MODEL))
+        system = self.params.get("system")
+        if system and not any(m.role == "system" for m in request.messages):
+            request = attrs.evolve(request, messages=(Message("system", system),
+                                                      *request.messages))
+        return request
+
+
+class ExampleService(MicroService):
+    """The seed's service: its own HTTP endpoint in front of a remote LLM."""
+
+    def __init__(
+        self,
+        *,
+        host: str = "0.0.0.0",
+        port: int = 8000,
+        llm_endpoint: str = "http://localhost:11434",
+        model: str = DEFAULT_MODEL,
+    ) -> None:
+        super().__init__("example-service", host=host, port=port)
+        self.orchestrator = ServiceOrchestrator("example")
+        example = FormatRequest("example", params={"model": model})
+        llm = RemoteLLM("llm", endpoint=llm_endpoint, model=model)
+        self.orchestrator.add(example).add(llm).flow_to(example, llm)
+        self.add_route("/v1/example-service", pipeline_handler(self.orchestrator))
+        self.add_route(
+            "/api/generate",
+            pipeline_handler(self.orchestrator, dialect="ollama", endpoint="generate"),
+        )
+
+    async def open(self, client: HttpClient) -> None:
+        """Open the pipeline on the server's shared client."""
+        await self.orchestrator.open(client)
+
+    async def close(self) -> None:
+        """Close the pipeline."""
+        await self.orchestrator.close()
+
+
+def main() -> None:
+    """Serve the example, configured by environment variables."""
+    ExampleService(
+        host=os.environ.get("EXAMPLE_HOST", "0.0.0.0"),
+        port=int(os.environ.get("EXAMPLE_PORT", "8000")),
+        llm_endpoint=os.environ.get("LLM_ENDPOINT", "http://localhost:11434"),
+        model=os.environ.get("LLM_MODEL") or DEFAULT_MODEL,
+    ).start()
+
+
+if __name__ == "__main__":
+    main()
