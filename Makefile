@@ -1,0 +1,35 @@
+# The two commands of the quick start:
+#   make serve   install meshkit (with the embedded local model) and start the gateway
+#   make test    install the test tools and run the whole suite
+PYTHON ?= python3
+# llama.cpp's default build targets the build machine's newest CPU features (AMX here)
+# and crashes elsewhere; build it portable.
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+PIP = CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PYTHON) -m pip install --disable-pip-version-check -q
+
+.PHONY: install serve test-deps test lint bench bench-quick
+
+install:
+	$(PIP) -e '.[local,fast]'
+
+serve: install
+	meshkit serve services.yaml
+
+test-deps:
+	$(PIP) -e '.[local,fast,test,dev]'
+	@command -v docker-compose >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null; }
+
+test: test-deps
+	$(PYTHON) -m pytest
+
+lint:
+	ruff check meshkit tests examples benchmarks
+	ruff format --check meshkit tests examples benchmarks
+	mypy meshkit
+
+bench:
+	$(PYTHON) benchmarks/run.py
+
+bench-quick:
+	$(PYTHON) benchmarks/run.py --quick
