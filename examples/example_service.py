@@ -43,8 +43,7 @@ class FormatRequest(MicroService):
         request = request.with_model(self.params.get("model", DEFAULT_MODEL))
         system = self.params.get("system")
         if system and not any(m.role == "system" for m in request.messages):
-            request = attrs.evolve(request, messages=(Message("system", system),
-                                                      *request.messages))
+            request = attrs.evolve(request, messages=(Message("system", system), *request.messages))
         return request
 
 

@@ -10,9 +10,12 @@ try:  # pragma: no cover - depends on the environment
 
     def dumps(obj: Any) -> bytes:
         """Serialise to compact UTF-8 bytes."""
-        return orjson.dumps(obj)  # type: ignore[no-any-return]
+        return orjson.dumps(obj)
 
-    loads = orjson.loads
+    def loads(data: bytes | bytearray | memoryview | str) -> Any:
+        """Parse JSON text."""
+        return orjson.loads(data)
+
     JSONDecodeError: type[ValueError] = orjson.JSONDecodeError
 
 except ImportError:  # pragma: no cover
@@ -21,7 +24,10 @@ except ImportError:  # pragma: no cover
         """Serialise to compact UTF-8 bytes."""
         return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
-    loads = json.loads
+    def loads(data: bytes | bytearray | memoryview | str) -> Any:
+        """Parse JSON text."""
+        return json.loads(bytes(data) if isinstance(data, memoryview) else data)
+
     JSONDecodeError = json.JSONDecodeError
 
 __all__ = ["JSONDecodeError", "dumps", "loads"]

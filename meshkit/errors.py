@@ -15,6 +15,8 @@ class MeshError(Exception):
     status: int = 500
     code: str = "internal_error"
     kind: str = "server_error"
+    #: Seconds the caller should wait before trying again (sent as ``Retry-After``).
+    retry_after: float | None = None
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
@@ -79,6 +81,35 @@ class UpstreamUnavailable(UpstreamError, ConnectionError):
     code = "upstream_unavailable"
 
 
+class UpstreamConnectError(UpstreamUnavailable):
+    """No connection could be made (refused, unreachable, connect timeout, stale socket);
+    the upstream never saw the request, so it is safe to try again."""
+
+
+class UpstreamOverloaded(UpstreamError):
+    """The remote service answered 429 or 503 (it asked to be retried later)."""
+
+    code = "upstream_overloaded"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        service: str | None,
+        upstream_status: int,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, service=service, upstream_status=upstream_status)
+        self.status = 429 if upstream_status == 429 else 503
+        self.retry_after = retry_after
+
+
+class CircuitOpen(UpstreamUnavailable):
+    """Every replica of a service is out (failing, or cooling down after failures)."""
+
+    code = "upstream_circuit_open"
+
+
 class UpstreamTimeout(UpstreamError, asyncio.TimeoutError):
     """The remote service did not answer in time."""
 
@@ -112,3 +143,26 @@ class NodeTimeout(NodeError, asyncio.TimeoutError):
 
     status = 504
     code = "node_timeout"
+
+
+class Unauthorized(MeshError, PermissionError):
+    """The request carries no valid API key."""
+
+    status = 401
+    code = "invalid_api_key"
+    kind = "invalid_request_error"
+
+
+class Overloaded(MeshError):
+    """The gateway is at its bound of concurrent requests."""
+
+    status = 429
+    code = "rate_limit_exceeded"
+    kind = "requests"
+
+
+class ShuttingDown(MeshError):
+    """The gateway is shutting down; the request or stream was ended early."""
+
+    status = 503
+    code = "shutting_down"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -21,12 +22,25 @@ SERVER_KWARGS = {"handler_cancellation": True}
 def mesh_yaml(endpoint: str, **llm: Any) -> str:
     """A one-LLM services file pointing at ``endpoint``, both dialects mounted."""
     service = {"type": "llm", "endpoint": endpoint, "model": "llama3.2:1b", **llm}
-    return yaml.safe_dump({
-        "services": {"llm": service},
-        "pipelines": {"chat": {"nodes": ["llm"]}},
-        "gateway": {"routes": [{"dialect": "openai", "pipeline": "chat"},
-                               {"dialect": "ollama", "pipeline": "chat"}]},
-    })
+    return yaml.safe_dump(
+        {
+            "services": {"llm": service},
+            "pipelines": {"chat": {"nodes": ["llm"]}},
+            "gateway": {
+                "routes": [
+                    {"dialect": "openai", "pipeline": "chat"},
+                    {"dialect": "ollama", "pipeline": "chat"},
+                ]
+            },
+        }
+    )
+
+
+async def until(predicate: Callable[[], bool], within: float = 1.0) -> None:
+    """Wait until ``predicate()`` holds (polled: counters have no event to await)."""
+    async with asyncio.timeout(within):
+        while not predicate():  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
 
 
 GatewayFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
@@ -63,8 +77,11 @@ class Clients:
 
     def openai(self, gw: TestClient[Any, Any], **kwargs: Any) -> openai.AsyncOpenAI:
         client = openai.AsyncOpenAI(
-            base_url=str(gw.make_url("/v1")), api_key=kwargs.pop("api_key", "unused"),
-            max_retries=0, **kwargs)
+            base_url=str(gw.make_url("/v1")),
+            api_key=kwargs.pop("api_key", "unused"),
+            max_retries=0,
+            **kwargs,
+        )
         self._open.append(client)
         return client
 

@@ -18,8 +18,14 @@ def rendered() -> dict:
     """`docker-compose config` output (Debian's docker-compose, installed by `make test`)."""
     tool = shutil.which("docker-compose")
     assert tool, "docker-compose is missing: run `make test` (it installs it) or apt-get it"
-    result = subprocess.run([tool, "-f", str(COMPOSE), "config"], capture_output=True,
-                            text=True, timeout=60, check=False, env={"PATH": "/usr/bin:/bin"})
+    result = subprocess.run(
+        [tool, "-f", str(COMPOSE), "config"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={"PATH": "/usr/bin:/bin"},
+    )
     assert result.returncode == 0, result.stderr
     return yaml.safe_load(result.stdout)
 

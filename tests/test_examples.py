@@ -45,23 +45,33 @@ class TestExampleService:
 
     async def test_runs_as_a_process_and_streams(self, fake: FakeLLM) -> None:
         port = free_port()
-        env = {**os.environ, "LLM_ENDPOINT": fake.url, "EXAMPLE_PORT": str(port),
-               "EXAMPLE_HOST": "127.0.0.1"}
+        env = {
+            **os.environ,
+            "LLM_ENDPOINT": fake.url,
+            "EXAMPLE_PORT": str(port),
+            "EXAMPLE_HOST": "127.0.0.1",
+        }
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, str(ROOT / "examples" / "example_service.py"), env=env,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+            sys.executable,
+            str(ROOT / "examples" / "example_service.py"),
+            env=env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
         try:
             url = f"http://127.0.0.1:{port}"
             await wait_healthy(url, proc)
             async with aiohttp.ClientSession() as session:
-                async with session.post(url + "/api/generate",
-                                        json={"prompt": "Why is the sky blue?"}) as resp:
+                async with session.post(
+                    url + "/api/generate", json={"prompt": "Why is the sky blue?"}
+                ) as resp:
                     lines = [json.loads(x) async for x in resp.content if x.strip()]
-                async with session.post(url + "/v1/example-service", json={
-                        "messages": [{"role": "user", "content": "hi"}], "stream": True}) as resp:
+                async with session.post(
+                    url + "/v1/example-service",
+                    json={"messages": [{"role": "user", "content": "hi"}], "stream": True},
+                ) as resp:
                     events = (await resp.text()).split("\n\n")
-            assert [x["response"] for x in lines[:-1]] == ["The", " sky", " appears", " blue",
-                                                          "."]
+            assert [x["response"] for x in lines[:-1]] == ["The", " sky", " appears", " blue", "."]
             assert lines[-1]["done"] is True
             assert "data: [DONE]" in events
             assert fake.requests[0]["model"] == "llama3.2:1b"
@@ -77,8 +87,9 @@ class TestExampleService:
             sys.path.remove(str(ROOT))
         service = ExampleService(llm_endpoint=fake.url)
         client = await aiohttp_client(build_routes_app(service))
-        resp = await client.post("/v1/example-service",
-                                 json={"messages": [{"role": "user", "content": "hi"}]})
+        resp = await client.post(
+            "/v1/example-service", json={"messages": [{"role": "user", "content": "hi"}]}
+        )
         body = await resp.json()
         assert body["choices"][0]["message"]["content"] == "The sky appears blue."
 
@@ -88,11 +99,13 @@ class TestYamlTwin:
 
     async def test_chain_from_yaml(self, fake: FakeLLM, aiohttp_client, monkeypatch) -> None:
         monkeypatch.syspath_prepend(str(ROOT))
-        mesh = Mesh(load(ROOT / "examples" / "example_service.yaml",
-                         env={"LLM_ENDPOINT": fake.url}))
+        mesh = Mesh(
+            load(ROOT / "examples" / "example_service.yaml", env={"LLM_ENDPOINT": fake.url})
+        )
         client = await aiohttp_client(build_app(mesh))
-        resp = await client.post("/api/chat", json={
-            "messages": [{"role": "user", "content": "hi"}]})
+        resp = await client.post(
+            "/api/chat", json={"messages": [{"role": "user", "content": "hi"}]}
+        )
         lines = [json.loads(x) for x in (await resp.text()).splitlines()]
         assert "".join(x["message"]["content"] for x in lines) == "The sky appears blue."
         sent = fake.requests[-1]["messages"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 
@@ -11,6 +10,8 @@ import pytest
 
 from meshkit.gateway import MESH
 from meshkit.testing import FakeLLM
+
+from .conftest import until
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}]}
 
@@ -61,14 +62,18 @@ class TestBadInput:
             ("/api/generate", b"{", "JSON"),
             ("/api/generate", json.dumps({"model": "m"}).encode(), "prompt"),
             ("/api/generate", json.dumps({"prompt": ["x"]}).encode(), "prompt"),
-            ("/api/generate", json.dumps({"prompt": "x", "options": {"temperature": "hot"}})
-             .encode(), "options.temperature"),
+            (
+                "/api/generate",
+                json.dumps({"prompt": "x", "options": {"temperature": "hot"}}).encode(),
+                "options.temperature",
+            ),
             ("/api/chat", json.dumps({"messages": {"role": "user"}}).encode(), "messages"),
             ("/api/chat", json.dumps({"messages": [], "stream": False}).encode(), "messages"),
         ],
     )
-    async def test_ollama_400(self, fake: FakeLLM, gateway, path: str, body: bytes,
-                              field: str) -> None:
+    async def test_ollama_400(
+        self, fake: FakeLLM, gateway, path: str, body: bytes, field: str
+    ) -> None:
         gw = await gateway(fake)
         resp = await gw.post(path, data=body)
         assert resp.status == 400
@@ -119,7 +124,8 @@ class TestUpstreamFailsBeforeStreaming:
         gw = await gateway(fake)
         with pytest.raises(openai.NotFoundError) as info:
             await clients.openai(gw).chat.completions.create(
-                model="no-such-model", messages=[{"role": "user", "content": "hi"}])
+                model="no-such-model", messages=[{"role": "user", "content": "hi"}]
+            )
         assert "no-such-model" in str(info.value)
         resp = await gw.post("/api/generate", json={"model": "no-such-model", "prompt": "x"})
         assert resp.status == 404
@@ -134,12 +140,7 @@ class TestUpstreamFailsBeforeStreaming:
             assert resp.status == 504
             assert openai_error(await resp.json())["code"] == "upstream_timeout"
             mesh = gw.server.app[MESH]
-            await asyncio.wait_for(_pool_drained(mesh.client), 5)
-
-
-async def _pool_drained(client) -> None:
-    while client.connections_in_use:
-        await asyncio.sleep(0.01)
+            await until(lambda: mesh.client.connections_in_use == 0, 5)
 
 
 class TestUpstreamFailsMidStream:
@@ -164,7 +165,8 @@ class TestUpstreamFailsMidStream:
         async with llm.serve():
             gw = await gateway(llm)
             stream = await clients.openai(gw).chat.completions.create(
-                model="llama3.2:1b", messages=CHAT["messages"], stream=True)
+                model="llama3.2:1b", messages=CHAT["messages"], stream=True
+            )
             with pytest.raises(openai.APIError):
                 async for _ in stream:
                     pass

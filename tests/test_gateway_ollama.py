@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import json
 
-import ollama
-
 from meshkit.testing import FakeLLM
-
 
 
 class TestGenerate:
@@ -15,8 +12,12 @@ class TestGenerate:
 
     async def test_stream_every_token_then_done(self, fake: FakeLLM, gateway, clients) -> None:
         gw = await gateway(fake)
-        parts = [p async for p in await clients.ollama(gw).generate(
-            model="llama3.2:1b", prompt="Why is the sky blue?", stream=True)]
+        parts = [
+            p
+            async for p in await clients.ollama(gw).generate(
+                model="llama3.2:1b", prompt="Why is the sky blue?", stream=True
+            )
+        ]
         assert [p.response for p in parts if not p.done] == list(fake.tokens)
         last = parts[-1]
         assert last.done and last.done_reason == "stop"
@@ -41,8 +42,13 @@ class TestGenerate:
 
     async def test_system_and_options_forwarded(self, fake: FakeLLM, gateway, clients) -> None:
         gw = await gateway(fake)
-        await clients.ollama(gw).generate(model="llama3.2:1b", prompt="hi", system="be brief", stream=False,
-                                      options={"temperature": 0.1, "num_predict": 5})
+        await clients.ollama(gw).generate(
+            model="llama3.2:1b",
+            prompt="hi",
+            system="be brief",
+            stream=False,
+            options={"temperature": 0.1, "num_predict": 5},
+        )
         sent = fake.requests[-1]
         assert sent["model"] == "llama3.2:1b"
         assert sent["messages"][0] == {"role": "system", "content": "be brief"}
@@ -54,8 +60,12 @@ class TestChat:
 
     async def test_chat_stream(self, fake: FakeLLM, gateway, clients) -> None:
         gw = await gateway(fake)
-        parts = [p async for p in await clients.ollama(gw).chat(
-            model="llama3.2:1b", messages=[{"role": "user", "content": "hi"}], stream=True)]
+        parts = [
+            p
+            async for p in await clients.ollama(gw).chat(
+                model="llama3.2:1b", messages=[{"role": "user", "content": "hi"}], stream=True
+            )
+        ]
         assert "".join(p.message.content or "" for p in parts) == "".join(fake.tokens)
         assert [p.message.role for p in parts] == ["assistant"] * len(parts)
         assert parts[-1].done and parts[-1].done_reason == "stop"
@@ -63,7 +73,8 @@ class TestChat:
     async def test_chat_not_streaming(self, fake: FakeLLM, gateway, clients) -> None:
         gw = await gateway(fake)
         result = await clients.ollama(gw).chat(
-            model="llama3.2:1b", messages=[{"role": "user", "content": "hi"}], stream=False)
+            model="llama3.2:1b", messages=[{"role": "user", "content": "hi"}], stream=False
+        )
         assert result.message.content == "".join(fake.tokens)
 
     async def test_tags_list_upstream_models(self, fake: FakeLLM, gateway, clients) -> None:

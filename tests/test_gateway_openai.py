@@ -10,14 +10,16 @@ import pytest
 from meshkit.testing import FakeLLM
 
 
-
 class TestChatCompletions:
     """POST /v1/chat/completions, streaming and not."""
 
-    async def test_stream_delivers_every_token_in_order(self, fake: FakeLLM, gateway, clients) -> None:
+    async def test_stream_delivers_every_token_in_order(
+        self, fake: FakeLLM, gateway, clients
+    ) -> None:
         gw = await gateway(fake)
         stream = await clients.openai(gw).chat.completions.create(
-            model="llama3.2:1b", messages=[{"role": "user", "content": "Why is the sky blue?"}],
+            model="llama3.2:1b",
+            messages=[{"role": "user", "content": "Why is the sky blue?"}],
             stream=True,
         )
         pieces, finishes = [], []
@@ -31,8 +33,10 @@ class TestChatCompletions:
 
     async def test_stream_ends_with_done(self, fake: FakeLLM, gateway, clients) -> None:
         gw = await gateway(fake)
-        resp = await gw.post("/v1/chat/completions", json={
-            "messages": [{"role": "user", "content": "hi"}], "stream": True})
+        resp = await gw.post(
+            "/v1/chat/completions",
+            json={"messages": [{"role": "user", "content": "hi"}], "stream": True},
+        )
         assert resp.status == 200
         assert resp.headers["Content-Type"].startswith("text/event-stream")
         body = await resp.text()
@@ -43,20 +47,27 @@ class TestChatCompletions:
     async def test_usage_only_when_asked(self, fake: FakeLLM, gateway, clients) -> None:
         gw = await gateway(fake)
         stream = await clients.openai(gw).chat.completions.create(
-            model="llama3.2:1b", messages=[{"role": "user", "content": "hi"}], stream=True,
+            model="llama3.2:1b",
+            messages=[{"role": "user", "content": "hi"}],
+            stream=True,
             stream_options={"include_usage": True},
         )
         usages = [c.usage async for c in stream if c.usage is not None]
         assert len(usages) == 1
         assert usages[0].completion_tokens == len(fake.tokens)
-        resp = await gw.post("/v1/chat/completions", json={
-            "messages": [{"role": "user", "content": "hi"}], "stream": True})
+        resp = await gw.post(
+            "/v1/chat/completions",
+            json={"messages": [{"role": "user", "content": "hi"}], "stream": True},
+        )
         assert '"usage"' not in await resp.text()
 
-    async def test_non_streaming_has_message_and_usage(self, fake: FakeLLM, gateway, clients) -> None:
+    async def test_non_streaming_has_message_and_usage(
+        self, fake: FakeLLM, gateway, clients
+    ) -> None:
         gw = await gateway(fake)
         result = await clients.openai(gw).chat.completions.create(
-            model="llama3.2:1b", messages=[{"role": "user", "content": "hi"}])
+            model="llama3.2:1b", messages=[{"role": "user", "content": "hi"}]
+        )
         assert result.object == "chat.completion"
         assert result.choices[0].message.content == "".join(fake.tokens)
         assert result.choices[0].finish_reason == "stop"
@@ -64,19 +75,29 @@ class TestChatCompletions:
 
     async def test_default_model_filled_in(self, fake: FakeLLM, gateway, clients) -> None:
         gw = await gateway(fake)
-        resp = await gw.post("/v1/chat/completions",
-                             json={"messages": [{"role": "user", "content": "hi"}]})
+        resp = await gw.post(
+            "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]}
+        )
         assert resp.status == 200
         assert fake.requests[-1]["model"] == "llama3.2:1b"
 
     async def test_sampling_options_forwarded(self, fake: FakeLLM, gateway, clients) -> None:
         gw = await gateway(fake)
         await clients.openai(gw).chat.completions.create(
-            model="llama3.2:1b", messages=[{"role": "user", "content": "hi"}],
-            temperature=0.2, max_tokens=7, stop=["\n"], seed=3)
+            model="llama3.2:1b",
+            messages=[{"role": "user", "content": "hi"}],
+            temperature=0.2,
+            max_tokens=7,
+            stop=["\n"],
+            seed=3,
+        )
         sent = fake.requests[-1]
         assert (sent["temperature"], sent["max_tokens"], sent["stop"], sent["seed"]) == (
-            0.2, 7, ["\n"], 3)
+            0.2,
+            7,
+            ["\n"],
+            3,
+        )
 
 
 class TestModels:

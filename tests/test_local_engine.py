@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -147,9 +148,7 @@ class TestCancellation:
             check_well_formed(await drain(engine.generate(ask(4))), 4)
         assert engine.stats.cancelled == before + 1
 
-    async def test_queued_request_whose_consumer_left_never_runs(
-        self, engine: LlamaEngine
-    ) -> None:
+    async def test_queued_request_whose_consumer_left_never_runs(self, engine: LlamaEngine) -> None:
         dropped = engine.stats.dropped
         running = engine.generate(ask(40))
         await running.started()
@@ -203,7 +202,7 @@ class TestModelNames:
         assert isinstance(result, Completion)
 
     async def test_unknown_model_is_not_found(self, llm: LocalLLM) -> None:
-        with pytest.raises(NotFound, match="'llama3.2:1b' not found") as caught:
+        with pytest.raises(NotFound, match=re.escape("'llama3.2:1b' not found")) as caught:
             await llm.process(chat(2, model="llama3.2:1b"), ctx())
         assert caught.value.status == 404 and caught.value.param == "model"
 
@@ -231,7 +230,5 @@ class TestGemmaTurns:
             ([("user", "q"), ("tool", "42")], [("user", "q"), ("user", "42")]),
         ],
     )
-    def test_fold(
-        self, messages: list[tuple[str, str]], expected: list[tuple[str, str]]
-    ) -> None:
+    def test_fold(self, messages: list[tuple[str, str]], expected: list[tuple[str, str]]) -> None:
         assert _fold_for_gemma(messages) == expected

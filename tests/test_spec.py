@@ -86,8 +86,15 @@ class TestLoading:
         assert [r.dialect for r in spec.gateway.routes] == ["openai", "ollama"]
 
     def test_environment_overrides(self) -> None:
-        spec = loads(GOOD, env={"LLM_ENDPOINT": "http://a:1,http://b:2/", "LLM_MODEL": "qwen",
-                                "MESHKIT_PORT": "9000", "LLM_TIMEOUT": "2.5"})
+        spec = loads(
+            GOOD,
+            env={
+                "LLM_ENDPOINT": "http://a:1,http://b:2/",
+                "LLM_MODEL": "qwen",
+                "MESHKIT_PORT": "9000",
+                "LLM_TIMEOUT": "2.5",
+            },
+        )
         assert spec.services["llm"].endpoints == ("http://a:1", "http://b:2")
         assert spec.services["llm"].model == "qwen"
         assert spec.services["llm"].timeout == 2.5
@@ -124,9 +131,9 @@ class TestProblems:
         assert any("services.llm.timout: unknown key" in p for p in info.value.problems)
 
     def test_graph_problems(self) -> None:
-        text = GOOD.replace("nodes: [llm]", "nodes: [llm, other]\n    edges: ['llm -> other', "
-                            "'other -> llm']").replace(
-            "pipelines:", "  other:\n    type: llm\n    endpoint: http://x:1\npipelines:")
+        text = GOOD.replace(
+            "nodes: [llm]", "nodes: [llm, other]\n    edges: ['llm -> other', 'other -> llm']"
+        ).replace("pipelines:", "  other:\n    type: llm\n    endpoint: http://x:1\npipelines:")
         with pytest.raises(SpecError) as info:
             Mesh(loads(text, env={}))
         assert "cycle" in "\n".join(info.value.problems)
@@ -141,8 +148,13 @@ class TestValidateCommand:
     """`meshkit validate` prints every problem and exits non-zero."""
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "meshkit", *args], capture_output=True,
-                              text=True, timeout=60, check=False)
+        return subprocess.run(
+            [sys.executable, "-m", "meshkit", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
 
     def test_broken_file(self, tmp_path) -> None:
         path = tmp_path / "broken.yaml"

@@ -8,6 +8,8 @@ import json
 from meshkit.gateway import MESH
 from meshkit.testing import FakeLLM
 
+from .conftest import until
+
 CHAT = {"messages": [{"role": "user", "content": "Why is the sky blue?"}], "stream": True}
 
 
@@ -57,8 +59,11 @@ class TestIncremental:
         async with llm.serve():
             gw = await gateway(llm)
             resp = await gw.post("/v1/chat/completions", json=CHAT)
-            events = [json.loads(e[6:]) for e in (await resp.text()).split("\n\n")
-                      if e.startswith("data: {")]
+            events = [
+                json.loads(e[6:])
+                for e in (await resp.text()).split("\n\n")
+                if e.startswith("data: {")
+            ]
             contents = [e["choices"][0]["delta"].get("content") for e in events]
             assert [c for c in contents if c] == tokens
 
@@ -87,9 +92,7 @@ class TestDisconnect:
             resp.close()
             await asyncio.wait_for(llm.cancelled.wait(), 1.0)
             client = gw.server.app[MESH].client
-            async with asyncio.timeout(1.0):
-                while client.connections_in_use:
-                    await asyncio.sleep(0.01)
+            await until(lambda: client.connections_in_use == 0)
             assert llm.completed == 0
 
     async def test_ollama_client_leaving_cancels_too(self, gateway) -> None:

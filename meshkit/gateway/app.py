@@ -49,6 +49,10 @@ def _dialect_for(path: str, routes: Iterable[Route]) -> str:
     return "openai"
 
 
+def _routes(app: web.Application) -> list[Route]:
+    return app[ROUTES] if ROUTES in app else []
+
+
 def _render(err: MeshError, dialect: str) -> web.Response:
     if dialect == "ollama":
         return ollama.error_response(err)
@@ -75,12 +79,12 @@ async def _errors(
         else:
             err = BadRequest(exc.reason)
             err.status = exc.status
-        response = _render(err, _dialect_for(request.path, request.app.get(ROUTES, [])))
+        response = _render(err, _dialect_for(request.path, _routes(request.app)))
         if exc.status == 405:
             response.headers["Allow"] = exc.headers.get("Allow", "")
         return response
     except MeshError as err:
-        return _render(err, _dialect_for(request.path, request.app.get(ROUTES, [])))
+        return _render(err, _dialect_for(request.path, _routes(request.app)))
 
 
 def mount(app: web.Application, routes: list[Route]) -> None:

@@ -43,8 +43,10 @@ def _common(obj: dict[str, Any], messages: tuple[Message, ...]) -> ChatRequest:
     if fmt == "json":
         extra["response_format"] = {"type": "json_object"}
     elif isinstance(fmt, dict):
-        extra["response_format"] = {"type": "json_schema",
-                                    "json_schema": {"name": "output", "schema": fmt}}
+        extra["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": "output", "schema": fmt},
+        }
     elif fmt not in (None, ""):
         raise BadRequest("'format' must be \"json\" or a JSON schema object", param="format")
     max_tokens = v.opt_int(options, "num_predict", param="options.num_predict")
@@ -52,8 +54,9 @@ def _common(obj: dict[str, Any], messages: tuple[Message, ...]) -> ChatRequest:
         messages=messages,
         model=v.opt_str(obj, "model") or None,
         stream=v.opt_bool(obj, "stream", True),
-        temperature=v.opt_number(options, "temperature", low=0, high=2,
-                                 param="options.temperature"),
+        temperature=v.opt_number(
+            options, "temperature", low=0, high=2, param="options.temperature"
+        ),
         top_p=v.opt_number(options, "top_p", low=0, high=1, param="options.top_p"),
         max_tokens=max_tokens if max_tokens is not None and max_tokens > 0 else None,
         stop=v.opt_stop(options, "stop", param="options.stop"),
@@ -106,8 +109,12 @@ class _Encoder:
         if self.first_token is None:
             self.first_token = now_ns()
         self.pieces += 1
-        obj = {"model": self.model, "created_at": _timestamp(), **self._delta(chunk.text),
-               "done": False}
+        obj = {
+            "model": self.model,
+            "created_at": _timestamp(),
+            **self._delta(chunk.text),
+            "done": False,
+        }
         return _json.dumps(obj) + b"\n"
 
     def _final(self, text: str) -> dict[str, Any]:
@@ -115,9 +122,13 @@ class _Encoder:
         first = self.first_token or end
         usage = self.usage or Usage(0, self.pieces)
         return {
-            "model": self.model, "created_at": _timestamp(), **self._delta(text),
-            "done": True, "done_reason": _reason(self.finish),
-            "total_duration": end - self.started, "load_duration": 0,
+            "model": self.model,
+            "created_at": _timestamp(),
+            **self._delta(text),
+            "done": True,
+            "done_reason": _reason(self.finish),
+            "total_duration": end - self.started,
+            "load_duration": 0,
             "prompt_eval_count": usage.prompt_tokens,
             "prompt_eval_duration": first - self.started,
             "eval_count": usage.completion_tokens or self.pieces,
@@ -186,12 +197,26 @@ def add_routes(router: web.UrlDispatcher, route: Route) -> None:
         except MeshError as err:
             return error_response(err)
         stamp = datetime.fromtimestamp(time.time(), UTC).isoformat().replace("+00:00", "Z")
-        return json_response({"models": [
-            {"name": n, "model": n, "modified_at": stamp, "size": 0, "digest": "",
-             "details": {"format": "", "family": "", "parameter_size": "",
-                         "quantization_level": ""}}
-            for n in names
-        ]})
+        return json_response(
+            {
+                "models": [
+                    {
+                        "name": n,
+                        "model": n,
+                        "modified_at": stamp,
+                        "size": 0,
+                        "digest": "",
+                        "details": {
+                            "format": "",
+                            "family": "",
+                            "parameter_size": "",
+                            "quantization_level": "",
+                        },
+                    }
+                    for n in names
+                ]
+            }
+        )
 
     router.add_post(prefix + "/api/generate", generate_handler(route))
     router.add_post(prefix + "/api/chat", chat_handler(route))

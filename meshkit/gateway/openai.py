@@ -18,16 +18,25 @@ from .route import Route
 
 #: Request fields passed to the LLM untouched (sampling and output controls).
 PASSTHROUGH = (
-    "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs",
-    "user", "response_format", "tools", "tool_choice", "parallel_tool_calls",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "logprobs",
+    "top_logprobs",
+    "user",
+    "response_format",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
     "reasoning_effort",
 )
 
 
 def error_body(err: MeshError) -> dict[str, Any]:
     """OpenAI's error object."""
-    return {"error": {"message": err.message, "type": err.kind, "param": err.param,
-                      "code": err.code}}
+    return {
+        "error": {"message": err.message, "type": err.kind, "param": err.param, "code": err.code}
+    }
 
 
 def error_response(err: MeshError) -> web.Response:
@@ -55,8 +64,9 @@ def parse_chat(body: bytes) -> ChatRequest:
         max_tokens=max_tokens,
         stop=v.opt_stop(obj, "stop"),
         seed=v.opt_int(obj, "seed"),
-        include_usage=v.opt_bool(options, "include_usage", False,
-                                 param="stream_options.include_usage"),
+        include_usage=v.opt_bool(
+            options, "include_usage", False, param="stream_options.include_usage"
+        ),
         extra={k: obj[k] for k in PASSTHROUGH if k in obj},
     )
 
@@ -77,7 +87,9 @@ class ChatEncoder:
 
     def _event(self, delta: dict[str, Any], finish: str | None) -> bytes:
         obj = {
-            "id": self.id, "object": "chat.completion.chunk", "created": self.created,
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
             "model": self.model,
             "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
         }
@@ -98,10 +110,20 @@ class ChatEncoder:
             self._usage = chunk.usage
         out = b""
         if chunk.meta:
-            out += b"data: " + _json.dumps({
-                "id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                "model": self.model, "choices": [], "meshkit": dict(chunk.meta),
-            }) + b"\n\n"
+            out += (
+                b"data: "
+                + _json.dumps(
+                    {
+                        "id": self.id,
+                        "object": "chat.completion.chunk",
+                        "created": self.created,
+                        "model": self.model,
+                        "choices": [],
+                        "meshkit": dict(chunk.meta),
+                    }
+                )
+                + b"\n\n"
+            )
         if chunk.text or chunk.finish_reason or self._first:
             delta: dict[str, Any] = {"content": chunk.text} if chunk.text or self._first else {}
             if self._first:
@@ -113,10 +135,20 @@ class ChatEncoder:
     def end(self) -> bytes:
         tail = b""
         if self.include_usage and self._usage is not None and not self._usage_relayed:
-            tail = b"data: " + _json.dumps({
-                "id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                "model": self.model, "choices": [], "usage": _usage(self._usage),
-            }) + b"\n\n"
+            tail = (
+                b"data: "
+                + _json.dumps(
+                    {
+                        "id": self.id,
+                        "object": "chat.completion.chunk",
+                        "created": self.created,
+                        "model": self.model,
+                        "choices": [],
+                        "usage": _usage(self._usage),
+                    }
+                )
+                + b"\n\n"
+            )
         return tail + b"data: [DONE]\n\n"
 
     def error(self, err: MeshError) -> bytes:
@@ -124,14 +156,18 @@ class ChatEncoder:
 
     def completion(self, completion: Completion) -> dict[str, Any]:
         obj: dict[str, Any] = {
-            "id": self.id, "object": "chat.completion", "created": self.created,
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
             "model": self.model or completion.model or "",
-            "choices": [{
-                "index": 0,
-                "message": {"role": "assistant", "content": completion.text},
-                "logprobs": None,
-                "finish_reason": completion.finish_reason or "stop",
-            }],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": completion.text},
+                    "logprobs": None,
+                    "finish_reason": completion.finish_reason or "stop",
+                }
+            ],
         }
         if completion.usage is not None:
             obj["usage"] = _usage(completion.usage)
@@ -141,8 +177,11 @@ class ChatEncoder:
 
 
 def _usage(usage: Usage) -> dict[str, int]:
-    return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-            "total_tokens": usage.total_tokens}
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+    }
 
 
 def chat_handler(route: Route) -> Handler:
@@ -169,9 +208,14 @@ def add_routes(router: web.UrlDispatcher, route: Route) -> None:
             names = await route.model_names()
         except MeshError as err:
             return error_response(err)
-        return json_response({"object": "list", "data": [
-            {"id": n, "object": "model", "created": 0, "owned_by": "meshkit"} for n in names
-        ]})
+        return json_response(
+            {
+                "object": "list",
+                "data": [
+                    {"id": n, "object": "model", "created": 0, "owned_by": "meshkit"} for n in names
+                ],
+            }
+        )
 
     async def embeddings(request: web.Request) -> web.Response:
         rid = request_id(request)
@@ -185,11 +229,11 @@ def add_routes(router: web.UrlDispatcher, route: Route) -> None:
             elif isinstance(raw, list) and raw and all(isinstance(t, str) for t in raw):
                 texts = tuple(raw)
             else:
-                raise BadRequest("'input' must be a string or a non-empty array of strings",
-                                 param="input")
+                raise BadRequest(
+                    "'input' must be a string or a non-empty array of strings", param="input"
+                )
             model = v.opt_str(obj, "model") or route.default_model()
-            ctx = Context(client=route.orchestrator.client, request_id=rid,
-                          headers=request.headers)
+            ctx = Context(client=route.orchestrator.client, request_id=rid, headers=request.headers)
             embed = getattr(route.embeddings, "embed", None)
             if embed is None:
                 raise NotFound(f"service {route.embeddings.name!r} cannot embed")
@@ -197,13 +241,18 @@ def add_routes(router: web.UrlDispatcher, route: Route) -> None:
         except MeshError as err:
             return error_response(err)
         usage = result.usage or Usage()
-        return json_response({
-            "object": "list",
-            "data": [{"object": "embedding", "index": i, "embedding": list(vec)}
-                     for i, vec in enumerate(result.vectors)],
-            "model": result.model or model or "",
-            "usage": {"prompt_tokens": usage.prompt_tokens, "total_tokens": usage.total_tokens},
-        }, rid=rid)
+        return json_response(
+            {
+                "object": "list",
+                "data": [
+                    {"object": "embedding", "index": i, "embedding": list(vec)}
+                    for i, vec in enumerate(result.vectors)
+                ],
+                "model": result.model or model or "",
+                "usage": {"prompt_tokens": usage.prompt_tokens, "total_tokens": usage.total_tokens},
+            },
+            rid=rid,
+        )
 
     router.add_post(prefix + "/v1/chat/completions", chat_handler(route))
     router.add_get(prefix + "/v1/models", models)

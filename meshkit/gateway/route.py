@@ -32,9 +32,7 @@ class Route:
     @property
     def llms(self) -> list[MicroService]:
         """The pipeline's LLM nodes."""
-        return [
-            s for s in self.orchestrator.services.values() if s.service_type is ServiceType.LLM
-        ]
+        return [s for s in self.orchestrator.services.values() if s.service_type is ServiceType.LLM]
 
     def default_model(self) -> str | None:
         """The model a request without one gets."""

@@ -14,8 +14,11 @@ from .dialect import json_response
 from .route import Route
 
 
-def _with_client(app: web.Application, services: list[MicroService],
-                 orchestrator: ServiceOrchestrator | None = None) -> None:
+def _with_client(
+    app: web.Application,
+    services: list[MicroService],
+    orchestrator: ServiceOrchestrator | None = None,
+) -> None:
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         async with HttpClient() as client:
             opened = []
@@ -53,8 +56,9 @@ def build_service_app(
 
     async def readyz(request: web.Request) -> web.Response:
         ok = await service.ready(orchestrator.client)
-        return json_response({"status": "ready" if ok else "unavailable"},
-                             status=200 if ok else 503)
+        return json_response(
+            {"status": "ready" if ok else "unavailable"}, status=200 if ok else 503
+        )
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -78,5 +82,11 @@ def build_routes_app(service: MicroService) -> web.Application:
 def run_service(service: MicroService, *, handle_signals: bool = True) -> None:
     """Block serving ``service``'s routes on its host and port."""
     app = build_routes_app(service)
-    web.run_app(app, host=service.host, port=service.port, handle_signals=handle_signals,
-                handler_cancellation=True, print=None)
+    web.run_app(
+        app,
+        host=service.host,
+        port=service.port,
+        handle_signals=handle_signals,
+        handler_cancellation=True,
+        print=None,
+    )

@@ -42,7 +42,9 @@ def opt_str(obj: dict[str, Any], key: str, *, param: str | None = None) -> str |
     if value is None:
         return None
     if not isinstance(value, str):
-        raise BadRequest(f"'{param or key}' must be a string, not {_kind(value)}", param=param or key)
+        raise BadRequest(
+            f"'{param or key}' must be a string, not {_kind(value)}", param=param or key
+        )
     return value
 
 
@@ -51,7 +53,9 @@ def opt_bool(obj: dict[str, Any], key: str, default: bool, *, param: str | None 
     if value is None:
         return default
     if not isinstance(value, bool):
-        raise BadRequest(f"'{param or key}' must be a boolean, not {_kind(value)}", param=param or key)
+        raise BadRequest(
+            f"'{param or key}' must be a boolean, not {_kind(value)}", param=param or key
+        )
     return value
 
 
@@ -105,7 +109,9 @@ def opt_object(obj: dict[str, Any], key: str, *, param: str | None = None) -> di
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise BadRequest(f"'{param or key}' must be an object, not {_kind(value)}", param=param or key)
+        raise BadRequest(
+            f"'{param or key}' must be an object, not {_kind(value)}", param=param or key
+        )
     return value
 
 
@@ -140,13 +146,15 @@ def _content(value: Any, where: str) -> str:
     if isinstance(value, list):
         parts = []
         for j, part in enumerate(value):
-            if isinstance(part, dict) and part.get("type") == "text" and isinstance(
-                part.get("text"), str
+            if (
+                isinstance(part, dict)
+                and part.get("type") == "text"
+                and isinstance(part.get("text"), str)
             ):
                 parts.append(part["text"])
             else:
                 raise BadRequest(
-                    f"'{where}[{j}]' must be a text part ({{\"type\": \"text\", \"text\": ...}})",
+                    f'\'{where}[{j}]\' must be a text part ({{"type": "text", "text": ...}})',
                     param=f"{where}[{j}]",
                 )
         return "".join(parts)
