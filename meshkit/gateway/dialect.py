@@ -78,8 +78,8 @@ async def serve_chat(
 ) -> web.StreamResponse:
     """Run ``chat`` through ``orchestrator`` and answer in the encoder's dialect."""
     ctx = Context(client=orchestrator.client, request_id=rid, headers=request.headers)
+    encoder = make_encoder(chat)  # before the run, so durations count from the request
     result = await orchestrator.run(chat, ctx)
-    encoder = make_encoder(chat)
     if not chat.stream:
         completion = await collect(result)
         return json_response(encoder.completion(completion), rid=rid)

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Sequence
 
 import structlog
 
-READY_PREFIX = "ready on "
+from .process import READY_PREFIX
 
 
 def _say(line: str) -> None:

@@ -126,6 +126,10 @@ class TokenStream:
         self._done = True
         self._job.cancel.set()
 
+    def __del__(self) -> None:
+        # A stream dropped without aclose() must not keep the model busy.
+        self._job.cancel.set()
+
     async def _get(self) -> object:
         try:
             return await self._job.queue.get()

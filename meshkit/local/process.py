@@ -29,7 +29,7 @@ from ..errors import MeshError
 
 log = structlog.get_logger(__name__)
 
-READY_PREFIX = "ready on "  # the child's last progress line; see __main__.py
+READY_PREFIX = "ready on "  # starts the line the child prints once it serves
 
 
 class LocalServerError(MeshError, RuntimeError):
