@@ -35,7 +35,7 @@ _EVENT_SPLIT = re.compile(rb"\r?\n\r?\n")
 class Outcome:
     """What happened to one request."""
 
-    __slots__ = ("error", "raw", "start", "ttft", "total")
+    __slots__ = ("error", "raw", "start", "total", "ttft")
 
     def __init__(self) -> None:
         self.start = 0.0
@@ -46,14 +46,14 @@ class Outcome:
 
 
 async def one(session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str],
-              timeout: aiohttp.ClientTimeout) -> Outcome:
+              client_timeout: aiohttp.ClientTimeout) -> Outcome:
     """Send one request and read the whole answer, noting the first token's time."""
     out = Outcome()
     perf = time.perf_counter
     out.start = start = perf()
     parts: list[bytes] = []
     try:
-        async with session.post(url, data=body, headers=headers, timeout=timeout) as resp:
+        async with session.post(url, data=body, headers=headers, timeout=client_timeout) as resp:
             if resp.status != 200:
                 out.error = f"status {resp.status}"
                 out.raw = await resp.read()
@@ -63,7 +63,7 @@ async def one(session: aiohttp.ClientSession, url: str, body: bytes, headers: di
                     out.ttft = perf() - start
                 parts.append(data)
             out.total = perf() - start
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         out.error = type(exc).__name__
     out.raw = b"".join(parts)
     if out.ttft is None and out.error is None and out.total is not None:
@@ -109,6 +109,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
     async def worker(session: aiohttp.ClientSession) -> None:
         nonlocal budget
+        for _ in range(args.warmup):  # untimed: opens and warms this worker's connection
+            await one(session, args.url, body, headers, timeout)
         while budget > 0 and time.perf_counter() < deadline:
             budget -= 1
             results.append(await one(session, args.url, body, headers, timeout))
@@ -129,6 +131,7 @@ def summarise(results: list[Outcome], args: argparse.Namespace, wall: float,
     errors: dict[str, int] = {}
     ttfts: list[float] = []
     totals: list[float] = []
+    rates: list[float] = []
     complete = in_order = events = 0
     first_bad = None
     for out in results:
@@ -148,8 +151,11 @@ def summarise(results: list[Outcome], args: argparse.Namespace, wall: float,
             if not ok and first_bad is None:
                 first_bad = out.raw[:300].decode("utf-8", "replace")
         else:
-            n = sum(1 for ev in _EVENT_SPLIT.split(out.raw) if b"data:" in ev)
+            n = sum(1 for ev in _EVENT_SPLIT.split(out.raw)
+                    if b"data:" in ev and b"[DONE]" not in ev)
             events += n
+        if out.ttft is not None and out.total is not None and out.total > out.ttft and n > 1:
+            rates.append((n - 1) / (out.total - out.ttft))  # events after the first, per second
     ok_count = len(results) - sum(errors.values())
     return {
         "requests": len(results),
@@ -164,6 +170,7 @@ def summarise(results: list[Outcome], args: argparse.Namespace, wall: float,
                     "max": max(ttfts) if ttfts else None, "n": len(ttfts)},
         "total_ms": {"p50": percentile(totals, 50), "p99": percentile(totals, 99),
                      "max": max(totals) if totals else None},
+        "events_per_s_p50": percentile(rates, 50),
         "ttft_samples_ms": ttfts if args.samples else None,
         "wall_s": wall,
         "cpu_s": cpu,
@@ -185,6 +192,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-tokens", type=int, default=0)
     parser.add_argument("--no-stream", action="store_true", help="ask for one JSON answer")
     parser.add_argument("--no-verify", action="store_true")
+    parser.add_argument("--warmup", type=int, default=0,
+                        help="untimed requests per worker before the measured ones")
     parser.add_argument("--samples", action="store_true", help="include every TTFT")
     parser.add_argument("--timeout", type=float, default=120.0, help="per request, seconds")
     parser.add_argument("--deadline", type=float, default=300.0,
@@ -193,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     try:
         import uvloop

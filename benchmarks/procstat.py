@@ -55,6 +55,14 @@ def cpu_seconds(roots: list[int]) -> float:
     return ticks / _TICK
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds all CPUs of the machine spent busy (not idle, not iowait) so far."""
+    with open("/proc/stat", "rb") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal (guest time is inside user)
+    return (sum(fields[:8]) - fields[3] - fields[4]) / _TICK
+
+
 def rss_bytes(pids: list[int]) -> int:
     """Resident memory of the given processes, summed."""
     total = 0

@@ -117,6 +117,7 @@ class System:
     def __init__(self, cpu: int) -> None:
         self.cpu = cpu
         self.url = ""  # base URL, without /v1
+        self.model = MODEL  # the model name clients ask for
         self.procs: list[Proc] = []
         self.workdir: Path | None = None
 
@@ -281,7 +282,7 @@ class Meshkit(System):
 
     def _start(self, upstream: str, work: Path) -> None:
         port = free_port()
-        env = {"LLM_ENDPOINT": upstream, "LLM_MODEL": MODEL, "MESHKIT_PORT": str(port)}
+        env = {"LLM_ENDPOINT": upstream, "LLM_MODEL": self.model, "MESHKIT_PORT": str(port)}
         proc = self._spawn([*(meshkit_command() or []), "serve", str(self.yaml_path)], env=env,
                            cwd=REPO)
         self.url = f"http://127.0.0.1:{port}"
@@ -339,7 +340,7 @@ class LiteLLM(System):
     def _start(self, upstream: str, work: Path) -> None:
         port = free_port()
         conf = work / "litellm.yaml"
-        conf.write_text(_LITELLM_CONF.format(model=MODEL, upstream=upstream, key=API_KEY))
+        conf.write_text(_LITELLM_CONF.format(model=self.model, upstream=upstream, key=API_KEY))
         env = {"LITELLM_MASTER_KEY": API_KEY, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
         proc = self._spawn([str(self.bin / "litellm"), "--config", str(conf), "--host",
                             "127.0.0.1", "--port", str(port), "--num_workers", "1"],

@@ -186,7 +186,7 @@ class UpstreamProtocol(asyncio.Protocol):
         if end < 0:
             return None
         head = bytes(buf[:end]).decode("latin-1").split("\r\n")
-        method, target, version = (head[0].split(" ") + ["", "", ""])[:3]
+        method, target, version = [*head[0].split(" "), "", "", ""][:3]
         headers = {}
         for line in head[1:]:
             name, _, value = line.partition(":")

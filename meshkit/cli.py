@@ -1,4 +1,4 @@
-"""The ``meshkit`` command: ``serve``, ``validate``. The only place logging is configured."""
+"""The ``meshkit`` command: ``serve``, ``validate``, ``graph``. Only it configures logging."""
 
 from __future__ import annotations
 
@@ -56,6 +56,28 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_graph(args: argparse.Namespace) -> int:
+    """Print pipelines as Mermaid (default) or DOT, with node types and edge conditions."""
+    from .graph import to_dot, to_mermaid
+
+    mesh = _load(args.file)
+    if mesh is None:
+        return 1
+    names = [args.pipeline] if args.pipeline else list(mesh.pipelines)
+    unknown = [n for n in names if n not in mesh.pipelines]
+    if unknown:
+        print(f"{args.file}: no pipeline named {unknown[0]!r} "
+              f"(known: {', '.join(mesh.pipelines)})", file=sys.stderr)
+        return 1
+    draw = to_dot if args.format == "dot" else to_mermaid
+    for i, name in enumerate(names):
+        if len(names) > 1:
+            mark = "%%" if args.format == "mermaid" else "//"
+            print(("\n" if i else "") + f"{mark} pipeline {name}")
+        print(draw(mesh.pipelines[name]), end="")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the gateway until interrupted."""
     from aiohttp import web
@@ -98,6 +120,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     validate = sub.add_parser("validate", help="check a services file and list its problems")
     validate.add_argument("file")
     validate.set_defaults(func=cmd_validate)
+    graph = sub.add_parser("graph", help="print pipelines as Mermaid or DOT")
+    graph.add_argument("file", nargs="?", default="services.yaml")
+    graph.add_argument("--pipeline", help="only this pipeline (default: all)")
+    graph.add_argument("--format", choices=["mermaid", "dot"], default="mermaid")
+    graph.set_defaults(func=cmd_graph)
     args = parser.parse_args(argv)
     # Like `python -m`, let services.yaml name classes of the project it runs in.
     if os.getcwd() not in sys.path:

@@ -8,7 +8,9 @@ every call and upstream failures turned into :mod:`meshkit.errors`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+import email.utils
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any
@@ -20,7 +22,9 @@ import structlog
 from . import _json
 from .errors import (
     MeshError,
+    UpstreamConnectError,
     UpstreamError,
+    UpstreamOverloaded,
     UpstreamRejected,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -30,6 +34,30 @@ log = structlog.get_logger(__name__)
 
 #: Longest upstream error body we read to build a message.
 _ERROR_BODY_LIMIT = 4096
+
+#: Headers that describe one connection, never forwarded to another hop (RFC 9110 7.6.1),
+#: plus the caller's own credentials and the headers meshkit sets itself.
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
+    "trailer", "transfer-encoding", "upgrade", "proxy-connection", "host",
+    "content-length", "authorization", "cookie",
+})
+
+
+def forwardable(headers: Mapping[str, str], names: Iterable[str]) -> dict[str, str]:
+    """The subset of a caller's ``headers`` named in ``names`` that may go upstream.
+
+    Hop-by-hop headers, ``Authorization`` and cookies never pass, whatever ``names``
+    says; a node that wants to pass a caller header on must name it.
+    """
+    out: dict[str, str] = {}
+    for name in names:
+        if name.lower() in HOP_BY_HOP:
+            continue
+        value = headers.get(name)
+        if value is not None:
+            out[name] = value
+    return out
 
 
 @attrs.frozen
@@ -46,17 +74,31 @@ class Timeouts:
     idle: float = 60.0
     total: float | None = None
 
+    def within(self, seconds: float) -> Timeouts:
+        """These timeouts shrunk so that none outlasts ``seconds`` (a deadline's rest)."""
+        seconds = max(seconds, 0.001)
+        total = seconds if self.total is None else min(self.total, seconds)
+        return Timeouts(min(self.connect, seconds), min(self.first_byte, seconds),
+                        self.idle, total)
+
 
 class HttpClient:
     """A pooled HTTP client with meshkit's error mapping.
 
-    Use ``async with HttpClient() as client`` or :meth:`open`/:meth:`close`.
+    Use ``async with HttpClient() as client`` or :meth:`open`/:meth:`close`. Besides the
+    pool it keeps a tiny non-pooled session for health probes (a probe must open a
+    fresh connection to tell a dead host from a live pooled socket) and the set of
+    responses being streamed, so a shutting-down gateway can end them
+    (:meth:`abort_streams`).
     """
 
     def __init__(self, *, limit: int = 1024, keepalive: float = 30.0) -> None:
         self._limit = limit
         self._keepalive = keepalive
         self._session: aiohttp.ClientSession | None = None
+        self._probe_session: aiohttp.ClientSession | None = None
+        self._live: set[aiohttp.ClientResponse] = set()
+        self.aborting = False
 
     async def open(self) -> None:
         """Create the pooled session (idempotent)."""
@@ -67,12 +109,16 @@ class HttpClient:
             self._session = aiohttp.ClientSession(
                 connector=connector, json_serialize=lambda o: _json.dumps(o).decode()
             )
+            self.aborting = False
 
     async def close(self) -> None:
         """Close the session and every pooled connection."""
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._probe_session is not None:
+            await self._probe_session.close()
+            self._probe_session = None
 
     async def __aenter__(self) -> HttpClient:
         await self.open()
@@ -102,6 +148,37 @@ class HttpClient:
         acquired = getattr(connector, "_acquired", ())
         return len(acquired)
 
+    @property
+    def live_responses(self) -> int:
+        """Responses currently open for reading (streams in progress)."""
+        return len(self._live)
+
+    def abort_streams(self) -> int:
+        """Close every response being read, so its reader fails at once; return how many.
+
+        Used by graceful shutdown once the grace period is over: readers see
+        :attr:`aborting` and report a shutdown rather than an upstream failure.
+        """
+        self.aborting = True
+        live = list(self._live)
+        for response in live:
+            response.close()
+        return len(live)
+
+    @staticmethod
+    def arm_idle(response: aiohttp.ClientResponse, idle: float) -> None:
+        """Start bounding each gap between reads of ``response`` by ``idle`` seconds.
+
+        For a stream opened with ``read_idle=False``: the wait for the first byte is
+        bounded by the caller, the gaps after it by this timer (aiohttp's own read
+        timer, re-armed as data arrives: no per-chunk work of ours).
+        """
+        connection = response.connection
+        protocol = connection.protocol if connection is not None else None
+        if protocol is not None:
+            protocol.read_timeout = idle
+            protocol.start_timeout()
+
     @asynccontextmanager
     async def request(
         self,
@@ -112,14 +189,20 @@ class HttpClient:
         timeouts: Timeouts,
         body: Any = None,
         headers: Mapping[str, str] | None = None,
+        read_idle: bool = True,
+        secrets: tuple[str, ...] = (),
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """Send one request; yield the response once its status is known to be good.
 
-        Raises ``UpstreamUnavailable`` when the connection fails, ``UpstreamTimeout``
-        when headers do not arrive within ``timeouts.first_byte``, ``UpstreamRejected``
-        for a 4xx and ``UpstreamError`` for a 5xx. On exit the connection is returned to
-        the pool when the body was read whole, and closed otherwise (so a cancelled
-        stream never leaves a half-read connection behind).
+        Raises ``UpstreamConnectError`` when no connection could be used (refused,
+        unreachable, connect timeout, a pooled socket the peer had closed),
+        ``UpstreamTimeout`` when headers do not arrive within ``timeouts.first_byte``,
+        ``UpstreamOverloaded`` for 429/503 (with the upstream's ``Retry-After``),
+        ``UpstreamRejected`` for another 4xx and ``UpstreamError`` for a 5xx. With
+        ``read_idle=False`` no read timer runs until :meth:`arm_idle`. Any of
+        ``secrets`` found in an upstream's error message is masked. On exit the
+        connection is returned to the pool when the body was read whole, and closed
+        otherwise (so a cancelled stream never leaves a half-read connection behind).
         """
         if self._session is None:
             await self.open()
@@ -128,46 +211,118 @@ class HttpClient:
         if headers:
             all_headers.update(headers)
         client_timeout = aiohttp.ClientTimeout(
-            total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.idle
+            total=timeouts.total,
+            sock_connect=timeouts.connect,
+            sock_read=timeouts.idle if read_idle else None,
         )
         try:
             async with asyncio.timeout(timeouts.first_byte):
                 response = await self.session.request(
                     method, url, data=data, headers=all_headers, timeout=client_timeout
                 )
+        except aiohttp.ConnectionTimeoutError as exc:
+            raise UpstreamConnectError(
+                f"{service}: no connection within {timeouts.connect:g} s", service=service
+            ) from exc
         except TimeoutError as exc:
             raise UpstreamTimeout(
                 f"{service}: no answer within {timeouts.first_byte:g} s", service=service
             ) from exc
         except aiohttp.ClientConnectorError as exc:
-            raise UpstreamUnavailable(
+            raise UpstreamConnectError(
                 f"{service}: cannot connect to {exc.host}:{exc.port}", service=service
+            ) from exc
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+            # The connection died before any answer: a pooled socket the peer had
+            # closed, or a reset. No response means the request was not served.
+            raise UpstreamConnectError(
+                f"{service}: connection lost before an answer ({type(exc).__name__})",
+                service=service,
             ) from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise UpstreamUnavailable(
                 f"{service}: connection failed ({type(exc).__name__})", service=service
             ) from exc
+        self._live.add(response)
         try:
             if response.status >= 400:
-                raise await _status_error(response, service)
+                raise await _status_error(response, service, secrets)
             yield response
         except BaseException:
             response.close()
             raise
         else:
             response.release()
+        finally:
+            self._live.discard(response)
+
+    async def probe(
+        self, url: str, *, within: float, headers: Mapping[str, str]
+    ) -> str | None:
+        """Probe ``GET url`` on a fresh connection: None when it answers 2xx within
+        ``within`` seconds, else why not."""
+        if self._probe_session is None or self._probe_session.closed:
+            self._probe_session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(force_close=True, limit=64)
+            )
+        try:
+            async with asyncio.timeout(within):
+                async with self._probe_session.get(url, headers=headers) as response:
+                    await response.read()
+                    return None if response.status < 400 else f"answered {response.status}"
+        except TimeoutError:
+            return f"no answer within {within:g} s"
+        except aiohttp.ClientConnectorError as exc:
+            return f"cannot connect to {exc.host}:{exc.port}"
+        except (aiohttp.ClientError, OSError) as exc:
+            return f"connection failed ({type(exc).__name__})"
 
 
-async def _status_error(response: aiohttp.ClientResponse, service: str) -> MeshError:
+def retry_after(value: str | None) -> float | None:
+    """Seconds a ``Retry-After`` header asks for (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        seconds = when.timestamp() - time.time()
+    if seconds != seconds:  # NaN
+        return None
+    return max(0.0, min(seconds, 86_400.0))
+
+
+def redact(text: str, secrets: tuple[str, ...]) -> str:
+    """``text`` with every secret (of four characters or more) masked."""
+    for secret in secrets:
+        if secret and len(secret) >= 4 and secret in text:
+            text = text.replace(secret, "***")
+    return text
+
+
+async def _status_error(
+    response: aiohttp.ClientResponse, service: str, secrets: tuple[str, ...] = ()
+) -> MeshError:
     """Build the error for an upstream 4xx/5xx, with the upstream's own message."""
     try:
         raw = await asyncio.wait_for(response.content.read(_ERROR_BODY_LIMIT), 2.0)
     except (TimeoutError, aiohttp.ClientError):
         raw = b""
-    detail = _error_message(raw) or response.reason or "error"
+    detail = redact(_error_message(raw) or response.reason or "error", secrets)
     status = response.status
     log.info("meshkit.upstream.status", service=service, status=status)
-    if 400 <= status < 500 and status not in (408, 429):
+    if status in (429, 503):
+        return UpstreamOverloaded(
+            f"{service}: upstream answered {status}: {detail}",
+            service=service,
+            upstream_status=status,
+            retry_after=retry_after(response.headers.get("Retry-After")),
+        )
+    if 400 <= status < 500 and status != 408:
         return UpstreamRejected(
             f"{service}: {detail}", service=service, upstream_status=status
         )

@@ -87,7 +87,11 @@ class UpstreamConnectError(UpstreamUnavailable):
 
 
 class UpstreamOverloaded(UpstreamError):
-    """The remote service answered 429 or 503 (it asked to be retried later)."""
+    """The remote service answered 429 or 503 (it asked to be retried later).
+
+    A 429 is passed on as 429 (the caller should slow down), a 503 as 502 like any
+    other upstream failure; the upstream's ``Retry-After`` is passed on with both.
+    """
 
     code = "upstream_overloaded"
 
@@ -100,7 +104,7 @@ class UpstreamOverloaded(UpstreamError):
         retry_after: float | None = None,
     ) -> None:
         super().__init__(message, service=service, upstream_status=upstream_status)
-        self.status = 429 if upstream_status == 429 else 503
+        self.status = 429 if upstream_status == 429 else 502
         self.retry_after = retry_after
 
 

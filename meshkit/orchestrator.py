@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Self
 
 import attrs
 import structlog
 
+from . import graph
 from .client import HttpClient
 from .errors import GraphError, MeshError, NodeError, NodeTimeout
+from .execution import GraphRun
+from .expr import Condition, compile_condition
 from .nodes.base import Context, MicroService
+from .streams import TEE_BUFFER, Tee
 
 log = structlog.get_logger(__name__)
 
-Condition = Callable[[Any, Context], bool]
+ConditionFn = Callable[[Any, Context], bool]
 
 
 @attrs.frozen
@@ -26,53 +30,78 @@ class Edge:
 
     src: str
     dst: str
-    when: Condition | None = attrs.field(default=None, eq=False)
+    when: ConditionFn | None = attrs.field(default=None, eq=False)
     label: str | None = None
 
 
 class ServiceOrchestrator:
     """A directed acyclic graph of services, run once per request.
 
-    Nodes whose inputs are ready run concurrently; a node with one predecessor gets its
-    output, one with several gets a ``{name: output}`` dict, and the first nodes get the
-    request itself. The graph's single sink gives the result: a value, a
-    :class:`~meshkit.protocol.Completion` or a chunk stream.
+    Nodes whose inputs are ready run concurrently. A first node gets the request; a
+    node with one predecessor gets its output (converted to the port it takes: a stream
+    is read whole for a node that takes text); a node with several gets an
+    :class:`~meshkit.nodes.ports.Inputs` mapping of the inputs that arrived, by node
+    name. A stream feeding several nodes is shared through a bounded :class:`Tee`.
+    Edges may carry a condition (a ``when`` expression or a callable); a node none of
+    whose incoming edges was taken is skipped. The single final node gives the result.
+
+    With more than one node, the result also reports what ran: a final chunk (or the
+    Completion's ``meta``) holding ``path``, ``skipped``, ``failed`` (optional nodes
+    that failed) and whatever nodes put in ``ctx.meta`` (a RAG prompt adds ``sources``).
 
     Example:
         >>> mesh = ServiceOrchestrator()
         >>> mesh.add(prompt).add(llm).flow_to(prompt, llm)
     """
 
-    def __init__(self, name: str = "default", *, client: HttpClient | None = None) -> None:
+    def __init__(
+        self, name: str = "default", *, client: HttpClient | None = None,
+        tee_buffer: int = TEE_BUFFER,
+    ) -> None:
         self.name = name
         self.services: dict[str, MicroService] = {}
         self.edges: list[Edge] = []
+        self.tee_buffer = tee_buffer
+        self._optional: set[str] = set()
         self._client = client
         self._owns_client = False
-        self._plan: tuple[str, ...] | None = None
+        self._analysis: graph.Analysis | None = None
+        #: The tees made by the latest request (tests read their ``high_water``).
+        self.last_tees: list[Tee] = []
 
     def __repr__(self) -> str:
         return f"<ServiceOrchestrator {self.name!r} nodes={list(self.services)}>"
 
     # -- building -------------------------------------------------------------------------
 
-    def add(self, service: MicroService) -> Self:
-        """Add a node; names are unique within the graph."""
+    def add(self, service: MicroService, *, optional: bool = False) -> Self:
+        """Add a node; names are unique. An ``optional`` node's failure skips it instead
+        of failing the request."""
         if service.name in self.services:
             raise GraphError(f"{self.name}: a node named {service.name!r} exists already")
         self.services[service.name] = service
-        self._plan = None
+        if optional:
+            self._optional.add(service.name)
+        self._analysis = None
         return self
+
+    def is_optional(self, name: str) -> bool:
+        """Whether the node ``name`` may fail without failing the request."""
+        return name in self._optional
 
     def flow_to(
         self,
         src: MicroService | str,
         dst: MicroService | str,
         *,
-        when: Condition | None = None,
+        when: str | ConditionFn | None = None,
         label: str | None = None,
     ) -> Self:
-        """Connect ``src``'s output to ``dst``'s input (optionally only ``when`` it holds)."""
+        """Connect ``src``'s output to ``dst``'s input, only ``when`` it holds if given.
+
+        ``when`` is an expression in meshkit's condition language (see
+        :mod:`meshkit.expr`) or a callable ``(output, ctx) -> bool``.
+        """
         a = src if isinstance(src, str) else src.name
         b = dst if isinstance(dst, str) else dst.name
         for end in (a, b):
@@ -82,8 +111,15 @@ class ServiceOrchestrator:
             raise GraphError(f"{self.name}: edge {a} -> {b} would make a cycle")
         if any(e.src == a and e.dst == b for e in self.edges):
             raise GraphError(f"{self.name}: edge {a} -> {b} is declared twice")
+        if isinstance(when, str):
+            try:
+                when = compile_condition(when)
+            except ValueError as exc:
+                raise GraphError(f"{self.name}: edge {a} -> {b}: {exc}") from exc
+        if label is None and isinstance(when, Condition):
+            label = when.source
         self.edges.append(Edge(a, b, when, label))
-        self._plan = None
+        self._analysis = None
         return self
 
     def predecessors(self, name: str) -> list[str]:
@@ -104,42 +140,28 @@ class ServiceOrchestrator:
                     todo.append(pred)
         return seen
 
-    @property
-    def sink(self) -> str:
-        """The node whose output is the graph's result."""
-        return self.plan()[-1]
+    def problems(self) -> list[str]:
+        """Everything wrong with the graph (ports, shape), each naming both ends."""
+        return list(self.analysis().problems)
+
+    def analysis(self) -> graph.Analysis:
+        """The checked shape of the graph: order, final node, ports (cached)."""
+        if self._analysis is None:
+            self._analysis = graph.analyse(self.services, self.edges)
+        return self._analysis
 
     def plan(self) -> tuple[str, ...]:
         """Check the graph and return its nodes in a topological order."""
-        if self._plan is not None:
-            return self._plan
-        if not self.services:
-            raise GraphError(f"{self.name}: the graph has no nodes")
-        sinks = [n for n in self.services if not self.successors(n)]
-        if len(sinks) != 1:
-            raise GraphError(
-                f"{self.name}: a graph needs exactly one final node, found {sorted(sinks)}"
-            )
-        indegree = {n: len(self.predecessors(n)) for n in self.services}
-        ready = [n for n, d in indegree.items() if d == 0]
-        order: list[str] = []
-        while ready:
-            node = ready.pop(0)
-            order.append(node)
-            for nxt in self.successors(node):
-                indegree[nxt] -= 1
-                if indegree[nxt] == 0:
-                    ready.append(nxt)
-        order.remove(sinks[0])
-        order.append(sinks[0])
-        self._plan = tuple(order)
-        return self._plan
+        analysis = self.analysis()
+        if analysis.problems:
+            raise GraphError(f"{self.name}: " + "; ".join(analysis.problems))
+        return analysis.order
 
-    def _is_chain(self) -> bool:
-        return all(
-            len(self.predecessors(n)) <= 1 and len(self.successors(n)) <= 1
-            for n in self.services
-        ) and all(e.when is None for e in self.edges)
+    @property
+    def sink(self) -> str:
+        """The node whose output is the graph's result."""
+        self.plan()
+        return str(self.analysis().sink)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -163,7 +185,7 @@ class ServiceOrchestrator:
 
     async def close(self) -> None:
         """Close every node, then the client if this orchestrator created it."""
-        for service in self.services.values():
+        for service in reversed(self.services.values()):
             await service.close()
         if self._owns_client and self._client is not None:
             await self._client.close()
@@ -199,70 +221,33 @@ class ServiceOrchestrator:
         """Run one request through the graph and return the final node's output.
 
         A streaming result is returned as soon as the stream is open; iterate it to pull
-        chunks through every node that transforms it, and ``aclose()`` it to cancel.
+        chunks through every node that transforms it, and ``aclose()`` it to cancel
+        (that closes every stream the request opened, and so every upstream call).
         """
         if ctx is None:
             if self._client is None:
                 await self.open()
             ctx = self.context()
-        plan = self.plan()
-        if self._is_chain():
-            for name in plan:
-                data = await self._call(self.services[name], data, ctx)
-            return data
-        return await self._run_graph(plan, data, ctx)
+        if ctx.request is None:
+            ctx.request = data
+        self.plan()
+        if len(self.services) == 1:
+            (only,) = self.services.values()
+            return await self.call_node(only, data, ctx)
+        return await GraphRun(self, ctx).run(data)
 
-    async def _run_graph(self, plan: Iterable[str], data: Any, ctx: Context) -> Any:
-        done: dict[str, asyncio.Future[Any]] = {}
-        skipped = _Skipped()
-        loop = asyncio.get_running_loop()
-        for name in plan:
-            done[name] = loop.create_future()
-
-        async def run_node(name: str) -> None:
-            preds = self.predecessors(name)
-            if not preds:
-                value = data
-            else:
-                inputs = {p: await done[p] for p in preds}
-                live = {
-                    e.src: inputs[e.src]
-                    for e in self.edges
-                    if e.dst == name
-                    and inputs[e.src] is not skipped
-                    and (e.when is None or e.when(inputs[e.src], ctx))
-                }
-                if not live:
-                    done[name].set_result(skipped)
-                    return
-                value = next(iter(live.values())) if len(preds) == 1 else live
-            done[name].set_result(await self._call(self.services[name], value, ctx))
-
-        try:
-            async with asyncio.TaskGroup() as group:
-                for name in plan:
-                    group.create_task(run_node(name), name=f"meshkit.node.{name}")
-        except BaseExceptionGroup as group_error:
-            raise _first_error(group_error) from None
-        result = done[self.sink].result()
-        if result is skipped:
-            raise GraphError(f"{self.name}: no path reached {self.sink!r} for this request")
-        return result
-
-    async def _call(self, service: MicroService, data: Any, ctx: Context) -> Any:
+    async def call_node(self, service: MicroService, data: Any, ctx: Context) -> Any:
+        """Run one node under its timeout; foreign errors become a NodeError naming it."""
         ctx.trace.append(service.name)
         started = time.perf_counter()
         try:
-            if service.timeout is None:
+            async with asyncio.timeout(service.timeout):
                 result = await service.process(data, ctx)
-            else:
-                async with asyncio.timeout(service.timeout):
-                    result = await service.process(data, ctx)
         except MeshError:
             raise
         except TimeoutError as exc:
             raise NodeTimeout(
-                f"node {service.name!r} took longer than {service.timeout} s",
+                f"node {service.name!r} took longer than {service.timeout:g} s",
                 node=service.name,
             ) from exc
         except Exception as exc:
@@ -277,26 +262,3 @@ class ServiceOrchestrator:
         return result
 
 
-class _Skipped:
-    """Marks the output of a node that no taken edge reached."""
-
-    def __repr__(self) -> str:
-        return "<skipped>"
-
-
-def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The error to report for a failed graph: a MeshError if any branch raised one."""
-    leaves: list[BaseException] = []
-
-    def walk(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                walk(inner)
-        else:
-            leaves.append(exc)
-
-    walk(group)
-    for exc in leaves:
-        if isinstance(exc, MeshError):
-            return exc
-    return leaves[0]

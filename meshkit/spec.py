@@ -57,6 +57,11 @@ class ServiceSpec:
     params: Mapping[str, Any] = attrs.field(factory=dict)
     optional: bool = False
     local: LocalSpec | None = None
+    total_timeout: float | None = None
+    retries: int = 2
+    fallback: str | None = None
+    balancer: str = "least_inflight"
+    health_interval: float = 5.0
 
 
 @attrs.frozen
@@ -95,6 +100,10 @@ class GatewaySpec:
     host: str = "0.0.0.0"
     port: int = 8008
     routes: tuple[RouteSpec, ...] = ()
+    api_keys: tuple[str, ...] = attrs.field(default=(), repr=False)
+    max_inflight: int = 0
+    max_body: int = 8 * 1024 * 1024
+    shutdown_grace: float = 10.0
 
 
 @attrs.frozen
@@ -230,6 +239,7 @@ class _Checker:
             if pipe is not None:
                 pipelines[pipe.name] = pipe
         gateway = self.gateway(top.get("gateway"), services, pipelines)
+        self.fallbacks(services)
         return MeshSpec(services, pipelines, gateway, source)
 
     def service(self, name: str, raw: Any) -> ServiceSpec | None:
@@ -239,6 +249,7 @@ class _Checker:
         node = self.mapping(raw, path, (
             "type", "endpoint", "api", "path", "model", "timeout", "connect_timeout",
             "idle_timeout", "api_key", "class", "params", "optional", "local",
+            "total_timeout", "retries", "fallback", "balancer", "health_interval",
         ))
         kind = node.get("type")
         if kind not in SERVICE_TYPES:
@@ -266,10 +277,22 @@ class _Checker:
             self.fail(f"{path}.params", "must be a mapping")
             params = {}
         local = self.local(node.get("local"), f"{path}.local") if "local" in node else None
-        if kind in ("llm", "embedding", "reranker") and not endpoints and local is None and \
+        if kind in ("llm", "embedding") and not endpoints and local is None and \
                 class_path is None:
             self.fail(f"{path}.endpoint", "is required (a base URL such as http://host:11434)")
         optional = self.get(node, "optional", path, _boolean, False, "true or false")
+        total = self.get(node, "total_timeout", path, _positive, None,
+                         "a positive number of seconds")
+        retries = self.get(node, "retries", path, _count, 2, "a whole number from 0 to 10")
+        balancer = str(node.get("balancer") or "least_inflight")
+        if balancer not in ("least_inflight", "round_robin"):
+            self.fail(f"{path}.balancer",
+                      f"must be 'least_inflight' or 'round_robin', not {balancer!r}")
+        health = self.get(node, "health_interval", path, _seconds_or_zero, 5.0,
+                          "a number of seconds (0 turns probes off)")
+        fallback = str(node["fallback"]) if node.get("fallback") else None
+        if fallback == name:
+            self.fail(f"{path}.fallback", "a service cannot fall back to itself")
         return ServiceSpec(
             name=name, type=str(kind), endpoints=endpoints, api=api,
             path=str(url_path) if url_path is not None else None,
@@ -277,7 +300,8 @@ class _Checker:
             timeout=timeout, connect_timeout=connect, idle_timeout=idle,
             api_key=str(node["api_key"]) if node.get("api_key") else None,
             class_path=str(class_path) if class_path is not None else None,
-            params=params, optional=optional, local=local,
+            params=params, optional=optional, local=local, total_timeout=total,
+            retries=retries, fallback=fallback, balancer=balancer, health_interval=health,
         )
 
     def endpoints(self, raw: Any, path: str) -> tuple[str, ...]:
@@ -358,7 +382,10 @@ class _Checker:
         services: Mapping[str, ServiceSpec],
         pipelines: Mapping[str, PipelineSpec],
     ) -> GatewaySpec:
-        node = self.mapping(raw, "gateway", ("host", "port", "routes"))
+        node = self.mapping(raw, "gateway", (
+            "host", "port", "routes", "api_keys", "api_keys_file", "max_inflight", "max_body",
+            "shutdown_grace",
+        ))
         host = str(node.get("host") or "0.0.0.0")
         port = self.get(node, "port", "gateway", _port, 8008, "a port number (1-65535)")
         routes: list[RouteSpec] = []
@@ -391,7 +418,51 @@ class _Checker:
             if (r.dialect, r.prefix) in seen:
                 self.fail(f"gateway.routes[{i}]", f"{r.dialect} is mounted twice at {r.prefix or '/'!r}")
             seen.add((r.dialect, r.prefix))
-        return GatewaySpec(host, port, tuple(routes))
+        return GatewaySpec(host, port, tuple(routes), *self.gateway_limits(node))
+
+    def gateway_limits(self, node: Mapping[str, Any]) -> tuple[tuple[str, ...], int, int, float]:
+        """``api_keys`` (inline and from ``api_keys_file``), ``max_inflight``,
+        ``max_body``, ``shutdown_grace``."""
+        raw_keys = node.get("api_keys") or ()
+        if isinstance(raw_keys, str):
+            raw_keys = raw_keys.split(",")
+        if not isinstance(raw_keys, list | tuple):
+            self.fail("gateway.api_keys", "must be a list or a comma-separated string")
+            raw_keys = ()
+        keys = [str(k).strip() for k in raw_keys if str(k).strip()]
+        key_file = node.get("api_keys_file")
+        if key_file:
+            try:
+                for line in Path(str(key_file)).read_text(encoding="utf-8").splitlines():
+                    key = line.split("#", 1)[0].strip()
+                    if key:
+                        keys.append(key)
+            except OSError as exc:
+                self.fail("gateway.api_keys_file", f"cannot read {key_file!r} ({exc.strerror})")
+        inflight = self.get(node, "max_inflight", "gateway", _count_any, 0,
+                            "a whole number (0: no limit)")
+        max_body = self.get(node, "max_body", "gateway", _size, 8 * 1024 * 1024,
+                            "a size in bytes (such as 1048576, 512KiB or 8MiB)")
+        grace = self.get(node, "shutdown_grace", "gateway", _seconds_or_zero, 10.0,
+                         "a number of seconds")
+        return tuple(keys), inflight, max_body, grace
+
+    def fallbacks(self, services: Mapping[str, ServiceSpec]) -> None:
+        """Every ``fallback`` names a service, and following them never loops."""
+        for name, spec in services.items():
+            seen = [name]
+            target = spec.fallback
+            while target is not None:
+                if target not in services:
+                    self.fail(f"services.{seen[-1]}.fallback", f"unknown service {target!r}")
+                    break
+                if target in seen:
+                    if target == name and len(seen) > 1:
+                        self.fail(f"services.{name}.fallback",
+                                  f"fallbacks loop: {' -> '.join([*seen, target])}")
+                    break
+                seen.append(target)
+                target = services[target].fallback
 
 
 def _positive(value: Any) -> float:
@@ -407,6 +478,41 @@ def _positive_int(value: Any) -> int:
     if isinstance(value, bool) or float(value) != int(float(value)) or int(float(value)) < 1:
         raise ValueError
     return int(float(value))
+
+
+def _count(value: Any) -> int:
+    number = _count_any(value)
+    if number > 10:
+        raise ValueError
+    return number
+
+
+def _count_any(value: Any) -> int:
+    if isinstance(value, bool) or float(value) != int(float(value)) or int(float(value)) < 0:
+        raise ValueError
+    return int(float(value))
+
+
+def _seconds_or_zero(value: Any) -> float:
+    if str(value).strip() in ("0", "0.0"):
+        return 0.0
+    return _positive(value)
+
+
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
+          "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
+
+
+def _size(value: Any) -> int:
+    if isinstance(value, bool):
+        raise TypeError
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", str(value))
+    if not match or match.group(2).lower() not in _UNITS:
+        raise ValueError
+    size = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    if size < 1:
+        raise ValueError
+    return size
 
 
 def _port(value: Any) -> int:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 
 import structlog
 from aiohttp import web
@@ -11,6 +12,8 @@ from ..errors import BadRequest, MeshError, NotFound
 from ..mesh import Mesh
 from ..orchestrator import ServiceOrchestrator
 from . import ollama, openai
+from .admission import Admission
+from .auth import ApiKeys
 from .dialect import json_response
 from .route import Route
 
@@ -18,6 +21,7 @@ log = structlog.get_logger(__name__)
 
 MESH = web.AppKey("meshkit.mesh", Mesh)
 ROUTES = web.AppKey("meshkit.routes", list[Route])
+ADMISSION = web.AppKey("meshkit.admission", Admission)
 
 #: Default cap on request bodies; larger ones get a 413 in the caller's dialect.
 MAX_BODY = 8 * 1024 * 1024
@@ -53,10 +57,21 @@ def _routes(app: web.Application) -> list[Route]:
     return app[ROUTES] if ROUTES in app else []
 
 
+def _size(n: int) -> str:
+    """A byte count as people read it (``8 MiB``)."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:g} {unit} ({n} bytes)"
+    return f"{n} bytes"
+
+
 def _render(err: MeshError, dialect: str) -> web.Response:
-    if dialect == "ollama":
-        return ollama.error_response(err)
-    return openai.error_response(err)
+    response = ollama.error_response(err) if dialect == "ollama" else openai.error_response(err)
+    if err.retry_after is not None and "Retry-After" not in response.headers:
+        response.headers["Retry-After"] = str(max(1, math.ceil(err.retry_after)))
+    if err.status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="meshkit"'
+    return response
 
 
 @web.middleware
@@ -75,7 +90,9 @@ async def _errors(
             err = MethodNotAllowed(f"{request.method} is not allowed on {request.path}")
         elif exc.status == 413:
             limit = request.app._client_max_size  # noqa: SLF001 - aiohttp keeps it private
-            err = PayloadTooLarge(f"request body is larger than {limit} bytes")
+            err = PayloadTooLarge(
+                f"request body is larger than the gateway's limit of {_size(limit)}"
+            )
         else:
             err = BadRequest(exc.reason)
             err.status = exc.status
@@ -99,13 +116,32 @@ async def healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
 
-def build_app(mesh: Mesh, *, max_body: int = MAX_BODY) -> web.Application:
-    """The gateway for a loaded mesh, as its ``gateway.routes`` declare.
+def build_app(
+    mesh: Mesh,
+    *,
+    max_body: int | None = None,
+    api_keys: Sequence[str] | None = None,
+    max_inflight: int | None = None,
+    shutdown_grace: float | None = None,
+) -> web.Application:
+    """The gateway for a loaded mesh, as its ``gateway`` section declares.
 
     With no routes declared and a single pipeline, both dialects are mounted at ``/``.
+    Keyword arguments override the spec's ``max_body``, ``api_keys``, ``max_inflight``
+    and ``shutdown_grace``. On shutdown the app refuses new requests and lets those in
+    flight finish for ``shutdown_grace`` seconds before ending the streams still open
+    with a final error event.
     """
-    app = web.Application(client_max_size=max_body, middlewares=[_errors])
+    gw = mesh.spec.gateway
+    keys = ApiKeys(gw.api_keys if api_keys is None else api_keys)
+    admission = Admission(gw.max_inflight if max_inflight is None else max_inflight)
+    grace = gw.shutdown_grace if shutdown_grace is None else shutdown_grace
+    middlewares = [_errors, *([keys.middleware] if keys else []), admission.middleware]
+    app = web.Application(
+        client_max_size=gw.max_body if max_body is None else max_body, middlewares=middlewares
+    )
     app[MESH] = mesh
+    app[ADMISSION] = admission
     specs = list(mesh.spec.gateway.routes)
     routes: list[Route] = []
     if specs:
@@ -130,11 +166,22 @@ def build_app(mesh: Mesh, *, max_body: int = MAX_BODY) -> web.Application:
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await mesh.open()
         log.info("meshkit.gateway.open", pipelines=sorted(mesh.pipelines),
-                 routes=[f"{r.dialect}:{r.prefix or '/'}" for r in routes])
+                 routes=[f"{r.dialect}:{r.prefix or '/'}" for r in routes],
+                 auth=bool(keys), max_inflight=admission.limit)
         yield
         await mesh.close()
 
+    def abort() -> int:
+        try:
+            return mesh.client.abort_streams()
+        except RuntimeError:  # the mesh never opened
+            return 0
+
+    async def drain(app: web.Application) -> None:
+        await admission.drain(grace, abort)
+
     app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(drain)
     return app
 
 

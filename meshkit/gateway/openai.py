@@ -96,6 +96,8 @@ class ChatEncoder:
         return b"data: " + _json.dumps(obj) + b"\n\n"
 
     def chunk(self, chunk: Chunk) -> bytes | None:
+        if not self.model and chunk.model:
+            self.model = chunk.model
         if chunk.raw is not None:
             # Relay the upstream's own event; drop the usage-only event unless asked.
             if chunk.usage is not None and not chunk.text and chunk.finish_reason is None:

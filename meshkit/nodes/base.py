@@ -40,6 +40,9 @@ class Context:
     deadline: float | None = None
     trace: list[str] = attrs.field(factory=list)
     meta: dict[str, Any] = attrs.field(factory=dict)
+    #: The request the graph is running for (set by the orchestrator), for nodes and
+    #: edge conditions that look at the caller's question or model.
+    request: Any = None
 
     def remaining(self, default: float) -> float:
         """Seconds left before the deadline, capped at ``default``."""

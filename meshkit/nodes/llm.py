@@ -1,22 +1,40 @@
-"""`RemoteLLM`: a chat model behind an OpenAI-compatible or Ollama-native HTTP API."""
+"""`RemoteLLM`: a chat model behind an OpenAI-compatible or Ollama-native HTTP API.
+
+Replicas, retries, health probes and the fallback live here, around one attempt; the
+relay of an open stream does nothing per chunk beyond parsing it (the idle timer is
+aiohttp's own read timer, the total one a single timer per call).
+"""
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import sys
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack
 from typing import Any
 
 import aiohttp
+import attrs
 import structlog
 
 from .. import _json
 from ..client import HttpClient, Timeouts
-from ..errors import BadRequest, MeshError, UpstreamError, UpstreamTimeout
+from ..errors import (
+    BadRequest,
+    CircuitOpen,
+    MeshError,
+    ShuttingDown,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamRejected,
+    UpstreamTimeout,
+)
 from ..protocol.types import ChatRequest, Chunk, ChunkStream, Completion, Message, Usage
 from ..protocol.wire import SSE_DONE, sse_data
+from ..resilience.deadline import DEADLINE_HEADER, header_value
+from ..resilience.replicas import Replica, ReplicaSet, eviction
+from ..resilience.retry import RetryPolicy, retryable
 from .base import Context, MicroService, ServiceType
 
 log = structlog.get_logger(__name__)
@@ -25,21 +43,24 @@ APIS = ("openai", "ollama")
 _CHAT_PATHS = {"openai": "/v1/chat/completions", "ollama": "/api/chat"}
 _MODEL_PATHS = {"openai": "/v1/models", "ollama": "/api/tags"}
 
-
 class RemoteLLM(MicroService):
-    """A remote chat model.
+    """A remote chat model, possibly behind several replicas.
 
     Args:
         name: Node name.
-        endpoint: Base URL (or several, tried in turn) without the API path, e.g.
-            ``http://ollama:11434``.
+        endpoint: Base URL, or several (replicas of one model), without the API path,
+            e.g. ``http://ollama:11434``.
         api: ``"openai"`` for any OpenAI-compatible server (Ollama's ``/v1``, vLLM,
             llama.cpp, TGI) or ``"ollama"`` for Ollama's native ``/api/chat``.
         path: Override of the chat path (``/v1/chat/completions`` or ``/api/chat``).
         model: Model used when the request names none.
-        timeouts: Outbound timeouts; ``timeouts.first_byte`` bounds the wait for the
-            first token (the whole answer when not streaming).
+        timeouts: Outbound timeouts; ``timeouts.first_byte`` is the budget for the first
+            token (the whole answer when not streaming), retries included.
         api_key: Credential sent upstream as ``Authorization: Bearer``; never logged.
+        retry: Which failures are retried, how often and how patiently.
+        balancer: ``"least_inflight"`` or ``"round_robin"`` over the replicas.
+        health_interval: Seconds between health probes of every replica (0: none).
+        fallback: A service to ask instead when this one fails before streaming.
     """
 
     service_type = ServiceType.LLM
@@ -55,6 +76,10 @@ class RemoteLLM(MicroService):
         timeouts: Timeouts | None = None,
         api_key: str | None = None,
         params: Mapping[str, Any] | None = None,
+        retry: RetryPolicy | None = None,
+        balancer: str = "least_inflight",
+        health_interval: float = 5.0,
+        fallback: MicroService | None = None,
     ) -> None:
         self.timeouts = timeouts or Timeouts()
         super().__init__(name, params=params, timeout=None)
@@ -67,38 +92,203 @@ class RemoteLLM(MicroService):
         self.api = api
         self.path = path or _CHAT_PATHS[api]
         self.model = model
+        self.retry = retry or RetryPolicy()
+        self.replicas = ReplicaSet(name, self.endpoints, balancer=balancer)
+        self.health_interval = health_interval
+        self.fallback = fallback
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._turn = itertools.cycle(self.endpoints)
+        self._secrets = (api_key,) if api_key else ()
+        self._prober: asyncio.Task[None] | None = None
 
-    def _base(self) -> str:
-        return next(self._turn)
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def open(self, client: HttpClient) -> None:
+        """Start the periodic health probe of every replica (when an interval is set)."""
+        if self.health_interval > 0 and self._prober is None:
+            timeout = min(5.0, max(1.0, self.health_interval))
+            headers = self._headers
+
+            async def probe(replica: Replica) -> str | None:
+                url = replica.url + _MODEL_PATHS[self.api]
+                return await client.probe(url, within=timeout, headers=headers)
+
+            self._prober = asyncio.create_task(
+                self.replicas.probe_forever(probe, self.health_interval),
+                name=f"meshkit.health.{self.name}",
+            )
+
+    async def close(self) -> None:
+        """Stop the health probe."""
+        prober, self._prober = self._prober, None
+        if prober is not None:
+            prober.cancel()
+            try:
+                await prober
+            except asyncio.CancelledError:
+                if (task := asyncio.current_task()) is not None and task.cancelling():
+                    raise
+
+    # -- serving ---------------------------------------------------------------------------
 
     async def process(self, data: Any, ctx: Context) -> Completion | ChunkStream:
-        """Send the chat request; stream chunks back or return the whole completion."""
+        """Send the chat request; stream chunks back or return the whole completion.
+
+        Fails over to :attr:`fallback` (if any) when this service fails before
+        streaming anything, within what is left of the request's deadline.
+        """
         request = _as_chat(data).with_model(self.model)
-        url = self._base() + self.path
-        if request.stream:
-            return await self._stream(url, request, ctx)
-        return await self._complete(url, request, ctx)
-
-    # -- non-streaming -------------------------------------------------------------------
-
-    async def _complete(self, url: str, request: ChatRequest, ctx: Context) -> Completion:
-        body = self._body(request, stream=False)
-        timeouts = self._deadline_timeouts(ctx)
         try:
-            async with asyncio.timeout(timeouts.first_byte):
-                async with ctx.client.request(
-                    "POST", url, service=self.name, timeouts=timeouts, body=body,
-                    headers=self._headers,
-                ) as response:
-                    raw = await response.read()
-        except TimeoutError as exc:
-            raise UpstreamTimeout(
-                f"{self.name}: no answer within {timeouts.first_byte:g} s", service=self.name
-            ) from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(f"{self.name}: {type(exc).__name__}", service=self.name) from exc
+            return await self._call(request, ctx)
+        except UpstreamError as err:
+            fallback = self.fallback
+            if fallback is None or isinstance(err, UpstreamRejected | ShuttingDown):
+                raise
+            log.warning("meshkit.llm.fallback", service=self.name, fallback=fallback.name,
+                        error=err.code, request_id=ctx.request_id)
+            own_model = getattr(fallback, "model", None)
+            if own_model:
+                request = attrs.evolve(request, model=own_model)
+            result: Completion | ChunkStream = await fallback.process(request, ctx)
+            return result
+
+    async def _call(self, request: ChatRequest, ctx: Context) -> Completion | ChunkStream:
+        """Try replicas until one answers, retrying safe failures within the budget."""
+        body = self._body(request, stream=request.stream)
+        now = time.monotonic()
+        budget_end = now + self.timeouts.first_byte
+        if ctx.deadline is not None:
+            budget_end = min(budget_end, ctx.deadline)
+        tried: list[Replica] = []
+        last: UpstreamError | None = None
+        attempt = 0
+        while True:
+            replica = self.replicas.pick(tried) or (self.replicas.pick() if tried else None)
+            if replica is None:
+                if last is not None:
+                    raise last
+                wait = self.replicas.retry_in()
+                why = self.replicas.last_error()
+                circuit = CircuitOpen(
+                    f"{self.name}: every replica is out after failures"
+                    + (f" (last: {why})" if why else "")
+                    + f"; retry in {max(1, round(wait))} s",
+                    service=self.name,
+                )
+                circuit.retry_after = wait
+                raise circuit
+            tried.append(replica)
+            try:
+                return await self._attempt(replica, body, request, ctx, budget_end)
+            except UpstreamError as err:
+                last = err
+                if not retryable(err) or attempt >= self.retry.retries:
+                    raise
+                fresh = any(r.available(self.replicas.clock()) and r not in tried
+                            for r in self.replicas)
+                if err.retry_after is not None and not fresh and \
+                        err.retry_after > self.retry.max_retry_after:
+                    raise
+                wait = self.retry.backoff(attempt, None if fresh else err.retry_after)
+                if time.monotonic() + wait >= budget_end:
+                    raise
+                log.info("meshkit.llm.retry", service=self.name, attempt=attempt + 1,
+                         wait=round(wait, 3), error=err.code, request_id=ctx.request_id)
+                attempt += 1
+                if wait:
+                    await asyncio.sleep(wait)
+
+    async def _attempt(
+        self,
+        replica: Replica,
+        body: dict[str, Any],
+        request: ChatRequest,
+        ctx: Context,
+        budget_end: float,
+    ) -> Completion | ChunkStream:
+        """One try on one replica, up to the first chunk (or the whole answer)."""
+        remaining = budget_end - time.monotonic()
+        if remaining <= 0:
+            raise UpstreamTimeout(f"{self.name}: no time left for the call", service=self.name)
+        timeouts = self.timeouts
+        if ctx.deadline is not None:
+            timeouts = timeouts.within(ctx.deadline - time.monotonic())
+        timeouts = attrs.evolve(timeouts, first_byte=remaining,
+                                connect=min(timeouts.connect, remaining))
+        headers = dict(self._headers)
+        headers["X-Request-ID"] = ctx.request_id
+        if ctx.deadline is not None:
+            headers[DEADLINE_HEADER] = header_value(ctx.deadline)
+        stack = AsyncExitStack()
+        self.replicas.acquire(replica)
+        stack.callback(self.replicas.release, replica)
+        task = asyncio.current_task()
+        url = replica.url + self.path
+        head: list[Chunk] = []
+        if task is not None:
+            replica.waiting.add(task)
+        try:
+            try:
+                async with asyncio.timeout(remaining):
+                    response = await stack.enter_async_context(ctx.client.request(
+                        "POST", url, service=self.name, timeouts=timeouts, body=body,
+                        headers=headers, read_idle=False, secrets=self._secrets,
+                    ))
+                    if request.stream:
+                        chunks = self._parse(response)
+                        # Servers often open with an empty role-only event: the first
+                        # token is the first chunk that carries something.
+                        while True:
+                            chunk = await anext(chunks, None)
+                            if chunk is None:
+                                break
+                            head.append(chunk)
+                            if chunk.text or chunk.finish_reason or chunk.usage:
+                                break
+                    else:
+                        raw = await response.read()
+            finally:
+                if task is not None:
+                    replica.waiting.discard(task)
+        except BaseException as exc:
+            await stack.__aexit__(type(exc), exc, exc.__traceback__)
+            err = self._failure(exc, timeouts, before_first=True)
+            if isinstance(exc, asyncio.CancelledError) and eviction(replica, task):
+                err = UpstreamConnectError(
+                    f"{self.name}: replica went down before answering", service=self.name
+                )
+            if err is None:
+                raise
+            self.replicas.failed(replica, err)
+            raise err from exc
+        self.replicas.succeeded(replica)
+        if request.stream:
+            ctx.client.arm_idle(response, self.timeouts.idle)
+            return self._relay(stack, head, chunks, replica, ctx.client)
+        await stack.aclose()
+        return self._completion(raw, request)
+
+    def _failure(
+        self, exc: BaseException, timeouts: Timeouts, *, before_first: bool
+    ) -> MeshError | None:
+        """The meshkit error for an exception from an upstream call (None: re-raise)."""
+        if isinstance(exc, MeshError):
+            return exc
+        if isinstance(exc, TimeoutError):
+            if before_first:
+                return UpstreamTimeout(
+                    f"{self.name}: no answer within {timeouts.first_byte:g} s",
+                    service=self.name,
+                )
+            return UpstreamTimeout(
+                f"{self.name}: stream stalled for {self.timeouts.idle:g} s", service=self.name
+            )
+        if isinstance(exc, aiohttp.ClientError):
+            what = "stream failed" if before_first else "stream broke"
+            return UpstreamError(f"{self.name}: {what} ({type(exc).__name__})",
+                                 service=self.name)
+        return None
+
+    def _completion(self, raw: bytes, request: ChatRequest) -> Completion:
         try:
             obj = _json.loads(raw)
             if self.api == "openai":
@@ -116,49 +306,13 @@ class RemoteLLM(MicroService):
             ) from exc
         return Completion(text, finish, usage, obj.get("model") or request.model)
 
-    # -- streaming -------------------------------------------------------------------------
-
-    async def _stream(self, url: str, request: ChatRequest, ctx: Context) -> ChunkStream:
-        """Open the stream and wait for its first chunk, so that failures before any
-        output surface here (as a status) rather than inside the stream."""
-        body = self._body(request, stream=True)
-        timeouts = self._deadline_timeouts(ctx)
-        stack = AsyncExitStack()
-        try:
-            async with asyncio.timeout(timeouts.first_byte):
-                response = await stack.enter_async_context(
-                    ctx.client.request(
-                        "POST", url, service=self.name, timeouts=timeouts, body=body,
-                        headers=self._headers,
-                    )
-                )
-                chunks = self._parse(response)
-                # Servers often open with an empty role-only event: the first token is
-                # the first chunk that carries something.
-                head: list[Chunk] = []
-                while True:
-                    chunk = await anext(chunks, None)
-                    if chunk is None:
-                        break
-                    head.append(chunk)
-                    if chunk.text or chunk.finish_reason or chunk.usage:
-                        break
-        except BaseException as exc:
-            await stack.__aexit__(type(exc), exc, exc.__traceback__)
-            if isinstance(exc, TimeoutError) and not isinstance(exc, MeshError):
-                raise UpstreamTimeout(
-                    f"{self.name}: no first token within {timeouts.first_byte:g} s",
-                    service=self.name,
-                ) from exc
-            if isinstance(exc, aiohttp.ClientError):
-                raise UpstreamError(
-                    f"{self.name}: stream failed ({type(exc).__name__})", service=self.name
-                ) from exc
-            raise
-        return self._relay(stack, head, chunks)
-
     async def _relay(
-        self, stack: AsyncExitStack, head: list[Chunk], chunks: AsyncIterator[Chunk]
+        self,
+        stack: AsyncExitStack,
+        head: list[Chunk],
+        chunks: AsyncIterator[Chunk],
+        replica: Replica,
+        client: HttpClient,
     ) -> ChunkStream:
         try:
             for chunk in head:
@@ -166,16 +320,16 @@ class RemoteLLM(MicroService):
             if head:
                 async for chunk in chunks:
                     yield chunk
-        except TimeoutError as exc:
+        except (TimeoutError, aiohttp.ClientError, UpstreamError) as exc:
             await stack.__aexit__(type(exc), exc, exc.__traceback__)
-            raise UpstreamTimeout(
-                f"{self.name}: stream stalled for {self.timeouts.idle:g} s", service=self.name
-            ) from exc
-        except aiohttp.ClientError as exc:
-            await stack.__aexit__(type(exc), exc, exc.__traceback__)
-            raise UpstreamError(
-                f"{self.name}: stream broke ({type(exc).__name__})", service=self.name
-            ) from exc
+            if client.aborting:
+                raise ShuttingDown(
+                    "the gateway is shutting down; the answer was cut short"
+                ) from exc
+            err = self._failure(exc, self.timeouts, before_first=False)
+            assert err is not None
+            self.replicas.failed(replica, err)
+            raise err from exc
         except BaseException:
             await stack.__aexit__(*sys.exc_info())
             raise
@@ -256,12 +410,6 @@ class RemoteLLM(MicroService):
 
     # -- helpers -------------------------------------------------------------------------
 
-    def _deadline_timeouts(self, ctx: Context) -> Timeouts:
-        if ctx.deadline is None:
-            return self.timeouts
-        first = ctx.remaining(self.timeouts.first_byte)
-        return Timeouts(self.timeouts.connect, first, self.timeouts.idle, self.timeouts.total)
-
     def _body(self, request: ChatRequest, *, stream: bool) -> dict[str, Any]:
         messages = [{"role": m.role, "content": m.content} for m in request.messages]
         if self.api == "openai":
@@ -289,29 +437,37 @@ class RemoteLLM(MicroService):
                 "options": options}
 
     async def ready(self, client: HttpClient) -> bool:
-        """True when every endpoint answers its model listing."""
-        for base in self.endpoints:
+        """True when some replica answers its model listing."""
+        for base in self._by_health():
             try:
-                await self._list_models(client, base, timeout=2.0)
+                await self._list_models(client, base, wait=2.0)
             except MeshError:
-                return False
-        return True
+                continue
+            return True
+        return False
+
+    def _by_health(self) -> list[str]:
+        """Replica URLs, those that may take traffic now first."""
+        now = self.replicas.clock()
+        ordered = sorted(self.replicas, key=lambda r: not r.available(now))
+        return [r.url for r in ordered]
 
     async def models(self, client: HttpClient) -> Sequence[str]:
-        """Model names the upstream lists (the first endpoint that answers)."""
+        """Model names the upstream lists (the first replica that answers)."""
         errors: list[MeshError] = []
-        for base in self.endpoints:
+        for base in self._by_health():
             try:
-                return await self._list_models(client, base, timeout=self.timeouts.first_byte)
+                return await self._list_models(client, base, wait=self.timeouts.first_byte)
             except MeshError as exc:
                 errors.append(exc)
         raise errors[-1]
 
-    async def _list_models(self, client: HttpClient, base: str, *, timeout: float) -> list[str]:
-        timeouts = Timeouts(min(self.timeouts.connect, timeout), timeout, timeout)
+    async def _list_models(self, client: HttpClient, base: str, *, wait: float) -> list[str]:
+        timeouts = Timeouts(min(self.timeouts.connect, wait), wait, wait)
         url = base + _MODEL_PATHS[self.api]
         async with client.request(
-            "GET", url, service=self.name, timeouts=timeouts, headers=self._headers
+            "GET", url, service=self.name, timeouts=timeouts, headers=self._headers,
+            secrets=self._secrets,
         ) as response:
             raw = await response.read()
         try:

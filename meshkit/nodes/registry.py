@@ -16,6 +16,7 @@ from ..client import Timeouts
 from ..errors import SpecError
 from ..spec import ServiceSpec
 from .base import MicroService, ServiceType
+from .builtins import BUILTINS
 from .llm import RemoteLLM
 
 Factory = Callable[[ServiceSpec], MicroService]
@@ -69,7 +70,7 @@ class ServiceRegistry:
     """Maps YAML ``type`` names to factories; one per mesh, never global."""
 
     def __init__(self, *, discover: bool = True) -> None:
-        self._factories: dict[str, Factory] = {"llm": build_llm, "custom": _custom}
+        self._factories: dict[str, Factory] = {"llm": build_llm, "custom": _custom, **BUILTINS}
         if discover:
             self._discover()
 
