@@ -45,8 +45,13 @@ class Outcome:
         self.error: str | None = None
 
 
-async def one(session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str],
-              client_timeout: aiohttp.ClientTimeout) -> Outcome:
+async def one(
+    session: aiohttp.ClientSession,
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    client_timeout: aiohttp.ClientTimeout,
+) -> Outcome:
     """Send one request and read the whole answer, noting the first token's time."""
     out = Outcome()
     perf = time.perf_counter
@@ -95,8 +100,11 @@ def percentile(values: list[float], q: float) -> float | None:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     """Drive the load and return the summary."""
     prompt = args.prompt or f"bench chunks={args.chunks} gap_ms={args.gap_ms} word=s"
-    payload = {"model": args.model, "messages": [{"role": "user", "content": prompt}],
-               "stream": not args.no_stream}
+    payload = {
+        "model": args.model,
+        "messages": [{"role": "user", "content": prompt}],
+        "stream": not args.no_stream,
+    }
     if args.max_tokens:
         payload["max_tokens"] = args.max_tokens
     body = json.dumps(payload).encode()
@@ -125,8 +133,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     return summarise(results, args, wall, cpu)
 
 
-def summarise(results: list[Outcome], args: argparse.Namespace, wall: float,
-              cpu: float) -> dict[str, Any]:
+def summarise(
+    results: list[Outcome], args: argparse.Namespace, wall: float, cpu: float
+) -> dict[str, Any]:
     """Check every answer and reduce the outcomes to figures."""
     errors: dict[str, int] = {}
     ttfts: list[float] = []
@@ -151,8 +160,9 @@ def summarise(results: list[Outcome], args: argparse.Namespace, wall: float,
             if not ok and first_bad is None:
                 first_bad = out.raw[:300].decode("utf-8", "replace")
         else:
-            n = sum(1 for ev in _EVENT_SPLIT.split(out.raw)
-                    if b"data:" in ev and b"[DONE]" not in ev)
+            n = sum(
+                1 for ev in _EVENT_SPLIT.split(out.raw) if b"data:" in ev and b"[DONE]" not in ev
+            )
             events += n
         if out.ttft is not None and out.total is not None and out.total > out.ttft and n > 1:
             rates.append((n - 1) / (out.total - out.ttft))  # events after the first, per second
@@ -165,11 +175,19 @@ def summarise(results: list[Outcome], args: argparse.Namespace, wall: float,
         "in_order": in_order,
         "events": events,
         "expected_events": (len(results) if args.no_stream else args.chunks * len(results))
-        if args.chunks else None,
-        "ttft_ms": {"p50": percentile(ttfts, 50), "p99": percentile(ttfts, 99),
-                    "max": max(ttfts) if ttfts else None, "n": len(ttfts)},
-        "total_ms": {"p50": percentile(totals, 50), "p99": percentile(totals, 99),
-                     "max": max(totals) if totals else None},
+        if args.chunks
+        else None,
+        "ttft_ms": {
+            "p50": percentile(ttfts, 50),
+            "p99": percentile(ttfts, 99),
+            "max": max(ttfts) if ttfts else None,
+            "n": len(ttfts),
+        },
+        "total_ms": {
+            "p50": percentile(totals, 50),
+            "p99": percentile(totals, 99),
+            "max": max(totals) if totals else None,
+        },
         "events_per_s_p50": percentile(rates, 50),
         "ttft_samples_ms": ttfts if args.samples else None,
         "wall_s": wall,
@@ -192,12 +210,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-tokens", type=int, default=0)
     parser.add_argument("--no-stream", action="store_true", help="ask for one JSON answer")
     parser.add_argument("--no-verify", action="store_true")
-    parser.add_argument("--warmup", type=int, default=0,
-                        help="untimed requests per worker before the measured ones")
+    parser.add_argument(
+        "--warmup", type=int, default=0, help="untimed requests per worker before the measured ones"
+    )
     parser.add_argument("--samples", action="store_true", help="include every TTFT")
     parser.add_argument("--timeout", type=float, default=120.0, help="per request, seconds")
-    parser.add_argument("--deadline", type=float, default=300.0,
-                        help="no new request starts after this many seconds")
+    parser.add_argument(
+        "--deadline",
+        type=float,
+        default=300.0,
+        help="no new request starts after this many seconds",
+    )
     parser.add_argument("--cpu", type=int, default=None, help="pin to this CPU")
     args = parser.parse_args(argv)
     if args.cpu is not None:

@@ -82,9 +82,13 @@ class ChatMegaservice:
         text = result[last]["choices"][0]["message"]["content"]
         return ChatCompletionResponse(
             model=chat.model or "bench",
-            choices=[ChatCompletionResponseChoice(
-                index=0, message=ChatMessage(role="assistant", content=text),
-                finish_reason="stop")],
+            choices=[
+                ChatCompletionResponseChoice(
+                    index=0,
+                    message=ChatMessage(role="assistant", content=text),
+                    finish_reason="stop",
+                )
+            ],
             usage=UsageInfo(),
         )
 

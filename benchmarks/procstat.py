@@ -23,7 +23,7 @@ def _stat_fields(pid: int) -> list[str] | None:
     except OSError:
         return None
     # the command name may hold spaces and parentheses: split after the last ')'
-    return raw[raw.rindex(")") + 2:].split()
+    return raw[raw.rindex(")") + 2 :].split()
 
 
 def tree(root: int) -> list[int]:

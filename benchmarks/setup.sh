@@ -29,7 +29,7 @@ make_venv() {  # name, pip requirement...
     "$python" -m venv "$dir"
     "$dir/bin/pip" install -q --upgrade pip
   fi
-  "$dir/bin/pip" install -q "$@"
+  "$dir/bin/pip" install -q "$@" 2> >(grep -v "is ignored: it is neither" >&2)
   echo "venv $name ready: $("$dir/bin/pip" freeze | grep -iE "^(${name//-/[-_]})" || true)"
 }
 
@@ -37,7 +37,7 @@ need_debian
 mkdir -p "$venvs"
 for w in "${want[@]}"; do
   case "$w" in
-    opea) make_venv opea "$opea_pin" uvicorn ;;
+    opea) make_venv opea "$opea_pin" ;;
     litellm) make_venv litellm "$litellm_pin" ;;
     *) echo "unknown peer: $w" >&2; exit 2 ;;
   esac

@@ -72,8 +72,13 @@ class Proc:
         cpu = self.cpu
         with open(self.log, "ab") as out:
             self.popen = subprocess.Popen(
-                self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=env, cwd=self.cwd, start_new_session=True,
+                self.argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=self.cwd,
+                start_new_session=True,
                 preexec_fn=lambda: os.sched_setaffinity(0, {cpu}),
             )
 
@@ -150,8 +155,9 @@ class System:
     def _start(self, upstream: str, work: Path) -> None:
         raise NotImplementedError
 
-    def _spawn(self, argv: list[str], env: dict[str, str] | None = None,
-               cwd: Path | None = None) -> Proc:
+    def _spawn(
+        self, argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> Proc:
         assert self.workdir is not None
         proc = Proc(argv, self.cpu, self.workdir / f"{self.name}.log", env or {}, cwd)
         proc.start()
@@ -236,10 +242,24 @@ class Nginx(System):
         host, _, port = upstream.removeprefix("http://").partition(":")
         listen = free_port()
         conf = work / "nginx.conf"
-        conf.write_text(_NGINX_CONF.format(work=work, upstream_host=host,
-                                           upstream_port=port.rstrip("/") or "80", port=listen))
-        proc = self._spawn(["nginx", "-c", str(conf), "-p", str(work), "-e", str(work / "err.log"),
-                            "-g", "user root;"])
+        conf.write_text(
+            _NGINX_CONF.format(
+                work=work, upstream_host=host, upstream_port=port.rstrip("/") or "80", port=listen
+            )
+        )
+        proc = self._spawn(
+            [
+                "nginx",
+                "-c",
+                str(conf),
+                "-p",
+                str(work),
+                "-e",
+                str(work / "err.log"),
+                "-g",
+                "user root;",
+            ]
+        )
         self.url = f"http://127.0.0.1:{listen}"
         wait_http(self.url + "/v1/models", self.startup_timeout, proc.alive)
 
@@ -268,8 +288,13 @@ class Meshkit(System):
             return "meshkit command not found (pip install -e .)"
         if not self.yaml_path.exists():
             return f"{self.yaml_path} does not exist"
-        probe = subprocess.run([*(meshkit_command() or []), "--help"], capture_output=True,
-                               text=True, check=False, timeout=60)
+        probe = subprocess.run(
+            [*(meshkit_command() or []), "--help"],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
         if probe.returncode != 0 or "serve" not in probe.stdout:
             return "`meshkit --help` fails or lists no `serve`: " + probe.stderr.strip()[-200:]
         return None
@@ -283,8 +308,9 @@ class Meshkit(System):
     def _start(self, upstream: str, work: Path) -> None:
         port = free_port()
         env = {"LLM_ENDPOINT": upstream, "LLM_MODEL": self.model, "MESHKIT_PORT": str(port)}
-        proc = self._spawn([*(meshkit_command() or []), "serve", str(self.yaml_path)], env=env,
-                           cwd=REPO)
+        proc = self._spawn(
+            [*(meshkit_command() or []), "serve", str(self.yaml_path)], env=env, cwd=REPO
+        )
         self.url = f"http://127.0.0.1:{port}"
         wait_http(self.url + "/readyz", self.startup_timeout, proc.alive)
 
@@ -303,8 +329,17 @@ class Opea(System):
 
     def _start(self, upstream: str, work: Path) -> None:
         port = free_port()
-        proc = self._spawn([str(self.python), str(HERE / "opea_megaservice.py"),
-                            "--port", str(port), "--upstream", upstream], cwd=work)
+        proc = self._spawn(
+            [
+                str(self.python),
+                str(HERE / "opea_megaservice.py"),
+                "--port",
+                str(port),
+                "--upstream",
+                upstream,
+            ],
+            cwd=work,
+        )
         self.url = f"http://127.0.0.1:{port}"
         wait_http(self.url + "/health", self.startup_timeout, proc.alive)
 
@@ -342,9 +377,21 @@ class LiteLLM(System):
         conf = work / "litellm.yaml"
         conf.write_text(_LITELLM_CONF.format(model=self.model, upstream=upstream, key=API_KEY))
         env = {"LITELLM_MASTER_KEY": API_KEY, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
-        proc = self._spawn([str(self.bin / "litellm"), "--config", str(conf), "--host",
-                            "127.0.0.1", "--port", str(port), "--num_workers", "1"],
-                           env=env, cwd=work)
+        proc = self._spawn(
+            [
+                str(self.bin / "litellm"),
+                "--config",
+                str(conf),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--num_workers",
+                "1",
+            ],
+            env=env,
+            cwd=work,
+        )
         self.url = f"http://127.0.0.1:{port}"
         wait_http(self.url + "/health/liveliness", self.startup_timeout, proc.alive)
 
@@ -363,8 +410,9 @@ def default_meshkit_yaml() -> Path:
     return root if root.exists() else HERE / "meshkit-chat.yaml"
 
 
-def make(name: str, cpu: int, meshkit_yaml: Path | None = None,
-         graph_yaml: Path | None = None) -> System:
+def make(
+    name: str, cpu: int, meshkit_yaml: Path | None = None, graph_yaml: Path | None = None
+) -> System:
     """Build the system called ``name``."""
     if name == "direct":
         return Direct(cpu)

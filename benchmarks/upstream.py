@@ -113,9 +113,11 @@ def stream_frames(model: str, chunks: int, word: str, usage: bool) -> tuple[byte
     base["model"] = model
     frames = []
     for i in range(chunks):
-        delta = {"role": "assistant", "content": token(word, i)} if i == 0 else {
-            "content": token(word, i)
-        }
+        delta = (
+            {"role": "assistant", "content": token(word, i)}
+            if i == 0
+            else {"content": token(word, i)}
+        )
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
         frames.append(_event({**base, "choices": [choice]}))
     tail = _event({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
@@ -131,8 +133,10 @@ def stream_frames(model: str, chunks: int, word: str, usage: bool) -> tuple[byte
 @functools.lru_cache(maxsize=4)
 def models_body(model: str) -> bytes:
     """Body of ``GET /v1/models``."""
-    data = {"object": "list", "data": [{"id": model, "object": "model", "created": _CREATED,
-                                        "owned_by": "bench"}]}
+    data = {
+        "object": "list",
+        "data": [{"id": model, "object": "model", "created": _CREATED, "owned_by": "bench"}],
+    }
     return json.dumps(data).encode()
 
 
@@ -141,8 +145,9 @@ class Request:
 
     __slots__ = ("body", "close", "headers", "method", "path", "query")
 
-    def __init__(self, method: str, target: str, headers: dict[str, str], body: bytes,
-                 close: bool) -> None:
+    def __init__(
+        self, method: str, target: str, headers: dict[str, str], body: bytes, close: bool
+    ) -> None:
         self.method = method
         self.path, _, self.query = target.partition("?")
         self.headers = headers
@@ -200,7 +205,7 @@ class UpstreamProtocol(asyncio.Protocol):
             length = int(headers.get("content-length", "0") or 0)
             if len(buf) - pos < length:
                 return None
-            body = bytes(buf[pos:pos + length])
+            body = bytes(buf[pos : pos + length])
             pos += length
         del buf[:pos]
         conn = headers.get("connection", "").lower()
@@ -219,7 +224,7 @@ class UpstreamProtocol(asyncio.Protocol):
                 return None, pos
             if size == 0:  # no trailers are expected from the clients in this benchmark
                 return b"".join(parts), start + 2
-            parts.append(bytes(buf[start:start + size]))
+            parts.append(bytes(buf[start : start + size]))
             pos = start + size + 2
 
     def _answer(self, req: Request) -> None:
@@ -255,8 +260,11 @@ class UpstreamProtocol(asyncio.Protocol):
                     found.setdefault(key, value)
         d = self._defaults
         try:
-            return Shape(int(found.get("chunks", d.chunks)),
-                         float(found.get("gap_ms", d.gap * 1000.0)), found.get("word", d.word))
+            return Shape(
+                int(found.get("chunks", d.chunks)),
+                float(found.get("gap_ms", d.gap * 1000.0)),
+                found.get("word", d.word),
+            )
         except ValueError:
             return d
 
@@ -287,8 +295,9 @@ class UpstreamProtocol(asyncio.Protocol):
         start = self._loop.time()
         self._loop.call_at(start + shape.gap, self._step, req, frames, 1, start, shape.gap)
 
-    def _step(self, req: Request, frames: tuple[bytes, ...], i: int, start: float,
-              gap: float) -> None:
+    def _step(
+        self, req: Request, frames: tuple[bytes, ...], i: int, start: float, gap: float
+    ) -> None:
         if self._transport is None:  # the client went away: stop the stream
             return
         self._transport.write(frames[i])
@@ -309,8 +318,9 @@ class UpstreamProtocol(asyncio.Protocol):
 async def serve(host: str, port: int, defaults: Shape, model: str) -> None:
     """Serve until SIGTERM or SIGINT."""
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: UpstreamProtocol(defaults, model), host, port,
-                                      backlog=4096, reuse_address=True)
+    server = await loop.create_server(
+        lambda: UpstreamProtocol(defaults, model), host, port, backlog=4096, reuse_address=True
+    )
     stop = loop.create_future()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set_result, None)

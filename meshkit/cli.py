@@ -102,8 +102,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def ready(*_: object) -> None:
         print(f"meshkit gateway ready on http://{host}:{port}", file=sys.stderr, flush=True)
 
+    # SIGTERM: the app drains for gateway.shutdown_grace itself (on_shutdown), then
+    # ends open streams with a final error event; aiohttp's own wait only mops up.
     web.run_app(app, host=host, port=port, handler_cancellation=True, print=ready,
-                access_log=None, loop=loop)
+                access_log=None, loop=loop, shutdown_timeout=3.0,
+                backlog=4096)  # a burst of clients must not overflow the accept queue
     return 0
 
 

@@ -92,9 +92,7 @@ class Mesh:
         return None if found else orchestrator
 
     @classmethod
-    def from_file(
-        cls, path: str | os.PathLike[str], env: Mapping[str, str] | None = None
-    ) -> Mesh:
+    def from_file(cls, path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Mesh:
         """Load, validate and build ``path``."""
         return cls(spec_mod.load(path, env))
 
@@ -110,8 +108,10 @@ class Mesh:
         stack = AsyncExitStack()
         try:
             for name, service_spec in self.spec.services.items():
-                if service_spec.type == "llm" and not service_spec.endpoints and (
-                    service_spec.class_path is None
+                if (
+                    service_spec.type == "llm"
+                    and not service_spec.endpoints
+                    and (service_spec.class_path is None)
                 ):
                     await self._start_local(stack, self.services[name], service_spec)
             if client is None:
@@ -162,9 +162,7 @@ class Mesh:
             remote = self.registry.build(attrs.evolve(spec, endpoints=(server.url,)))
             names = list(await remote.models(probe))
         model = spec.model if spec.model in names else (names[0] if names else spec.model)
-        replacement = self.registry.build(
-            attrs.evolve(spec, endpoints=(server.url,), model=model)
-        )
+        replacement = self.registry.build(attrs.evolve(spec, endpoints=(server.url,), model=model))
         self.services[spec.name] = replacement
         for orchestrator in self.pipelines.values():
             if orchestrator.services.get(spec.name) is service:

@@ -55,7 +55,10 @@ class ServiceOrchestrator:
     """
 
     def __init__(
-        self, name: str = "default", *, client: HttpClient | None = None,
+        self,
+        name: str = "default",
+        *,
+        client: HttpClient | None = None,
         tee_buffer: int = TEE_BUFFER,
     ) -> None:
         self.name = name
@@ -108,9 +111,9 @@ class ServiceOrchestrator:
             if end not in self.services:
                 raise GraphError(f"{self.name}: edge {a} -> {b}: unknown node {end!r}")
         if a == b or b in self._ancestors(a):
-            raise GraphError(f"{self.name}: edge {a} -> {b} would make a cycle")
+            raise GraphError(f"{self.name}: edge {a} -> {b}: would make a cycle")
         if any(e.src == a and e.dst == b for e in self.edges):
-            raise GraphError(f"{self.name}: edge {a} -> {b} is declared twice")
+            raise GraphError(f"{self.name}: edge {a} -> {b}: is declared twice")
         if isinstance(when, str):
             try:
                 when = compile_condition(when)
@@ -260,5 +263,3 @@ class ServiceOrchestrator:
             request_id=ctx.request_id,
         )
         return result
-
-

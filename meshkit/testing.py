@@ -9,23 +9,46 @@ end to end without a model::
         ...  # point a RemoteLLM or services.yaml at `url`
     assert fake.requests[0]["model"] == "llama3.2:1b"
 
-Faults: ``status`` answers an error before streaming; ``first_delay`` waits before the
-first token; ``drop_after`` cuts the connection after N tokens; ``error_after`` sends an
-error event after N tokens; ``hold_last`` keeps the last token until ``release()``.
+Faults, one attribute each (combine them freely; change them between requests). A
+non-streamed answer honours them too: a drop closes the connection before the answer,
+a stall holds it, a malformed or error fault sends a bad body instead.
+
+=====================  =====================================================================
+``first_delay``        seconds before the first token (or the whole non-streamed answer)
+``delay``              seconds between tokens: a slow trickle
+``status``             answer every chat request with this HTTP status (429, 500, 503, ...)
+``retry_after``        with ``status``: send ``Retry-After`` with this many seconds
+``fail_times``         with ``status``: fail only the first N chat requests, then answer
+``drop_after``         close the connection abruptly after N tokens (0: before any)
+``stall_after``        after N tokens, stop sending (connection open) until :meth:`release`
+``error_after``        after N tokens, send an in-stream error event and end the stream
+``malformed_after``    after N tokens, send a line that is not valid SSE JSON / NDJSON
+``hold_last``          keep the last token until :meth:`release`
+=====================  =====================================================================
+
+:meth:`crash` cuts every open connection at once, as a killed replica would.
+
+Every request is recorded (``requests``, ``headers``, ``paths``), as are the answers
+finished (``completed``) or abandoned by the client (``cancelled``), and the requests
+being answered right now (``in_flight``). ``python -m meshkit.testing --port 8000``
+serves one from the command line (for Compose files or other hosts).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 import attrs
 from aiohttp import web
+
+Send = Callable[[bytes], Awaitable[None]]
 
 
 @attrs.define
@@ -34,38 +57,62 @@ class FakeLLM:
 
     Attributes:
         tokens: Pieces of text streamed in order, one event each.
-        delay: Seconds between tokens.
+        delay: Seconds between tokens (a slow trickle).
         first_delay: Seconds before the first token (or the whole non-streamed answer).
-        status: If set, every chat request is answered with this HTTP status.
+        status: If set, chat requests are answered with this HTTP status.
+        retry_after: ``Retry-After`` seconds sent with ``status``.
+        fail_times: Fail only this many chat requests with ``status`` (None: all).
         drop_after: Close the connection abruptly after this many tokens.
+        stall_after: Stop sending after this many tokens until :meth:`release`.
         error_after: Send an in-stream error event after this many tokens.
+        malformed_after: Send a malformed event after this many tokens.
         hold_last: Wait for :meth:`release` before sending the last token.
         model_names: What ``/v1/models`` and ``/api/tags`` list.
         requests: Bodies of the chat requests received, in order.
+        headers: Headers of the chat requests received, in order.
         sent: Per request, the monotonic time each token was written.
         cancelled: Set when a client went away before its answer was complete.
         url: Base URL while :meth:`serve` runs.
         completed: Count of answers delivered in full.
+        in_flight: Chat requests being answered now.
     """
 
     tokens: Sequence[str] = ("The", " sky", " appears", " blue", ".")
     delay: float = 0.0
     first_delay: float = 0.0
     status: int | None = None
+    retry_after: float | None = None
+    fail_times: int | None = None
     drop_after: int | None = None
+    stall_after: int | None = None
     error_after: int | None = None
+    malformed_after: int | None = None
     hold_last: bool = False
     model_names: Sequence[str] = ("llama3.2:1b",)
     requests: list[dict[str, Any]] = attrs.field(factory=list)
+    headers: list[dict[str, str]] = attrs.field(factory=list)
     sent: list[list[float]] = attrs.field(factory=list)
     cancelled: asyncio.Event = attrs.field(factory=asyncio.Event)
     completed: int = 0
+    in_flight: int = 0
     url: str = ""
+    _failed: int = 0
     _release: asyncio.Event = attrs.field(factory=asyncio.Event)
+    _transports: set[asyncio.BaseTransport] = attrs.field(factory=set)
 
     def release(self) -> None:
-        """Let held last tokens go."""
+        """Let held last tokens and stalled streams go."""
         self._release.set()
+
+    def crash(self) -> None:
+        """Die like a killed process: cut every open connection at once, mid-answer.
+
+        The listening socket stays until :meth:`serve` ends; stop it there (or give a
+        port nobody listens on) to refuse new connections too.
+        """
+        for transport in list(self._transports):
+            transport.close()
+        self._transports.clear()
 
     @property
     def finished(self) -> bool:
@@ -88,8 +135,9 @@ class FakeLLM:
         await runner.setup()
         site = web.TCPSite(runner, host, port)
         await site.start()
-        sockets = site._server.sockets if site._server else []  # noqa: SLF001
-        bound = sockets[0].getsockname()[1] if sockets else port
+        bound = port
+        for address in runner.addresses:
+            bound = address[1]
         self.url = f"http://{host}:{bound}"
         try:
             yield self.url
@@ -106,12 +154,19 @@ class FakeLLM:
         return web.json_response({"models": [{"name": m, "model": m} for m in self.model_names]})
 
     async def _fault(self, request: web.Request) -> tuple[dict[str, Any], web.Response | None]:
+        if request.transport is not None:
+            self._transports.add(request.transport)
         body = await request.json()
         self.requests.append(body)
-        if self.status is not None:
+        self.headers.append(dict(request.headers))
+        if self.status is not None and (self.fail_times is None or self._failed < self.fail_times):
+            self._failed += 1
+            headers = {}
+            if self.retry_after is not None:
+                headers["Retry-After"] = f"{self.retry_after:g}"
             return body, web.json_response(
                 {"error": {"message": f"scripted failure {self.status}", "type": "fake"}},
-                status=self.status,
+                status=self.status, headers=headers,
             )
         model = body.get("model")
         if model and model not in self.model_names:
@@ -129,6 +184,51 @@ class FakeLLM:
         if self.hold_last and index == len(self.tokens) - 1:
             await self._release.wait()
 
+    async def _script(
+        self,
+        request: web.Request,
+        write: Send,
+        token: Callable[[str], bytes],
+        error: bytes,
+        malformed: bytes,
+    ) -> bool:
+        """Send the tokens with the scripted faults; True when all were sent."""
+        times: list[float] = []
+        self.sent.append(times)
+        for i, text in enumerate(self.tokens):
+            await self._pace(i)
+            if self.drop_after is not None and i == self.drop_after:
+                assert request.transport is not None
+                request.transport.close()
+                return False
+            if self.stall_after is not None and i == self.stall_after:
+                await self._release.wait()
+            if self.error_after is not None and i == self.error_after:
+                await write(error)
+                return False
+            if self.malformed_after is not None and i == self.malformed_after:
+                await write(malformed)
+                return False
+            await write(token(text))
+            times.append(time.monotonic())
+        return True
+
+    async def _whole(self, request: web.Request) -> bytes | None:
+        """Faults of a non-streamed answer: None to answer normally, else what to send
+        instead (b"" when the connection was dropped)."""
+        await self._pace(0)
+        if self.drop_after is not None:
+            assert request.transport is not None
+            request.transport.close()
+            return b""
+        if self.stall_after is not None:
+            await self._release.wait()
+        if self.malformed_after is not None:
+            return b"{not json"
+        if self.error_after is not None:
+            return b'{"error": "scripted failure"}'
+        return None
+
     async def _openai(self, request: web.Request) -> web.StreamResponse:
         body, failure = await self._fault(request)
         if failure is not None:
@@ -136,7 +236,9 @@ class FakeLLM:
         model = body.get("model") or self.model_names[0]
         rid = "chatcmpl-" + uuid.uuid4().hex[:12]
         if not body.get("stream"):
-            await self._pace(0)
+            instead = await self._whole(request)
+            if instead is not None:
+                return web.Response(body=instead, content_type="application/json")
             self.completed += 1
             return web.json_response({
                 "id": rid, "object": "chat.completion", "created": int(time.time()),
@@ -155,17 +257,13 @@ class FakeLLM:
 
         async def send(response: web.StreamResponse) -> None:
             await response.write(event({"role": "assistant", "content": ""}, None))
-            for i, token in enumerate(self.tokens):
-                await self._pace(i)
-                if self.drop_after is not None and i == self.drop_after:
-                    assert request.transport is not None
-                    request.transport.close()
-                    return
-                if self.error_after is not None and i == self.error_after:
-                    await response.write(b'data: {"error": {"message": "scripted failure"}}\n\n')
-                    return
-                await response.write(event({"content": token}, None))
-                times.append(time.monotonic())
+            done = await self._script(
+                request, response.write, lambda t: event({"content": t}, None),
+                b'data: {"error": {"message": "scripted failure"}}\n\n',
+                b"data: {not json\n\n",
+            )
+            if not done:
+                return
             await response.write(event({}, "stop"))
             if (body.get("stream_options") or {}).get("include_usage"):
                 await response.write(b"data: " + json.dumps({
@@ -177,8 +275,6 @@ class FakeLLM:
             await response.write(b"data: [DONE]\n\n")
             self.completed += 1
 
-        times: list[float] = []
-        self.sent.append(times)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         await self._guard(send(response))
@@ -187,8 +283,9 @@ class FakeLLM:
     async def _ollama(self, request: web.Request) -> web.StreamResponse:
         body, failure = await self._fault(request)
         if failure is not None:
+            retry = {k: v for k, v in failure.headers.items() if k == "Retry-After"}
             return web.json_response({"error": f"scripted failure {failure.status}"},
-                                     status=failure.status)
+                                     status=failure.status, headers=retry)
         model = body.get("model") or self.model_names[0]
 
         def line(content: str, done: bool) -> bytes:
@@ -200,34 +297,65 @@ class FakeLLM:
             return json.dumps(obj).encode() + b"\n"
 
         if body.get("stream") is False:
-            await self._pace(0)
+            instead = await self._whole(request)
+            if instead is not None:
+                return web.Response(body=instead, content_type="application/json")
             self.completed += 1
             return web.Response(body=line("".join(self.tokens), True),
                                 content_type="application/json")
 
         async def send(response: web.StreamResponse) -> None:
-            for i, token in enumerate(self.tokens):
-                await self._pace(i)
-                if self.drop_after is not None and i == self.drop_after:
-                    assert request.transport is not None
-                    request.transport.close()
-                    return
-                await response.write(line(token, False))
-                times.append(time.monotonic())
-            await response.write(line("", True))
-            self.completed += 1
+            done = await self._script(
+                request, response.write, lambda t: line(t, False),
+                b'{"error": "scripted failure"}\n', b"{not json\n",
+            )
+            if done:
+                await response.write(line("", True))
+                self.completed += 1
 
-        times: list[float] = []
-        self.sent.append(times)
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await response.prepare(request)
         await self._guard(send(response))
         return response
 
-    async def _guard(self, sending: Any) -> None:
+    async def _guard(self, sending: Awaitable[None]) -> None:
         """Run a send loop, noting when the client leaves before the end."""
+        self.in_flight += 1
         try:
             await sending
         except (asyncio.CancelledError, ConnectionResetError):
             self.cancelled.set()
             raise
+        finally:
+            self.in_flight -= 1
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Serve a :class:`FakeLLM` until interrupted (``python -m meshkit.testing``)."""
+    parser = argparse.ArgumentParser(prog="python -m meshkit.testing", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--tokens", default="The, sky, appears, blue, .",
+                        help="comma-separated tokens (spaces kept after the comma)")
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds between tokens")
+    parser.add_argument("--first-delay", type=float, default=0.0)
+    parser.add_argument("--model", action="append", dest="models")
+    args = parser.parse_args(argv)
+    tokens = [t if i == 0 else " " + t.lstrip() for i, t in enumerate(args.tokens.split(","))]
+    fake = FakeLLM(tokens=tokens, delay=args.delay, first_delay=args.first_delay,
+                   model_names=tuple(args.models or ("llama3.2:1b",)))
+
+    async def run() -> None:
+        async with fake.serve(args.host, args.port) as url:
+            print(f"fake LLM on {url}", flush=True)
+            await asyncio.Event().wait()
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

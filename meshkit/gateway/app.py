@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 
 import structlog
@@ -66,12 +65,9 @@ def _size(n: int) -> str:
 
 
 def _render(err: MeshError, dialect: str) -> web.Response:
-    response = ollama.error_response(err) if dialect == "ollama" else openai.error_response(err)
-    if err.retry_after is not None and "Retry-After" not in response.headers:
-        response.headers["Retry-After"] = str(max(1, math.ceil(err.retry_after)))
-    if err.status == 401:
-        response.headers["WWW-Authenticate"] = 'Bearer realm="meshkit"'
-    return response
+    if dialect == "ollama":
+        return ollama.error_response(err)
+    return openai.error_response(err)
 
 
 @web.middleware
@@ -89,7 +85,7 @@ async def _errors(
         elif exc.status == 405:
             err = MethodNotAllowed(f"{request.method} is not allowed on {request.path}")
         elif exc.status == 413:
-            limit = request.app._client_max_size  # noqa: SLF001 - aiohttp keeps it private
+            limit = request.app._client_max_size
             err = PayloadTooLarge(
                 f"request body is larger than the gateway's limit of {_size(limit)}"
             )

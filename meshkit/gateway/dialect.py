@@ -8,6 +8,7 @@ pipeline's stream (which cancels the upstream call) however the response ends.
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,6 +22,7 @@ from ..errors import MeshError, UpstreamError
 from ..nodes.base import Context
 from ..orchestrator import ServiceOrchestrator
 from ..protocol.types import ChatRequest, Chunk, Completion, Usage
+from ..resilience.deadline import deadline_from
 
 log = structlog.get_logger(__name__)
 
@@ -69,6 +71,17 @@ def json_response(obj: Any, *, status: int = 200, rid: str | None = None) -> web
     )
 
 
+def error_json(body: Any, err: MeshError) -> web.Response:
+    """An error body as a response, with the headers its error asks for
+    (``Retry-After`` when it says when to come back, ``WWW-Authenticate`` on 401)."""
+    response = json_response(body, status=err.status)
+    if err.retry_after is not None:
+        response.headers["Retry-After"] = str(max(1, math.ceil(err.retry_after)))
+    if err.status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="meshkit"'
+    return response
+
+
 async def serve_chat(
     request: web.Request,
     orchestrator: ServiceOrchestrator,
@@ -77,7 +90,8 @@ async def serve_chat(
     rid: str,
 ) -> web.StreamResponse:
     """Run ``chat`` through ``orchestrator`` and answer in the encoder's dialect."""
-    ctx = Context(client=orchestrator.client, request_id=rid, headers=request.headers)
+    ctx = Context(client=orchestrator.client, request_id=rid, headers=request.headers,
+                  deadline=deadline_from(request.headers))
     encoder = make_encoder(chat)  # before the run, so durations count from the request
     result = await orchestrator.run(chat, ctx)
     if not chat.stream:

@@ -12,7 +12,7 @@ from .. import _json
 from ..errors import BadRequest, MeshError
 from ..protocol.types import ChatRequest, Chunk, Completion, Message, Usage
 from . import validate as v
-from .dialect import Handler, json_response, now_ns, request_id, serve_chat
+from .dialect import Handler, error_json, json_response, now_ns, request_id, serve_chat
 from .route import Route
 
 #: Ollama ``options`` meshkit maps onto its own request fields.
@@ -26,7 +26,7 @@ def error_body(err: MeshError) -> dict[str, Any]:
 
 def error_response(err: MeshError) -> web.Response:
     """An error as Ollama clients expect it."""
-    return json_response(error_body(err), status=err.status)
+    return error_json(error_body(err), err)
 
 
 def _timestamp() -> str:
@@ -95,6 +95,7 @@ class _Encoder:
         self.finish: str | None = None
         self.usage: Usage | None = None
         self.pieces = 0
+        self.meta: dict[str, Any] = {}  # from meta chunks; sent on the final object
 
     def _delta(self, text: str) -> dict[str, Any]:
         raise NotImplementedError
@@ -104,6 +105,8 @@ class _Encoder:
             self.finish = chunk.finish_reason
         if chunk.usage is not None:
             self.usage = chunk.usage
+        if chunk.meta:
+            self.meta.update(chunk.meta)
         if not chunk.text:
             return None
         if self.first_token is None:
@@ -136,7 +139,10 @@ class _Encoder:
         }
 
     def end(self) -> bytes:
-        return _json.dumps(self._final("")) + b"\n"
+        final = self._final("")
+        if self.meta:
+            final["meshkit"] = self.meta
+        return _json.dumps(final) + b"\n"
 
     def error(self, err: MeshError) -> bytes:
         return _json.dumps(error_body(err)) + b"\n"

@@ -13,7 +13,7 @@ from ..errors import BadRequest, MeshError, NotFound
 from ..nodes.base import Context
 from ..protocol.types import ChatRequest, Chunk, Completion, EmbeddingRequest, Usage
 from . import validate as v
-from .dialect import Handler, json_response, request_id, serve_chat
+from .dialect import Handler, error_json, json_response, request_id, serve_chat
 from .route import Route
 
 #: Request fields passed to the LLM untouched (sampling and output controls).
@@ -41,7 +41,7 @@ def error_body(err: MeshError) -> dict[str, Any]:
 
 def error_response(err: MeshError) -> web.Response:
     """An error as OpenAI clients expect it."""
-    return json_response(error_body(err), status=err.status)
+    return error_json(error_body(err), err)
 
 
 def parse_chat(body: bytes) -> ChatRequest:

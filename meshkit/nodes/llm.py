@@ -60,7 +60,8 @@ class RemoteLLM(MicroService):
         retry: Which failures are retried, how often and how patiently.
         balancer: ``"least_inflight"`` or ``"round_robin"`` over the replicas.
         health_interval: Seconds between health probes of every replica (0: none).
-        fallback: A service to ask instead when this one fails before streaming.
+        fallback: A service (or, in a mesh, a service's name, resolved by :meth:`bind`)
+            to ask instead when this one fails before streaming.
     """
 
     service_type = ServiceType.LLM
@@ -79,7 +80,7 @@ class RemoteLLM(MicroService):
         retry: RetryPolicy | None = None,
         balancer: str = "least_inflight",
         health_interval: float = 5.0,
-        fallback: MicroService | None = None,
+        fallback: MicroService | str | None = None,
     ) -> None:
         self.timeouts = timeouts or Timeouts()
         super().__init__(name, params=params, timeout=None)
@@ -95,12 +96,22 @@ class RemoteLLM(MicroService):
         self.retry = retry or RetryPolicy()
         self.replicas = ReplicaSet(name, self.endpoints, balancer=balancer)
         self.health_interval = health_interval
-        self.fallback = fallback
+        self.fallback = fallback if isinstance(fallback, MicroService) else None
+        self._fallback_name = fallback if isinstance(fallback, str) else None
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._secrets = (api_key,) if api_key else ()
         self._prober: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
+
+    def bind(self, services: Mapping[str, MicroService], base: object = None) -> None:
+        """Resolve a fallback given by name against the mesh's services."""
+        if self._fallback_name is None:
+            return
+        target = services.get(self._fallback_name)
+        if target is None:
+            raise ValueError(f"fallback: unknown service {self._fallback_name!r}")
+        self.fallback = target
 
     async def open(self, client: HttpClient) -> None:
         """Start the periodic health probe of every replica (when an interval is set)."""
@@ -281,6 +292,15 @@ class RemoteLLM(MicroService):
                 )
             return UpstreamTimeout(
                 f"{self.name}: stream stalled for {self.timeouts.idle:g} s", service=self.name
+            )
+        if before_first and isinstance(
+            exc, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError
+        ):
+            # The replica went away before its first token: nothing reached the caller,
+            # so another replica may answer instead.
+            return UpstreamConnectError(
+                f"{self.name}: connection lost before the first token ({type(exc).__name__})",
+                service=self.name,
             )
         if isinstance(exc, aiohttp.ClientError):
             what = "stream failed" if before_first else "stream broke"

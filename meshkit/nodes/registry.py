@@ -14,6 +14,7 @@ from typing import Any
 
 from ..client import Timeouts
 from ..errors import SpecError
+from ..resilience.retry import RetryPolicy
 from ..spec import ServiceSpec
 from .base import MicroService, ServiceType
 from .builtins import BUILTINS
@@ -24,7 +25,8 @@ Factory = Callable[[ServiceSpec], MicroService]
 
 def timeouts_of(spec: ServiceSpec) -> Timeouts:
     """The outbound timeouts a spec declares."""
-    return Timeouts(connect=spec.connect_timeout, first_byte=spec.timeout, idle=spec.idle_timeout)
+    return Timeouts(connect=spec.connect_timeout, first_byte=spec.timeout,
+                    idle=spec.idle_timeout, total=spec.total_timeout)
 
 
 def build_llm(spec: ServiceSpec) -> MicroService:
@@ -38,6 +40,10 @@ def build_llm(spec: ServiceSpec) -> MicroService:
         timeouts=timeouts_of(spec),
         api_key=spec.api_key,
         params=spec.params,
+        retry=RetryPolicy(retries=spec.retries),
+        balancer=spec.balancer,
+        health_interval=spec.health_interval,
+        fallback=spec.fallback,
     )
 
 

@@ -1,0 +1,110 @@
+"""Every scripted upstream fault, streaming or not, in the OpenAI and Ollama dialects.
+
+Each case states what the client must see: a status (the failure came before any
+output) or a 200 whose stream ends with a final error event in the dialect's shape.
+After each case no connection is left checked out of the pool and nothing is in flight.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import attrs
+import pytest
+
+from meshkit.testing import FakeLLM
+
+from .test_resilience import (
+    CHAT,
+    _instant,
+    fakes,
+    free_port,
+    mesh_text,
+    ndjson,
+    settled,
+    sse_events,
+    start,
+    until,
+)
+
+__all__ = ["_instant", "fakes"]  # fixtures shared with test_resilience
+
+
+@attrs.frozen
+class Case:
+    """One fault and what the client sees (``stream``/``whole``: status, or "event")."""
+
+    name: str
+    fault: dict[str, Any]
+    stream: int | str
+    whole: int
+    llm: dict[str, Any] = attrs.field(factory=dict)
+
+
+OK = 200
+EVENT = "event"  # 200, then a final error event
+CASES = [
+    Case("ok", {}, OK, OK),
+    Case("slow_trickle", {"delay": 0.01}, OK, OK),
+    Case("429_retry_after", {"status": 429, "retry_after": 3}, 429, 429),
+    Case("429", {"status": 429}, 429, 429),
+    Case("500", {"status": 500}, 502, 502),
+    Case("503_retry_after", {"status": 503, "retry_after": 2}, 502, 502),
+    Case("503", {"status": 503}, 502, 502),
+    Case("503_once", {"status": 503, "fail_times": 1}, OK, OK),
+    Case("429_once", {"status": 429, "fail_times": 1, "retry_after": 1}, OK, OK),
+    Case("first_token_late", {"first_delay": 30}, 504, 504, {"timeout": 0.3}),
+    Case("stall_mid_stream", {"stall_after": 2}, EVENT, 504,
+         {"timeout": 0.3, "idle_timeout": 0.3}),
+    Case("drop_mid_stream", {"drop_after": 2}, EVENT, 502),
+    Case("drop_before_first_token", {"drop_after": 0}, 502, 502),
+    Case("malformed_sse", {"malformed_after": 2}, EVENT, 502),
+    Case("error_event", {"error_after": 2}, EVENT, 502),
+    Case("refused", {}, 502, 502),
+]
+PATHS = {"openai": "/v1/chat/completions", "ollama": "/api/chat"}
+
+
+@pytest.mark.parametrize("upstream_api", ["openai", "ollama"])
+@pytest.mark.parametrize("dialect", ["openai", "ollama"])
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "whole"])
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+async def test_fault(
+    fakes, aiohttp_client, case: Case, stream: bool, dialect: str, upstream_api: str
+) -> None:
+    fake: FakeLLM = await fakes(**case.fault)
+    url = f"http://127.0.0.1:{free_port()}" if case.name == "refused" else fake.url
+    gw = await start(aiohttp_client, mesh_text(url, api=upstream_api, **case.llm))
+    resp = await gw.post(PATHS[dialect], json={**CHAT, "stream": stream})
+    expected = case.stream if stream else case.whole
+    raw = await resp.read()
+    if expected == EVENT:
+        assert resp.status == 200
+        last = sse_events(raw)[-1] if dialect == "openai" else ndjson(raw)[-1]
+        assert_error_shape(last, dialect)
+    else:
+        assert resp.status == expected, raw
+        if expected == OK:
+            if stream and dialect == "openai":
+                assert sse_events(raw)[-1] == "[DONE]"
+            elif stream:
+                assert ndjson(raw)[-1]["done"] is True
+        else:
+            assert_error_shape(json.loads(raw), dialect)
+            if case.fault.get("retry_after") and expected == 429:
+                assert resp.headers["Retry-After"] == str(case.fault["retry_after"])
+    fake.release()
+    await settled(gw)
+    await until(lambda: fake.in_flight == 0)  # the upstream saw its call end too
+
+
+def assert_error_shape(body: Any, dialect: str) -> None:
+    """OpenAI: ``{"error": {"message", "type", "code", ...}}``; Ollama: ``{"error": str}``."""
+    assert isinstance(body, dict), body
+    if dialect == "openai":
+        err = body["error"]
+        assert isinstance(err["message"], str) and err["message"]
+        assert isinstance(err["code"], str) and isinstance(err["type"], str)
+    else:
+        assert isinstance(body["error"], str) and body["error"]
