@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import attrs
 import structlog
@@ -35,6 +36,7 @@ class Mesh:
     """
 
     def __init__(self, spec: MeshSpec, *, registry: ServiceRegistry | None = None) -> None:
+        spec, self.local = plan_local(spec)
         self.spec = spec
         self.registry = registry or ServiceRegistry()
         problems: list[str] = []
@@ -107,13 +109,8 @@ class Mesh:
         """Start local model servers, open the shared client and every service."""
         stack = AsyncExitStack()
         try:
-            for name, service_spec in self.spec.services.items():
-                if (
-                    service_spec.type == "llm"
-                    and not service_spec.endpoints
-                    and (service_spec.class_path is None)
-                ):
-                    await self._start_local(stack, self.services[name], service_spec)
+            if self.local is not None:
+                await stack.enter_async_context(self.local.server())
             if client is None:
                 client = HttpClient()
                 await client.open()
@@ -145,30 +142,6 @@ class Mesh:
             visit(service)
         return order
 
-    async def _start_local(
-        self, stack: AsyncExitStack, service: MicroService, spec: ServiceSpec
-    ) -> None:
-        """Run the embedded model server for an LLM without an endpoint, and point the
-        service at it; its default model becomes the local model unless it serves the
-        configured one."""
-        from .local.process import LocalServer
-
-        local = spec.local or LocalSpec()
-        server = LocalServer(
-            host=local.host, port=local.port, model=local.model_path, threads=local.threads
-        )
-        await stack.enter_async_context(server)
-        async with HttpClient() as probe:
-            remote = self.registry.build(attrs.evolve(spec, endpoints=(server.url,)))
-            names = list(await remote.models(probe))
-        model = spec.model if spec.model in names else (names[0] if names else spec.model)
-        replacement = self.registry.build(attrs.evolve(spec, endpoints=(server.url,), model=model))
-        self.services[spec.name] = replacement
-        for orchestrator in self.pipelines.values():
-            if orchestrator.services.get(spec.name) is service:
-                orchestrator.services[spec.name] = replacement
-        log.info("meshkit.local.ready", service=spec.name, url=server.url, model=model)
-
     async def close(self) -> None:
         """Stop everything :meth:`open` started, in reverse order."""
         if self._stack is not None:
@@ -197,3 +170,61 @@ class Mesh:
             except MeshError:
                 status[name] = False
         return status
+
+
+@attrs.frozen
+class LocalPlan:
+    """Where the embedded model server runs, decided before any service is built."""
+
+    host: str
+    port: int
+    model_path: str | None
+    threads: int
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def server(self) -> Any:
+        """The managed child process (an async context manager)."""
+        from .local.process import LocalServer
+
+        return LocalServer(
+            host=self.host, port=self.port, model=self.model_path, threads=self.threads
+        )
+
+
+def plan_local(spec: MeshSpec) -> tuple[MeshSpec, LocalPlan | None]:
+    """Point every LLM and embedding service that has ``local:`` but no endpoint at one
+    shared embedded model server, and give them its model name as their default (unless
+    theirs is one it answers to). Nothing starts here; :meth:`Mesh.open` starts it."""
+    wanting = [
+        s for s in spec.services.values()
+        if s.type in ("llm", "embedding") and not s.endpoints and s.local is not None
+        and s.class_path is None
+    ]
+    if not wanting:
+        return spec, None
+    first = wanting[0].local
+    assert first is not None
+    port = first.port or _free_port(first.host)
+    plan = LocalPlan(first.host, port, first.model_path, first.threads)
+    if first.model_path:
+        name = Path(first.model_path).stem
+        accepted = {name}
+    else:
+        from .local.model import DEFAULT_MODEL_NAME
+
+        name = DEFAULT_MODEL_NAME
+        accepted = {name, name + "-q4_k_m"}
+    services = dict(spec.services)
+    for s in wanting:
+        model = s.model if s.model in accepted else name
+        services[s.name] = attrs.evolve(s, endpoints=(plan.url,), model=model)
+    return attrs.evolve(spec, services=services), plan
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])

@@ -167,6 +167,35 @@ class TestOpenAI:
         await stream.close()
 
 
+class TestEmbeddings:
+    """/v1/embeddings answered by the same embedded model."""
+
+    async def test_batch_has_the_model_width(self, oa: openai.AsyncOpenAI) -> None:
+        texts = [
+            "The sky is blue because of Rayleigh scattering.",
+            "Sunlight scatters off air molecules, more so for blue light.",
+            "My grandmother's lasagna recipe uses three cheeses.",
+        ]
+        result = await oa.embeddings.create(model="gemma-3-270m", input=texts)
+        vectors = [d.embedding for d in result.data]
+        assert [d.index for d in result.data] == [0, 1, 2]
+        assert {len(v) for v in vectors} == {640}
+
+        def cosine(a: list[float], b: list[float]) -> float:
+            dot = sum(x * y for x, y in zip(a, b, strict=True))
+            return dot / (sum(x * x for x in a) ** 0.5 * sum(y * y for y in b) ** 0.5)
+
+        assert cosine(vectors[0], vectors[1]) > cosine(vectors[0], vectors[2])
+
+    async def test_default_model(self, served: str) -> None:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(served + "/v1/embeddings", json={"input": "hi"}) as resp:
+                body = await resp.json()
+        assert resp.status == 200, body
+        assert body["model"] == "gemma-3-270m"
+        assert len(body["data"][0]["embedding"]) == 640
+
+
 class TestOllama:
     """The official ollama client against the embedded model."""
 

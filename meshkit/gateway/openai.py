@@ -234,7 +234,11 @@ def add_routes(router: web.UrlDispatcher, route: Route) -> None:
                 raise BadRequest(
                     "'input' must be a string or a non-empty array of strings", param="input"
                 )
-            model = v.opt_str(obj, "model") or route.default_model()
+            model = (
+                v.opt_str(obj, "model")
+                or getattr(route.embeddings, "model", None)
+                or route.default_model()
+            )
             ctx = Context(client=route.orchestrator.client, request_id=rid, headers=request.headers)
             embed = getattr(route.embeddings, "embed", None)
             if embed is None:
