@@ -37,11 +37,23 @@ _ERROR_BODY_LIMIT = 4096
 
 #: Headers that describe one connection, never forwarded to another hop (RFC 9110 7.6.1),
 #: plus the caller's own credentials and the headers meshkit sets itself.
-HOP_BY_HOP = frozenset({
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
-    "trailer", "transfer-encoding", "upgrade", "proxy-connection", "host",
-    "content-length", "authorization", "cookie",
-})
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-connection",
+        "host",
+        "content-length",
+        "authorization",
+        "cookie",
+    }
+)
 
 
 def forwardable(headers: Mapping[str, str], names: Iterable[str]) -> dict[str, str]:
@@ -78,8 +90,7 @@ class Timeouts:
         """These timeouts shrunk so that none outlasts ``seconds`` (a deadline's rest)."""
         seconds = max(seconds, 0.001)
         total = seconds if self.total is None else min(self.total, seconds)
-        return Timeouts(min(self.connect, seconds), min(self.first_byte, seconds),
-                        self.idle, total)
+        return Timeouts(min(self.connect, seconds), min(self.first_byte, seconds), self.idle, total)
 
 
 class HttpClient:
@@ -256,9 +267,7 @@ class HttpClient:
         finally:
             self._live.discard(response)
 
-    async def probe(
-        self, url: str, *, within: float, headers: Mapping[str, str]
-    ) -> str | None:
+    async def probe(self, url: str, *, within: float, headers: Mapping[str, str]) -> str | None:
         """Probe ``GET url`` on a fresh connection: None when it answers 2xx within
         ``within`` seconds, else why not."""
         if self._probe_session is None or self._probe_session.closed:
@@ -323,9 +332,7 @@ async def _status_error(
             retry_after=retry_after(response.headers.get("Retry-After")),
         )
     if 400 <= status < 500 and status != 408:
-        return UpstreamRejected(
-            f"{service}: {detail}", service=service, upstream_status=status
-        )
+        return UpstreamRejected(f"{service}: {detail}", service=service, upstream_status=status)
     return UpstreamError(
         f"{service}: upstream answered {status}: {detail}",
         service=service,

@@ -145,10 +145,15 @@ class FakeLLM:
             await runner.cleanup()
 
     async def _models(self, request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [
-            {"id": m, "object": "model", "created": 0, "owned_by": "fake"}
-            for m in self.model_names
-        ]})
+        return web.json_response(
+            {
+                "object": "list",
+                "data": [
+                    {"id": m, "object": "model", "created": 0, "owned_by": "fake"}
+                    for m in self.model_names
+                ],
+            }
+        )
 
     async def _tags(self, request: web.Request) -> web.Response:
         return web.json_response({"models": [{"name": m, "model": m} for m in self.model_names]})
@@ -166,7 +171,8 @@ class FakeLLM:
                 headers["Retry-After"] = f"{self.retry_after:g}"
             return body, web.json_response(
                 {"error": {"message": f"scripted failure {self.status}", "type": "fake"}},
-                status=self.status, headers=headers,
+                status=self.status,
+                headers=headers,
             )
         model = body.get("model")
         if model and model not in self.model_names:
@@ -240,25 +246,48 @@ class FakeLLM:
             if instead is not None:
                 return web.Response(body=instead, content_type="application/json")
             self.completed += 1
-            return web.json_response({
-                "id": rid, "object": "chat.completion", "created": int(time.time()),
-                "model": model,
-                "choices": [{"index": 0, "finish_reason": "stop",
-                             "message": {"role": "assistant", "content": "".join(self.tokens)}}],
-                "usage": {"prompt_tokens": 3, "completion_tokens": len(self.tokens),
-                          "total_tokens": 3 + len(self.tokens)},
-            })
+            return web.json_response(
+                {
+                    "id": rid,
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "finish_reason": "stop",
+                            "message": {"role": "assistant", "content": "".join(self.tokens)},
+                        }
+                    ],
+                    "usage": {
+                        "prompt_tokens": 3,
+                        "completion_tokens": len(self.tokens),
+                        "total_tokens": 3 + len(self.tokens),
+                    },
+                }
+            )
 
         def event(delta: dict[str, Any], finish: str | None) -> bytes:
-            return b"data: " + json.dumps({
-                "id": rid, "object": "chat.completion.chunk", "created": 0, "model": model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-            }).encode() + b"\n\n"
+            return (
+                b"data: "
+                + json.dumps(
+                    {
+                        "id": rid,
+                        "object": "chat.completion.chunk",
+                        "created": 0,
+                        "model": model,
+                        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                    }
+                ).encode()
+                + b"\n\n"
+            )
 
         async def send(response: web.StreamResponse) -> None:
             await response.write(event({"role": "assistant", "content": ""}, None))
             done = await self._script(
-                request, response.write, lambda t: event({"content": t}, None),
+                request,
+                response.write,
+                lambda t: event({"content": t}, None),
                 b'data: {"error": {"message": "scripted failure"}}\n\n',
                 b"data: {not json\n\n",
             )
@@ -266,12 +295,24 @@ class FakeLLM:
                 return
             await response.write(event({}, "stop"))
             if (body.get("stream_options") or {}).get("include_usage"):
-                await response.write(b"data: " + json.dumps({
-                    "id": rid, "object": "chat.completion.chunk", "created": 0, "model": model,
-                    "choices": [], "usage": {"prompt_tokens": 3,
-                                             "completion_tokens": len(self.tokens),
-                                             "total_tokens": 3 + len(self.tokens)},
-                }).encode() + b"\n\n")
+                await response.write(
+                    b"data: "
+                    + json.dumps(
+                        {
+                            "id": rid,
+                            "object": "chat.completion.chunk",
+                            "created": 0,
+                            "model": model,
+                            "choices": [],
+                            "usage": {
+                                "prompt_tokens": 3,
+                                "completion_tokens": len(self.tokens),
+                                "total_tokens": 3 + len(self.tokens),
+                            },
+                        }
+                    ).encode()
+                    + b"\n\n"
+                )
             await response.write(b"data: [DONE]\n\n")
             self.completed += 1
 
@@ -284,14 +325,20 @@ class FakeLLM:
         body, failure = await self._fault(request)
         if failure is not None:
             retry = {k: v for k, v in failure.headers.items() if k == "Retry-After"}
-            return web.json_response({"error": f"scripted failure {failure.status}"},
-                                     status=failure.status, headers=retry)
+            return web.json_response(
+                {"error": f"scripted failure {failure.status}"},
+                status=failure.status,
+                headers=retry,
+            )
         model = body.get("model") or self.model_names[0]
 
         def line(content: str, done: bool) -> bytes:
-            obj: dict[str, Any] = {"model": model, "created_at": "2026-01-01T00:00:00Z",
-                                   "message": {"role": "assistant", "content": content},
-                                   "done": done}
+            obj: dict[str, Any] = {
+                "model": model,
+                "created_at": "2026-01-01T00:00:00Z",
+                "message": {"role": "assistant", "content": content},
+                "done": done,
+            }
             if done:
                 obj.update(done_reason="stop", prompt_eval_count=3, eval_count=len(self.tokens))
             return json.dumps(obj).encode() + b"\n"
@@ -301,13 +348,17 @@ class FakeLLM:
             if instead is not None:
                 return web.Response(body=instead, content_type="application/json")
             self.completed += 1
-            return web.Response(body=line("".join(self.tokens), True),
-                                content_type="application/json")
+            return web.Response(
+                body=line("".join(self.tokens), True), content_type="application/json"
+            )
 
         async def send(response: web.StreamResponse) -> None:
             done = await self._script(
-                request, response.write, lambda t: line(t, False),
-                b'{"error": "scripted failure"}\n', b"{not json\n",
+                request,
+                response.write,
+                lambda t: line(t, False),
+                b'{"error": "scripted failure"}\n',
+                b"{not json\n",
             )
             if done:
                 await response.write(line("", True))
@@ -332,19 +383,29 @@ class FakeLLM:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Serve a :class:`FakeLLM` until interrupted (``python -m meshkit.testing``)."""
-    parser = argparse.ArgumentParser(prog="python -m meshkit.testing", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m meshkit.testing",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--tokens", default="The, sky, appears, blue, .",
-                        help="comma-separated tokens (spaces kept after the comma)")
+    parser.add_argument(
+        "--tokens",
+        default="The, sky, appears, blue, .",
+        help="comma-separated tokens (spaces kept after the comma)",
+    )
     parser.add_argument("--delay", type=float, default=0.0, help="seconds between tokens")
     parser.add_argument("--first-delay", type=float, default=0.0)
     parser.add_argument("--model", action="append", dest="models")
     args = parser.parse_args(argv)
     tokens = [t if i == 0 else " " + t.lstrip() for i, t in enumerate(args.tokens.split(","))]
-    fake = FakeLLM(tokens=tokens, delay=args.delay, first_delay=args.first_delay,
-                   model_names=tuple(args.models or ("llama3.2:1b",)))
+    fake = FakeLLM(
+        tokens=tokens,
+        delay=args.delay,
+        first_delay=args.first_delay,
+        model_names=tuple(args.models or ("llama3.2:1b",)),
+    )
 
     async def run() -> None:
         async with fake.serve(args.host, args.port) as url:

@@ -13,9 +13,15 @@ from .test_resilience import CHAT, _instant, fakes, mesh_text, start
 
 __all__ = ["_instant", "fakes"]  # fixtures shared with test_resilience
 
-ROUTES = [("POST", "/v1/chat/completions"), ("GET", "/v1/models"), ("POST", "/v1/embeddings"),
-          ("POST", "/api/chat"), ("POST", "/api/generate"), ("GET", "/api/tags"),
-          ("GET", "/no/such/route")]
+ROUTES = [
+    ("POST", "/v1/chat/completions"),
+    ("GET", "/v1/models"),
+    ("POST", "/v1/embeddings"),
+    ("POST", "/api/chat"),
+    ("POST", "/api/generate"),
+    ("GET", "/api/tags"),
+    ("GET", "/no/such/route"),
+]
 
 
 class TestKeys:
@@ -33,16 +39,16 @@ class TestKeys:
         path = tmp_path / "keys"
         path.write_text("# ops keys\nk1\n\n  k2  # rotated 2026-01\n")
         assert read_key_file(path) == ("k1", "k2")
-        spec = loads(mesh_text("http://a:1", gateway={"api_keys": "k0",
-                                                      "api_keys_file": str(path)}), env={})
+        spec = loads(
+            mesh_text("http://a:1", gateway={"api_keys": "k0", "api_keys_file": str(path)}), env={}
+        )
         assert spec.gateway.api_keys == ("k0", "k1", "k2")
 
     def test_missing_key_file_is_a_spec_problem(self, tmp_path: Path) -> None:
         from meshkit.errors import SpecError
 
         with pytest.raises(SpecError) as info:
-            loads(mesh_text("http://a:1", gateway={"api_keys_file": str(tmp_path / "no")}),
-                  env={})
+            loads(mesh_text("http://a:1", gateway={"api_keys_file": str(tmp_path / "no")}), env={})
         assert info.value.problems[0].startswith("gateway.api_keys_file: cannot read")
 
 
@@ -50,8 +56,9 @@ class TestGatewayAuth:
     """With keys set, every route but health needs one."""
 
     @pytest.mark.parametrize(("method", "path"), ROUTES)
-    async def test_401_in_dialect_shape(self, fakes, aiohttp_client, method: str,
-                                        path: str) -> None:
+    async def test_401_in_dialect_shape(
+        self, fakes, aiohttp_client, method: str, path: str
+    ) -> None:
         fake = await fakes()
         gw = await start(aiohttp_client, mesh_text(fake.url, gateway={"api_keys": "k1,k2"}))
         for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "k1"}):
@@ -69,8 +76,9 @@ class TestGatewayAuth:
         fake = await fakes()
         gw = await start(aiohttp_client, mesh_text(fake.url, gateway={"api_keys": "k1,k2"}))
         for path in ("/v1/chat/completions", "/api/chat"):
-            resp = await gw.post(path, json={**CHAT, "stream": False},
-                                 headers={"Authorization": "Bearer k2"})
+            resp = await gw.post(
+                path, json={**CHAT, "stream": False}, headers={"Authorization": "Bearer k2"}
+            )
             assert resp.status == 200
         assert (await gw.get("/v1/models", headers={"Authorization": "Bearer k1"})).status == 200
         assert all("Authorization" not in h and "authorization" not in h for h in fake.headers)
@@ -86,17 +94,15 @@ class TestGatewayAuth:
 
         fake = await fakes()
         gw = await start(aiohttp_client, mesh_text(fake.url, gateway={"api_keys": "k1"}))
-        good = openai.AsyncOpenAI(base_url=str(gw.make_url("/v1")), api_key="k1",
-                                  max_retries=0)
-        bad = openai.AsyncOpenAI(base_url=str(gw.make_url("/v1")), api_key="k9",
-                                 max_retries=0)
+        good = openai.AsyncOpenAI(base_url=str(gw.make_url("/v1")), api_key="k1", max_retries=0)
+        bad = openai.AsyncOpenAI(base_url=str(gw.make_url("/v1")), api_key="k9", max_retries=0)
         try:
-            answer = await good.chat.completions.create(model="llama3.2:1b",
-                                                        messages=CHAT["messages"])
+            answer = await good.chat.completions.create(
+                model="llama3.2:1b", messages=CHAT["messages"]
+            )
             assert answer.choices[0].message.content == "The sky appears blue."
             with pytest.raises(openai.AuthenticationError):
-                await bad.chat.completions.create(model="llama3.2:1b",
-                                                  messages=CHAT["messages"])
+                await bad.chat.completions.create(model="llama3.2:1b", messages=CHAT["messages"])
         finally:
             await good.close()
             await bad.close()
@@ -111,6 +117,9 @@ class TestGatewayAuth:
         spec = loads(text, env={"LLM_ENDPOINT": fake.url, "MESHKIT_API_KEYS": "secret-1"})
         gw = await aiohttp_client(TestServer(build_app(Mesh(spec))))
         assert (await gw.post("/api/generate", json={"prompt": "hi"})).status == 401
-        resp = await gw.post("/api/generate", json={"prompt": "hi", "stream": False},
-                             headers={"Authorization": "Bearer secret-1"})
+        resp = await gw.post(
+            "/api/generate",
+            json={"prompt": "hi", "stream": False},
+            headers={"Authorization": "Bearer secret-1"},
+        )
         assert resp.status == 200

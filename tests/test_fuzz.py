@@ -59,8 +59,9 @@ class LiveGateway:
         fake = FakeLLM()
         async with fake.serve():
             text = mesh_text(fake.url, gateway={"max_body": MAX_BODY})
-            runner = web.AppRunner(build_app(Mesh(loads(text, env={}))),
-                                   handler_cancellation=True, access_log=None)
+            runner = web.AppRunner(
+                build_app(Mesh(loads(text, env={}))), handler_cancellation=True, access_log=None
+            )
             await runner.setup()
             site = web.TCPSite(runner, "127.0.0.1", 0)
             await site.start()
@@ -69,12 +70,21 @@ class LiveGateway:
             await self._stop.wait()
             await runner.cleanup()
 
-    def call(self, method: str, path: str, body: bytes | None = None,
-             headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, bytes]:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=20)
         try:
-            conn.request(method, path, body=body,
-                         headers={"Content-Type": "application/json", **(headers or {})})
+            conn.request(
+                method,
+                path,
+                body=body,
+                headers={"Content-Type": "application/json", **(headers or {})},
+            )
             response = conn.getresponse()
             return response.status, response.read()
         finally:
@@ -88,17 +98,36 @@ def live() -> Iterator[LiveGateway]:
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
-    | st.text(max_size=50),
-    lambda children: st.lists(children, max_size=5)
-    | st.dictionaries(st.text(max_size=10), children, max_size=5),
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=50),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5)
+    ),
     max_leaves=30,
 )
-FIELDS = ["model", "messages", "prompt", "stream", "temperature", "top_p", "max_tokens",
-          "stop", "seed", "n", "options", "format", "system", "input", "stream_options",
-          "max_completion_tokens"]
-VALID: dict[str, Any] = {"model": "llama3.2:1b", "prompt": "hi", "input": "hi",
-                         "messages": [{"role": "user", "content": "hi"}]}
+FIELDS = [
+    "model",
+    "messages",
+    "prompt",
+    "stream",
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "stop",
+    "seed",
+    "n",
+    "options",
+    "format",
+    "system",
+    "input",
+    "stream_options",
+    "max_completion_tokens",
+]
+VALID: dict[str, Any] = {
+    "model": "llama3.2:1b",
+    "prompt": "hi",
+    "input": "hi",
+    "messages": [{"role": "user", "content": "hi"}],
+}
 
 
 @st.composite
@@ -110,8 +139,11 @@ def mutated(draw: st.DrawFn) -> bytes:
     for key in draw(st.lists(st.sampled_from(FIELDS), max_size=4)):
         body[key] = draw(json_values)
     if draw(st.booleans()):
-        body["messages"] = draw(st.lists(
-            st.fixed_dictionaries({"role": json_values, "content": json_values}), max_size=3))
+        body["messages"] = draw(
+            st.lists(
+                st.fixed_dictionaries({"role": json_values, "content": json_values}), max_size=3
+            )
+        )
     return json.dumps(body).encode()
 
 
@@ -139,26 +171,37 @@ def check_shape(path: str, status: int, raw: bytes) -> None:
 class TestFuzz:
     """Random and malformed requests against a running gateway."""
 
-    @settings(max_examples=300, deadline=None,
-              suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                     HealthCheck.too_slow])
+    @settings(
+        max_examples=300,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
     @given(path=st.sampled_from(POSTS), body=bodies)
     def test_posts(self, live: LiveGateway, path: str, body: bytes) -> None:
         status, raw = live.call("POST", path, body)
         check_shape(path, status, raw)
 
-    @settings(max_examples=60, deadline=None,
-              suppress_health_check=[HealthCheck.function_scoped_fixture])
-    @given(path=st.sampled_from(GETS + POSTS), method=st.sampled_from(
-        ["GET", "PUT", "DELETE", "PATCH", "POST"]), body=st.binary(max_size=50))
+    @settings(
+        max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    )
+    @given(
+        path=st.sampled_from(GETS + POSTS),
+        method=st.sampled_from(["GET", "PUT", "DELETE", "PATCH", "POST"]),
+        body=st.binary(max_size=50),
+    )
     def test_methods(self, live: LiveGateway, path: str, method: str, body: bytes) -> None:
         status, raw = live.call(method, path, body)
         check_shape(path, status, raw)
 
-    @settings(max_examples=40, deadline=None,
-              suppress_health_check=[HealthCheck.function_scoped_fixture])
-    @given(path=st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E,
-                                      exclude_characters="?#%"), max_size=40))
+    @settings(
+        max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    )
+    @given(
+        path=st.text(
+            st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters="?#%"),
+            max_size=40,
+        )
+    )
     def test_unknown_paths(self, live: LiveGateway, path: str) -> None:
         status, raw = live.call("POST", "/" + path.lstrip("/"), b"{}")
         check_shape("/" + path.lstrip("/"), status, raw)
@@ -187,7 +230,8 @@ class TestFuzz:
         status, raw = live.call("POST", "/v1/chat/completions", json.dumps(VALID).encode())
         assert status == 200, raw
         assert json.loads(raw)["choices"][0]["message"]["content"] == "The sky appears blue."
-        status, raw = live.call("POST", "/api/generate",
-                                json.dumps({"prompt": "hi", "stream": True}).encode())
+        status, raw = live.call(
+            "POST", "/api/generate", json.dumps({"prompt": "hi", "stream": True}).encode()
+        )
         assert status == 200
         assert json.loads(raw.splitlines()[-1])["done"] is True

@@ -49,14 +49,26 @@ def mesh_text(
     **llm: Any,
 ) -> str:
     """A services file: one LLM over ``endpoints`` behind both dialects."""
-    service = {"type": "llm", "endpoint": endpoints, "model": "llama3.2:1b",
-               "health_interval": 0, **llm}
-    return yaml.safe_dump({
-        "services": {"llm": service, **(extra or {})},
-        "pipelines": {"chat": {"nodes": ["llm"]}},
-        "gateway": {"routes": [{"dialect": "openai", "pipeline": "chat"},
-                               {"dialect": "ollama", "pipeline": "chat"}], **(gateway or {})},
-    })
+    service = {
+        "type": "llm",
+        "endpoint": endpoints,
+        "model": "llama3.2:1b",
+        "health_interval": 0,
+        **llm,
+    }
+    return yaml.safe_dump(
+        {
+            "services": {"llm": service, **(extra or {})},
+            "pipelines": {"chat": {"nodes": ["llm"]}},
+            "gateway": {
+                "routes": [
+                    {"dialect": "openai", "pipeline": "chat"},
+                    {"dialect": "ollama", "pipeline": "chat"},
+                ],
+                **(gateway or {}),
+            },
+        }
+    )
 
 
 async def start(aiohttp_client: AioClient, text: str) -> Client:
@@ -76,9 +88,14 @@ async def settled(gw: Client) -> None:
     app = gw.server.app
     admission, mesh = app[ADMISSION], app[MESH]
     llms = [s for s in mesh.services.values() if isinstance(s, RemoteLLM)]
-    await until(lambda: admission.in_flight == 0
-                and mesh.client.connections_in_use == 0
-                and all(r.in_flight == 0 for s in llms for r in s.replicas), within=3.0)
+    await until(
+        lambda: (
+            admission.in_flight == 0
+            and mesh.client.connections_in_use == 0
+            and all(r.in_flight == 0 for s in llms for r in s.replicas)
+        ),
+        within=3.0,
+    )
 
 
 async def until(predicate: Callable[[], bool], within: float = 2.0) -> None:
@@ -211,9 +228,10 @@ class TestReplicas:
         a = await fakes(hold_last=True)
         b = await fakes(hold_last=True)
         gw = await start(aiohttp_client, mesh_text([a.url, b.url]))
-        posts = [asyncio.create_task(gw.post("/v1/chat/completions",
-                                             json={**CHAT, "stream": True}))
-                 for _ in range(6)]
+        posts = [
+            asyncio.create_task(gw.post("/v1/chat/completions", json={**CHAT, "stream": True}))
+            for _ in range(6)
+        ]
         await until(lambda: len(a.requests) + len(b.requests) == 6)
         assert (len(a.requests), len(b.requests)) == (3, 3)
         a.release()
@@ -241,18 +259,14 @@ class TestReplicas:
         assert replica.served == 1  # then out for its cool-down
         await settled(gw)
 
-    async def test_replica_dying_before_first_byte_is_retried(
-        self, fakes, aiohttp_client
-    ) -> None:
+    async def test_replica_dying_before_first_byte_is_retried(self, fakes, aiohttp_client) -> None:
         """The request was sent, the replica died before answering: another answers."""
         dying = FakeLLM(first_delay=30)
         cm = dying.serve()
         await cm.__aenter__()
         live = await fakes()
-        gw = await start(aiohttp_client, mesh_text([dying.url, live.url],
-                                                   balancer="round_robin"))
-        post = asyncio.create_task(gw.post("/v1/chat/completions",
-                                           json={**CHAT, "stream": True}))
+        gw = await start(aiohttp_client, mesh_text([dying.url, live.url], balancer="round_robin"))
+        post = asyncio.create_task(gw.post("/v1/chat/completions", json={**CHAT, "stream": True}))
         await until(lambda: len(dying.requests) == 1)
         dying.crash()
         resp = await post
@@ -289,8 +303,14 @@ class TestBreaker:
 
     def make(self) -> tuple[ReplicaSet, list[float]]:
         now = [100.0]
-        return ReplicaSet("llm", ["http://a", "http://b"], threshold=3, cooldown=1.0,
-                          max_cooldown=4.0, clock=lambda: now[0]), now
+        return ReplicaSet(
+            "llm",
+            ["http://a", "http://b"],
+            threshold=3,
+            cooldown=1.0,
+            max_cooldown=4.0,
+            clock=lambda: now[0],
+        ), now
 
     def test_opens_after_threshold_and_half_opens(self) -> None:
         rs, now = self.make()
@@ -365,8 +385,7 @@ class TestDeadlines:
     async def test_passed_downstream_smaller(self, fakes, aiohttp_client) -> None:
         fake = await fakes()
         gw = await start(aiohttp_client, mesh_text(fake.url))
-        resp = await gw.post("/v1/chat/completions", json=CHAT,
-                             headers={DEADLINE_HEADER: "5000"})
+        resp = await gw.post("/v1/chat/completions", json=CHAT, headers={DEADLINE_HEADER: "5000"})
         assert resp.status == 200
         sent = int(fake.headers[0][DEADLINE_HEADER])
         assert 0 < sent <= 5000
@@ -375,8 +394,9 @@ class TestDeadlines:
         fake = await fakes(first_delay=30)
         gw = await start(aiohttp_client, mesh_text(fake.url, timeout=60))
         async with asyncio.timeout(5):
-            resp = await gw.post("/api/chat", json={**CHAT, "stream": True},
-                                 headers={DEADLINE_HEADER: "200"})
+            resp = await gw.post(
+                "/api/chat", json={**CHAT, "stream": True}, headers={DEADLINE_HEADER: "200"}
+            )
         assert resp.status == 504
         assert "error" in await resp.json()
         await fake.cancelled.wait()
@@ -385,8 +405,9 @@ class TestDeadlines:
     async def test_deadline_bounds_a_running_stream(self, fakes, aiohttp_client) -> None:
         fake = await fakes(stall_after=2)
         gw = await start(aiohttp_client, mesh_text(fake.url, idle_timeout=60))
-        resp = await gw.post("/v1/chat/completions", json={**CHAT, "stream": True},
-                             headers={DEADLINE_HEADER: "300"})
+        resp = await gw.post(
+            "/v1/chat/completions", json={**CHAT, "stream": True}, headers={DEADLINE_HEADER: "300"}
+        )
         events = sse_events(await resp.read())
         assert resp.status == 200
         assert "error" in events[-1]
@@ -424,13 +445,26 @@ class TestFallback:
     async def test_used_when_primary_fails(self, fakes, aiohttp_client) -> None:
         backup = await fakes(tokens=["from", " backup"], model_names=("big",))
         dead = f"http://127.0.0.1:{free_port()}"
-        text = mesh_text(dead, fallback="backup", extra={"backup": {
-            "type": "llm", "endpoint": backup.url, "model": "big", "health_interval": 0}})
+        text = mesh_text(
+            dead,
+            fallback="backup",
+            extra={
+                "backup": {
+                    "type": "llm",
+                    "endpoint": backup.url,
+                    "model": "big",
+                    "health_interval": 0,
+                }
+            },
+        )
         gw = await start(aiohttp_client, text)
         resp = await gw.post("/v1/chat/completions", json={**CHAT, "stream": True})
         events = sse_events(await resp.read())
-        text_out = "".join(e["choices"][0]["delta"].get("content", "")
-                           for e in events if isinstance(e, dict) and e.get("choices"))
+        text_out = "".join(
+            e["choices"][0]["delta"].get("content", "")
+            for e in events
+            if isinstance(e, dict) and e.get("choices")
+        )
         assert text_out == "from backup"
         assert backup.requests[0]["model"] == "big"
         await settled(gw)
@@ -438,8 +472,11 @@ class TestFallback:
     async def test_not_used_for_a_rejected_request(self, fakes, aiohttp_client) -> None:
         primary = await fakes()
         backup = await fakes()
-        text = mesh_text(primary.url, fallback="backup", extra={"backup": {
-            "type": "llm", "endpoint": backup.url, "health_interval": 0}})
+        text = mesh_text(
+            primary.url,
+            fallback="backup",
+            extra={"backup": {"type": "llm", "endpoint": backup.url, "health_interval": 0}},
+        )
         gw = await start(aiohttp_client, text)
         resp = await gw.post("/v1/chat/completions", json={**CHAT, "model": "nope"})
         assert resp.status == 404
@@ -451,8 +488,11 @@ class TestFallback:
         with pytest.raises(SpecError) as info:
             loads(mesh_text("http://a:1", fallback="ghost"), env={})
         assert "services.llm.fallback: unknown service 'ghost'" in info.value.problems
-        loop = mesh_text("http://a:1", fallback="b", extra={"b": {
-            "type": "llm", "endpoint": "http://b:1", "fallback": "llm"}})
+        loop = mesh_text(
+            "http://a:1",
+            fallback="b",
+            extra={"b": {"type": "llm", "endpoint": "http://b:1", "fallback": "llm"}},
+        )
         with pytest.raises(SpecError) as info:
             loads(loop, env={})
         assert any("fallbacks loop" in p for p in info.value.problems)
@@ -467,16 +507,31 @@ class TestHopHygiene:
     async def test_headers_not_forwarded(self, fakes, aiohttp_client) -> None:
         fake = await fakes()
         gw = await start(aiohttp_client, mesh_text(fake.url, api_key="sk-upstream-secret"))
-        resp = await gw.post("/v1/chat/completions", json=CHAT, headers={
-            "Authorization": "Bearer client-key", "Connection": "keep-alive, X-Private",
-            "X-Private": "1", "TE": "trailers", "Proxy-Authorization": "Basic eA==",
-            "Cookie": "session=1", "Upgrade": "h2c", "X-Forwarded-Host": "evil.example",
-        })
+        resp = await gw.post(
+            "/v1/chat/completions",
+            json=CHAT,
+            headers={
+                "Authorization": "Bearer client-key",
+                "Connection": "keep-alive, X-Private",
+                "X-Private": "1",
+                "TE": "trailers",
+                "Proxy-Authorization": "Basic eA==",
+                "Cookie": "session=1",
+                "Upgrade": "h2c",
+                "X-Forwarded-Host": "evil.example",
+            },
+        )
         assert resp.status == 200
         seen = {k.lower(): v for k, v in fake.headers[0].items()}
         assert seen["authorization"] == "Bearer sk-upstream-secret"
-        for name in ("x-private", "te", "proxy-authorization", "cookie", "upgrade",
-                     "x-forwarded-host"):
+        for name in (
+            "x-private",
+            "te",
+            "proxy-authorization",
+            "cookie",
+            "upgrade",
+            "x-forwarded-host",
+        ):
             assert name not in seen
 
     async def test_upstream_key_never_in_errors(self, aiohttp_client) -> None:
@@ -501,8 +556,9 @@ class TestHopHygiene:
     async def test_request_cannot_choose_upstream(self, fakes, aiohttp_client) -> None:
         fake = await fakes(model_names=("http://evil.example:1/v1",))
         gw = await start(aiohttp_client, mesh_text(fake.url))
-        resp = await gw.post("/v1/chat/completions",
-                             json={**CHAT, "model": "http://evil.example:1/v1"})
+        resp = await gw.post(
+            "/v1/chat/completions", json={**CHAT, "model": "http://evil.example:1/v1"}
+        )
         assert resp.status == 200
         assert len(fake.requests) == 1  # the model name went to our upstream, as data
 
@@ -517,8 +573,7 @@ class TestAdmission:
     async def test_over_the_bound_is_429(self, fakes, aiohttp_client, path: str) -> None:
         fake = await fakes(hold_last=True)
         gw = await start(aiohttp_client, mesh_text(fake.url, gateway={"max_inflight": 2}))
-        held = [asyncio.create_task(gw.post(path, json={**CHAT, "stream": True}))
-                for _ in range(2)]
+        held = [asyncio.create_task(gw.post(path, json={**CHAT, "stream": True})) for _ in range(2)]
         await until(lambda: len(fake.requests) == 2)
         resp = await gw.post(path, json={**CHAT, "stream": True})
         assert resp.status == 429
@@ -537,9 +592,15 @@ class TestAdmission:
 
     async def test_env_wires_the_shipped_file(self) -> None:
         text = (Path(__file__).parent.parent / "services.yaml").read_text()
-        spec = loads(text, env={
-            "LLM_ENDPOINT": "http://a:1, http://b:2", "MESHKIT_MAX_INFLIGHT": "7",
-            "MESHKIT_API_KEYS": "k1,k2", "LLM_TIMEOUT": "3"})
+        spec = loads(
+            text,
+            env={
+                "LLM_ENDPOINT": "http://a:1, http://b:2",
+                "MESHKIT_MAX_INFLIGHT": "7",
+                "MESHKIT_API_KEYS": "k1,k2",
+                "LLM_TIMEOUT": "3",
+            },
+        )
         assert spec.services["llm"].endpoints == ("http://a:1", "http://b:2")
         assert spec.services["llm"].timeout == 3.0
         assert spec.gateway.max_inflight == 7
@@ -566,8 +627,9 @@ class TestShutdown:
     """On shutdown, streams finish within the grace period or end with a final error."""
 
     async def serve(self, text: str) -> tuple[web.AppRunner, str]:
-        runner = web.AppRunner(build_app(Mesh(loads(text, env={}))),
-                               handler_cancellation=True, shutdown_timeout=2)
+        runner = web.AppRunner(
+            build_app(Mesh(loads(text, env={}))), handler_cancellation=True, shutdown_timeout=2
+        )
         await runner.setup()
         port = free_port()
         await web.TCPSite(runner, "127.0.0.1", port).start()
@@ -591,8 +653,7 @@ class TestShutdown:
         fake = await fakes(hold_last=True)
         runner, url = await self.serve(mesh_text(fake.url, gateway={"shutdown_grace": 10}))
         async with ClientSession() as session:
-            resp = await session.post(url + "/v1/chat/completions",
-                                      json={**CHAT, "stream": True})
+            resp = await session.post(url + "/v1/chat/completions", json={**CHAT, "stream": True})
             await until(lambda: len(fake.sent) == 1 and len(fake.sent[0]) == 4)
             closing = asyncio.create_task(runner.cleanup())
             await asyncio.sleep(0)
@@ -607,8 +668,15 @@ class TestShutdown:
         config = tmp_path / "services.yaml"
         config.write_text(mesh_text(fake.url, gateway={"shutdown_grace": 0.3, "port": port}))
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "meshkit", "serve", str(config), "--host", "127.0.0.1",
-            stderr=asyncio.subprocess.PIPE, env={**os.environ, "MESHKIT_LOG_LEVEL": "warning"},
+            sys.executable,
+            "-m",
+            "meshkit",
+            "serve",
+            str(config),
+            "--host",
+            "127.0.0.1",
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "MESHKIT_LOG_LEVEL": "warning"},
         )
         try:
             assert proc.stderr is not None
@@ -616,8 +684,9 @@ class TestShutdown:
                 while b"ready on" not in await proc.stderr.readline():
                     pass
             async with ClientSession() as session:
-                resp = await session.post(f"http://127.0.0.1:{port}/v1/chat/completions",
-                                          json={**CHAT, "stream": True})
+                resp = await session.post(
+                    f"http://127.0.0.1:{port}/v1/chat/completions", json={**CHAT, "stream": True}
+                )
                 await until(lambda: len(fake.sent) == 1 and len(fake.sent[0]) == 4, 10)
                 proc.send_signal(signal.SIGTERM)
                 raw = await resp.read()

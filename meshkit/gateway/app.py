@@ -143,8 +143,11 @@ def build_app(
     if specs:
         for spec in specs:
             embeddings = mesh.services[spec.embeddings] if spec.embeddings else None
-            routes.append(Route(spec.dialect, mesh.pipelines[spec.pipeline], spec.prefix,
-                                spec.model, embeddings))
+            routes.append(
+                Route(
+                    spec.dialect, mesh.pipelines[spec.pipeline], spec.prefix, spec.model, embeddings
+                )
+            )
     elif len(mesh.pipelines) == 1:
         (only,) = mesh.pipelines.values()
         routes = [Route("openai", only), Route("ollama", only)]
@@ -153,17 +156,23 @@ def build_app(
     async def readyz(request: web.Request) -> web.Response:
         status = await mesh.ready()
         ok = all(status.values())
-        return json_response({"status": "ready" if ok else "unavailable", "services": status},
-                             status=200 if ok else 503)
+        return json_response(
+            {"status": "ready" if ok else "unavailable", "services": status},
+            status=200 if ok else 503,
+        )
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await mesh.open()
-        log.info("meshkit.gateway.open", pipelines=sorted(mesh.pipelines),
-                 routes=[f"{r.dialect}:{r.prefix or '/'}" for r in routes],
-                 auth=bool(keys), max_inflight=admission.limit)
+        log.info(
+            "meshkit.gateway.open",
+            pipelines=sorted(mesh.pipelines),
+            routes=[f"{r.dialect}:{r.prefix or '/'}" for r in routes],
+            auth=bool(keys),
+            max_inflight=admission.limit,
+        )
         yield
         await mesh.close()
 

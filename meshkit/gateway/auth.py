@@ -70,6 +70,4 @@ class ApiKeys:
         """aiohttp middleware: 401 unless the request carries a valid key."""
         if request.path in EXEMPT or self.accepts(request.headers.get("Authorization")):
             return await handler(request)
-        raise Unauthorized(
-            "missing or invalid API key: send 'Authorization: Bearer <key>'"
-        )
+        raise Unauthorized("missing or invalid API key: send 'Authorization: Bearer <key>'")

@@ -43,6 +43,7 @@ APIS = ("openai", "ollama")
 _CHAT_PATHS = {"openai": "/v1/chat/completions", "ollama": "/api/chat"}
 _MODEL_PATHS = {"openai": "/v1/models", "ollama": "/api/tags"}
 
+
 class RemoteLLM(MicroService):
     """A remote chat model, possibly behind several replicas.
 
@@ -154,8 +155,13 @@ class RemoteLLM(MicroService):
             fallback = self.fallback
             if fallback is None or isinstance(err, UpstreamRejected | ShuttingDown):
                 raise
-            log.warning("meshkit.llm.fallback", service=self.name, fallback=fallback.name,
-                        error=err.code, request_id=ctx.request_id)
+            log.warning(
+                "meshkit.llm.fallback",
+                service=self.name,
+                fallback=fallback.name,
+                error=err.code,
+                request_id=ctx.request_id,
+            )
             own_model = getattr(fallback, "model", None)
             if own_model:
                 request = attrs.evolve(request, model=own_model)
@@ -194,16 +200,26 @@ class RemoteLLM(MicroService):
                 last = err
                 if not retryable(err) or attempt >= self.retry.retries:
                     raise
-                fresh = any(r.available(self.replicas.clock()) and r not in tried
-                            for r in self.replicas)
-                if err.retry_after is not None and not fresh and \
-                        err.retry_after > self.retry.max_retry_after:
+                fresh = any(
+                    r.available(self.replicas.clock()) and r not in tried for r in self.replicas
+                )
+                if (
+                    err.retry_after is not None
+                    and not fresh
+                    and err.retry_after > self.retry.max_retry_after
+                ):
                     raise
                 wait = self.retry.backoff(attempt, None if fresh else err.retry_after)
                 if time.monotonic() + wait >= budget_end:
                     raise
-                log.info("meshkit.llm.retry", service=self.name, attempt=attempt + 1,
-                         wait=round(wait, 3), error=err.code, request_id=ctx.request_id)
+                log.info(
+                    "meshkit.llm.retry",
+                    service=self.name,
+                    attempt=attempt + 1,
+                    wait=round(wait, 3),
+                    error=err.code,
+                    request_id=ctx.request_id,
+                )
                 attempt += 1
                 if wait:
                     await asyncio.sleep(wait)
@@ -223,8 +239,9 @@ class RemoteLLM(MicroService):
         timeouts = self.timeouts
         if ctx.deadline is not None:
             timeouts = timeouts.within(ctx.deadline - time.monotonic())
-        timeouts = attrs.evolve(timeouts, first_byte=remaining,
-                                connect=min(timeouts.connect, remaining))
+        timeouts = attrs.evolve(
+            timeouts, first_byte=remaining, connect=min(timeouts.connect, remaining)
+        )
         headers = dict(self._headers)
         headers["X-Request-ID"] = ctx.request_id
         if ctx.deadline is not None:
@@ -240,10 +257,18 @@ class RemoteLLM(MicroService):
         try:
             try:
                 async with asyncio.timeout(remaining):
-                    response = await stack.enter_async_context(ctx.client.request(
-                        "POST", url, service=self.name, timeouts=timeouts, body=body,
-                        headers=headers, read_idle=False, secrets=self._secrets,
-                    ))
+                    response = await stack.enter_async_context(
+                        ctx.client.request(
+                            "POST",
+                            url,
+                            service=self.name,
+                            timeouts=timeouts,
+                            body=body,
+                            headers=headers,
+                            read_idle=False,
+                            secrets=self._secrets,
+                        )
+                    )
                     if request.stream:
                         chunks = self._parse(response)
                         # Servers often open with an empty role-only event: the first
@@ -304,8 +329,7 @@ class RemoteLLM(MicroService):
             )
         if isinstance(exc, aiohttp.ClientError):
             what = "stream failed" if before_first else "stream broke"
-            return UpstreamError(f"{self.name}: {what} ({type(exc).__name__})",
-                                 service=self.name)
+            return UpstreamError(f"{self.name}: {what} ({type(exc).__name__})", service=self.name)
         return None
 
     def _completion(self, raw: bytes, request: ChatRequest) -> Completion:
@@ -398,9 +422,7 @@ class RemoteLLM(MicroService):
                 )
             elif usage:
                 yield Chunk("", None, _openai_usage(usage), obj.get("model"), raw=payload)
-        raise UpstreamError(
-            f"{self.name}: stream ended before it was complete", service=self.name
-        )
+        raise UpstreamError(f"{self.name}: stream ended before it was complete", service=self.name)
 
     async def _parse_ndjson(self, response: aiohttp.ClientResponse) -> AsyncIterator[Chunk]:
         async for line in response.content:
@@ -420,13 +442,12 @@ class RemoteLLM(MicroService):
             if obj.get("done"):
                 if text:
                     yield Chunk(text, None, None, obj.get("model"))
-                yield Chunk("", obj.get("done_reason") or "stop", _ollama_usage(obj),
-                            obj.get("model"))
+                yield Chunk(
+                    "", obj.get("done_reason") or "stop", _ollama_usage(obj), obj.get("model")
+                )
                 return
             yield Chunk(text, None, None, obj.get("model"))
-        raise UpstreamError(
-            f"{self.name}: stream ended before it was complete", service=self.name
-        )
+        raise UpstreamError(f"{self.name}: stream ended before it was complete", service=self.name)
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -446,15 +467,18 @@ class RemoteLLM(MicroService):
                 body["stream_options"] = {"include_usage": True}
             return body
         options: dict[str, Any] = dict(request.extra.get("options", {}))
-        for key, name in (("temperature", "temperature"), ("top_p", "top_p"),
-                          ("max_tokens", "num_predict"), ("seed", "seed")):
+        for key, name in (
+            ("temperature", "temperature"),
+            ("top_p", "top_p"),
+            ("max_tokens", "num_predict"),
+            ("seed", "seed"),
+        ):
             value = getattr(request, key)
             if value is not None:
                 options[name] = value
         if request.stop:
             options["stop"] = list(request.stop)
-        return {"model": request.model, "messages": messages, "stream": stream,
-                "options": options}
+        return {"model": request.model, "messages": messages, "stream": stream, "options": options}
 
     async def ready(self, client: HttpClient) -> bool:
         """True when some replica answers its model listing."""
@@ -486,7 +510,11 @@ class RemoteLLM(MicroService):
         timeouts = Timeouts(min(self.timeouts.connect, wait), wait, wait)
         url = base + _MODEL_PATHS[self.api]
         async with client.request(
-            "GET", url, service=self.name, timeouts=timeouts, headers=self._headers,
+            "GET",
+            url,
+            service=self.name,
+            timeouts=timeouts,
+            headers=self._headers,
             secrets=self._secrets,
         ) as response:
             raw = await response.read()

@@ -206,8 +206,11 @@ class ReplicaSet:
         replica.trips += 1
         replica.open_until = self.clock() + wait
         log.warning(
-            "meshkit.replica.out", service=self.service, replica=replica.name,
-            cooldown=round(wait, 3), failures=replica.failures,
+            "meshkit.replica.out",
+            service=self.service,
+            replica=replica.name,
+            cooldown=round(wait, 3),
+            failures=replica.failures,
             error=getattr(err, "code", type(err).__name__),
         )
         if unreachable:
@@ -233,8 +236,12 @@ class ReplicaSet:
         elif problem is not None and not replica.unreachable:
             replica.unreachable = True
             replica.last_error = f"health probe: {problem}"
-            log.warning("meshkit.replica.out", service=self.service, replica=replica.name,
-                        error=replica.last_error)
+            log.warning(
+                "meshkit.replica.out",
+                service=self.service,
+                replica=replica.name,
+                error=replica.last_error,
+            )
             self.evict(replica)
 
     async def probe_forever(
@@ -260,4 +267,3 @@ def eviction(replica: Replica, task: asyncio.Task[Any] | None) -> bool:
         return False
     replica.evicted.discard(task)
     return task.uncancel() == 0
-
