@@ -51,8 +51,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if mesh is None:
         return 1
     spec = mesh.spec
-    print(f"{args.file}: ok ({len(spec.services)} services, {len(spec.pipelines)} pipelines, "
-          f"{len(spec.gateway.routes)} routes)")
+    print(
+        f"{args.file}: ok ({len(spec.services)} services, {len(spec.pipelines)} pipelines, "
+        f"{len(spec.gateway.routes)} routes)"
+    )
     return 0
 
 
@@ -66,8 +68,10 @@ def cmd_graph(args: argparse.Namespace) -> int:
     names = [args.pipeline] if args.pipeline else list(mesh.pipelines)
     unknown = [n for n in names if n not in mesh.pipelines]
     if unknown:
-        print(f"{args.file}: no pipeline named {unknown[0]!r} "
-              f"(known: {', '.join(mesh.pipelines)})", file=sys.stderr)
+        print(
+            f"{args.file}: no pipeline named {unknown[0]!r} (known: {', '.join(mesh.pipelines)})",
+            file=sys.stderr,
+        )
         return 1
     draw = to_dot if args.format == "dot" else to_mermaid
     for i, name in enumerate(names):
@@ -104,9 +108,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     # SIGTERM: the app drains for gateway.shutdown_grace itself (on_shutdown), then
     # ends open streams with a final error event; aiohttp's own wait only mops up.
-    web.run_app(app, host=host, port=port, handler_cancellation=True, print=ready,
-                access_log=None, loop=loop, shutdown_timeout=3.0,
-                backlog=4096)  # a burst of clients must not overflow the accept queue
+    web.run_app(
+        app,
+        host=host,
+        port=port,
+        handler_cancellation=True,
+        print=ready,
+        access_log=None,
+        loop=loop,
+        shutdown_timeout=3.0,
+        backlog=4096,
+    )  # a burst of clients must not overflow the accept queue
     return 0
 
 

@@ -19,7 +19,7 @@ from .errors import GraphError, MeshError, SpecError
 from .nodes.base import MicroService
 from .nodes.registry import ServiceRegistry
 from .orchestrator import ServiceOrchestrator
-from .spec import LocalSpec, MeshSpec, PipelineSpec, ServiceSpec
+from .spec import MeshSpec, PipelineSpec
 
 log = structlog.get_logger(__name__)
 
@@ -199,8 +199,11 @@ def plan_local(spec: MeshSpec) -> tuple[MeshSpec, LocalPlan | None]:
     shared embedded model server, and give them its model name as their default (unless
     theirs is one it answers to). Nothing starts here; :meth:`Mesh.open` starts it."""
     wanting = [
-        s for s in spec.services.values()
-        if s.type in ("llm", "embedding") and not s.endpoints and s.local is not None
+        s
+        for s in spec.services.values()
+        if s.type in ("llm", "embedding")
+        and not s.endpoints
+        and s.local is not None
         and s.class_path is None
     ]
     if not wanting:

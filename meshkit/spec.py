@@ -224,9 +224,9 @@ class _Checker:
     def mesh(self, raw: dict[str, Any], source: str) -> MeshSpec | None:
         top = self.mapping(raw, source, ("services", "pipelines", "gateway", "version"))
         services: dict[str, ServiceSpec] = {}
-        for name, node in self.mapping(top.get("services"), "services", tuple(
-            top.get("services") or {}
-        )).items():
+        for name, node in self.mapping(
+            top.get("services"), "services", tuple(top.get("services") or {})
+        ).items():
             spec = self.service(str(name), node)
             if spec is not None:
                 services[spec.name] = spec
@@ -246,11 +246,30 @@ class _Checker:
         path = f"services.{name}"
         if not _NAME.match(name):
             self.fail(path, "names use letters, digits, '_', '-' and '.'")
-        node = self.mapping(raw, path, (
-            "type", "endpoint", "api", "path", "model", "timeout", "connect_timeout",
-            "idle_timeout", "api_key", "class", "params", "optional", "local",
-            "total_timeout", "retries", "fallback", "balancer", "health_interval",
-        ))
+        node = self.mapping(
+            raw,
+            path,
+            (
+                "type",
+                "endpoint",
+                "api",
+                "path",
+                "model",
+                "timeout",
+                "connect_timeout",
+                "idle_timeout",
+                "api_key",
+                "class",
+                "params",
+                "optional",
+                "local",
+                "total_timeout",
+                "retries",
+                "fallback",
+                "balancer",
+                "health_interval",
+            ),
+        )
         kind = node.get("type")
         if kind not in SERVICE_TYPES:
             self.fail(f"{path}.type", f"must be one of {', '.join(SERVICE_TYPES)}, not {kind!r}")
@@ -263,45 +282,77 @@ class _Checker:
         if url_path is not None and not str(url_path).startswith("/"):
             self.fail(f"{path}.path", f"must start with '/', not {url_path!r}")
         timeout = self.get(node, "timeout", path, _positive, 60.0, "a positive number of seconds")
-        connect = self.get(node, "connect_timeout", path, _positive, min(5.0, timeout),
-                           "a positive number of seconds")
-        idle = self.get(node, "idle_timeout", path, _positive, max(timeout, 30.0),
-                        "a positive number of seconds")
+        connect = self.get(
+            node,
+            "connect_timeout",
+            path,
+            _positive,
+            min(5.0, timeout),
+            "a positive number of seconds",
+        )
+        idle = self.get(
+            node,
+            "idle_timeout",
+            path,
+            _positive,
+            max(timeout, 30.0),
+            "a positive number of seconds",
+        )
         class_path = node.get("class")
         if kind == "custom" and class_path is None and not endpoints:
             self.fail(path, "a custom service needs 'class' (module:Class) or 'endpoint'")
         if class_path is not None and not re.match(r"^[\w.]+:[\w.]+$", str(class_path)):
-            self.fail(f"{path}.class", f"must look like 'package.module:ClassName', not {class_path!r}")
+            self.fail(
+                f"{path}.class", f"must look like 'package.module:ClassName', not {class_path!r}"
+            )
         params = node.get("params") or {}
         if not isinstance(params, dict):
             self.fail(f"{path}.params", "must be a mapping")
             params = {}
         local = self.local(node.get("local"), f"{path}.local") if "local" in node else None
-        if kind in ("llm", "embedding") and not endpoints and local is None and \
-                class_path is None:
+        if kind in ("llm", "embedding") and not endpoints and local is None and class_path is None:
             self.fail(f"{path}.endpoint", "is required (a base URL such as http://host:11434)")
         optional = self.get(node, "optional", path, _boolean, False, "true or false")
-        total = self.get(node, "total_timeout", path, _positive, None,
-                         "a positive number of seconds")
+        total = self.get(
+            node, "total_timeout", path, _positive, None, "a positive number of seconds"
+        )
         retries = self.get(node, "retries", path, _count, 2, "a whole number from 0 to 10")
         balancer = str(node.get("balancer") or "least_inflight")
         if balancer not in ("least_inflight", "round_robin"):
-            self.fail(f"{path}.balancer",
-                      f"must be 'least_inflight' or 'round_robin', not {balancer!r}")
-        health = self.get(node, "health_interval", path, _seconds_or_zero, 5.0,
-                          "a number of seconds (0 turns probes off)")
+            self.fail(
+                f"{path}.balancer", f"must be 'least_inflight' or 'round_robin', not {balancer!r}"
+            )
+        health = self.get(
+            node,
+            "health_interval",
+            path,
+            _seconds_or_zero,
+            5.0,
+            "a number of seconds (0 turns probes off)",
+        )
         fallback = str(node["fallback"]) if node.get("fallback") else None
         if fallback == name:
             self.fail(f"{path}.fallback", "a service cannot fall back to itself")
         return ServiceSpec(
-            name=name, type=str(kind), endpoints=endpoints, api=api,
+            name=name,
+            type=str(kind),
+            endpoints=endpoints,
+            api=api,
             path=str(url_path) if url_path is not None else None,
             model=str(node["model"]) if node.get("model") not in (None, "") else None,
-            timeout=timeout, connect_timeout=connect, idle_timeout=idle,
+            timeout=timeout,
+            connect_timeout=connect,
+            idle_timeout=idle,
             api_key=str(node["api_key"]) if node.get("api_key") else None,
             class_path=str(class_path) if class_path is not None else None,
-            params=params, optional=optional, local=local, total_timeout=total,
-            retries=retries, fallback=fallback, balancer=balancer, health_interval=health,
+            params=params,
+            optional=optional,
+            local=local,
+            total_timeout=total,
+            retries=retries,
+            fallback=fallback,
+            balancer=balancer,
+            health_interval=health,
         )
 
     def endpoints(self, raw: Any, path: str) -> tuple[str, ...]:
@@ -382,10 +433,20 @@ class _Checker:
         services: Mapping[str, ServiceSpec],
         pipelines: Mapping[str, PipelineSpec],
     ) -> GatewaySpec:
-        node = self.mapping(raw, "gateway", (
-            "host", "port", "routes", "api_keys", "api_keys_file", "max_inflight", "max_body",
-            "shutdown_grace",
-        ))
+        node = self.mapping(
+            raw,
+            "gateway",
+            (
+                "host",
+                "port",
+                "routes",
+                "api_keys",
+                "api_keys_file",
+                "max_inflight",
+                "max_body",
+                "shutdown_grace",
+            ),
+        )
         host = str(node.get("host") or "0.0.0.0")
         port = self.get(node, "port", "gateway", _port, 8008, "a port number (1-65535)")
         routes: list[RouteSpec] = []
@@ -395,10 +456,14 @@ class _Checker:
             raw_routes = []
         for i, item in enumerate(raw_routes):
             path = f"gateway.routes[{i}]"
-            route = self.mapping(item, path, ("dialect", "pipeline", "prefix", "model", "embeddings"))
+            route = self.mapping(
+                item, path, ("dialect", "pipeline", "prefix", "model", "embeddings")
+            )
             dialect = route.get("dialect")
             if dialect not in DIALECTS:
-                self.fail(f"{path}.dialect", f"must be one of {', '.join(DIALECTS)}, not {dialect!r}")
+                self.fail(
+                    f"{path}.dialect", f"must be one of {', '.join(DIALECTS)}, not {dialect!r}"
+                )
             pipeline = str(route.get("pipeline") or "")
             if pipeline not in pipelines:
                 self.fail(f"{path}.pipeline", f"unknown pipeline {pipeline!r}")
@@ -408,15 +473,21 @@ class _Checker:
             embeddings = route.get("embeddings")
             if embeddings and embeddings not in services:
                 self.fail(f"{path}.embeddings", f"unknown service {embeddings!r}")
-            routes.append(RouteSpec(
-                dialect=str(dialect), pipeline=pipeline, prefix=prefix,
-                model=str(route["model"]) if route.get("model") else None,
-                embeddings=str(embeddings) if embeddings else None,
-            ))
+            routes.append(
+                RouteSpec(
+                    dialect=str(dialect),
+                    pipeline=pipeline,
+                    prefix=prefix,
+                    model=str(route["model"]) if route.get("model") else None,
+                    embeddings=str(embeddings) if embeddings else None,
+                )
+            )
         seen: set[tuple[str, str]] = set()
         for i, r in enumerate(routes):
             if (r.dialect, r.prefix) in seen:
-                self.fail(f"gateway.routes[{i}]", f"{r.dialect} is mounted twice at {r.prefix or '/'!r}")
+                self.fail(
+                    f"gateway.routes[{i}]", f"{r.dialect} is mounted twice at {r.prefix or '/'!r}"
+                )
             seen.add((r.dialect, r.prefix))
         return GatewaySpec(host, port, tuple(routes), *self.gateway_limits(node))
 
@@ -439,12 +510,20 @@ class _Checker:
                         keys.append(key)
             except OSError as exc:
                 self.fail("gateway.api_keys_file", f"cannot read {key_file!r} ({exc.strerror})")
-        inflight = self.get(node, "max_inflight", "gateway", _count_any, 0,
-                            "a whole number (0: no limit)")
-        max_body = self.get(node, "max_body", "gateway", _size, 8 * 1024 * 1024,
-                            "a size in bytes (such as 1048576, 512KiB or 8MiB)")
-        grace = self.get(node, "shutdown_grace", "gateway", _seconds_or_zero, 10.0,
-                         "a number of seconds")
+        inflight = self.get(
+            node, "max_inflight", "gateway", _count_any, 0, "a whole number (0: no limit)"
+        )
+        max_body = self.get(
+            node,
+            "max_body",
+            "gateway",
+            _size,
+            8 * 1024 * 1024,
+            "a size in bytes (such as 1048576, 512KiB or 8MiB)",
+        )
+        grace = self.get(
+            node, "shutdown_grace", "gateway", _seconds_or_zero, 10.0, "a number of seconds"
+        )
         return tuple(keys), inflight, max_body, grace
 
     def fallbacks(self, services: Mapping[str, ServiceSpec]) -> None:
@@ -458,8 +537,10 @@ class _Checker:
                     break
                 if target in seen:
                     if target == name and len(seen) > 1:
-                        self.fail(f"services.{name}.fallback",
-                                  f"fallbacks loop: {' -> '.join([*seen, target])}")
+                        self.fail(
+                            f"services.{name}.fallback",
+                            f"fallbacks loop: {' -> '.join([*seen, target])}",
+                        )
                     break
                 seen.append(target)
                 target = services[target].fallback
@@ -499,8 +580,19 @@ def _seconds_or_zero(value: Any) -> float:
     return _positive(value)
 
 
-_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
-          "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "kib": 1024,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "gib": 1024**3,
+}
 
 
 def _size(value: Any) -> int:

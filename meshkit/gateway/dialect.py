@@ -90,8 +90,12 @@ async def serve_chat(
     rid: str,
 ) -> web.StreamResponse:
     """Run ``chat`` through ``orchestrator`` and answer in the encoder's dialect."""
-    ctx = Context(client=orchestrator.client, request_id=rid, headers=request.headers,
-                  deadline=deadline_from(request.headers))
+    ctx = Context(
+        client=orchestrator.client,
+        request_id=rid,
+        headers=request.headers,
+        deadline=deadline_from(request.headers),
+    )
     encoder = make_encoder(chat)  # before the run, so durations count from the request
     result = await orchestrator.run(chat, ctx)
     if not chat.stream:
@@ -140,8 +144,9 @@ async def _aclose(stream: AsyncIterator[Chunk]) -> None:
 async def _single(completion: Completion) -> AsyncIterator[Chunk]:
     if completion.text:
         yield Chunk(completion.text, model=completion.model)
-    yield Chunk("", completion.finish_reason or "stop", completion.usage, completion.model,
-                completion.meta)
+    yield Chunk(
+        "", completion.finish_reason or "stop", completion.usage, completion.model, completion.meta
+    )
 
 
 def as_stream(result: Any) -> AsyncIterator[Chunk]:

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from ..client import HttpClient
 
 
-class ServiceType(str, enum.Enum):
+class ServiceType(enum.StrEnum):
     """What kind of work a node does; decides its default ports and its YAML ``type``."""
 
     LLM = "llm"
@@ -106,10 +106,10 @@ class MicroService:
         """
         raise NotImplementedError(f"{type(self).__name__} must implement process()")
 
-    async def open(self, client: HttpClient) -> None:  # noqa: B027 - optional hook
+    async def open(self, client: HttpClient) -> None:
         """Acquire resources before the first request (called once by the owner)."""
 
-    async def close(self) -> None:  # noqa: B027 - optional hook
+    async def close(self) -> None:
         """Release what :meth:`open` acquired."""
 
     async def ready(self, client: HttpClient) -> bool:

@@ -25,8 +25,12 @@ Factory = Callable[[ServiceSpec], MicroService]
 
 def timeouts_of(spec: ServiceSpec) -> Timeouts:
     """The outbound timeouts a spec declares."""
-    return Timeouts(connect=spec.connect_timeout, first_byte=spec.timeout,
-                    idle=spec.idle_timeout, total=spec.total_timeout)
+    return Timeouts(
+        connect=spec.connect_timeout,
+        first_byte=spec.timeout,
+        idle=spec.idle_timeout,
+        total=spec.total_timeout,
+    )
 
 
 def build_llm(spec: ServiceSpec) -> MicroService:
@@ -104,6 +108,10 @@ class ServiceRegistry:
             return service
         factory = self._factories.get(spec.type)
         if factory is None:
-            raise SpecError([f"services.{spec.name}.type: no implementation of {spec.type!r} "
-                             f"is installed (known: {', '.join(sorted(self._factories))})"])
+            raise SpecError(
+                [
+                    f"services.{spec.name}.type: no implementation of {spec.type!r} "
+                    f"is installed (known: {', '.join(sorted(self._factories))})"
+                ]
+            )
         return factory(spec)
