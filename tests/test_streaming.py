@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+from meshkit import ChatRequest, Message, RemoteLLM, ServiceOrchestrator
 from meshkit.gateway import MESH
 from meshkit.testing import FakeLLM
 
@@ -116,3 +117,19 @@ class TestDisconnect:
             llm.delay = 0
             resp = await gw.post("/v1/chat/completions", json={**CHAT, "stream": False})
             assert (await resp.json())["choices"][0]["message"]["content"] == "ok"
+
+
+class TestUnreadStream:
+    """A stream closed before anyone read it still releases its upstream connection."""
+
+    async def test_aclose_before_first_read(self) -> None:
+        llm = FakeLLM(hold_last=True)
+        async with llm.serve():
+            node = RemoteLLM("llm", endpoint=llm.url, model="llama3.2:1b")
+            async with ServiceOrchestrator().add(node) as mesh:
+                request = ChatRequest(messages=(Message("user", "hi"),), stream=True)
+                stream = await mesh.run(request)
+                assert mesh.client.connections_in_use == 1
+                await stream.aclose()
+                assert mesh.client.connections_in_use == 0
+                await asyncio.wait_for(llm.cancelled.wait(), 1.0)
