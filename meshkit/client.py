@@ -202,6 +202,7 @@ class HttpClient:
         headers: Mapping[str, str] | None = None,
         read_idle: bool = True,
         secrets: tuple[str, ...] = (),
+        bounded: bool = False,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """Send one request; yield the response once its status is known to be good.
 
@@ -214,6 +215,8 @@ class HttpClient:
         ``secrets`` found in an upstream's error message is masked. On exit the
         connection is returned to the pool when the body was read whole, and closed
         otherwise (so a cancelled stream never leaves a half-read connection behind).
+        ``bounded=True`` says the caller already bounds the wait for headers (one timer
+        per call instead of two).
         """
         if self._session is None:
             await self.open()
@@ -227,10 +230,15 @@ class HttpClient:
             sock_read=timeouts.idle if read_idle else None,
         )
         try:
-            async with asyncio.timeout(timeouts.first_byte):
+            if bounded:
                 response = await self.session.request(
                     method, url, data=data, headers=all_headers, timeout=client_timeout
                 )
+            else:
+                async with asyncio.timeout(timeouts.first_byte):
+                    response = await self.session.request(
+                        method, url, data=data, headers=all_headers, timeout=client_timeout
+                    )
         except aiohttp.ConnectionTimeoutError as exc:
             raise UpstreamConnectError(
                 f"{service}: no connection within {timeouts.connect:g} s", service=service

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
@@ -22,6 +21,7 @@ from ..errors import MeshError, UpstreamError
 from ..nodes.base import Context
 from ..orchestrator import ServiceOrchestrator
 from ..protocol.types import ChatRequest, Chunk, Completion, Usage
+from ..protocol.wire import new_id
 from ..resilience.deadline import deadline_from
 
 log = structlog.get_logger(__name__)
@@ -60,7 +60,7 @@ def request_id(request: web.Request) -> str:
     given = request.headers.get("X-Request-ID", "")
     if 0 < len(given) <= 128 and given.isprintable():
         return given
-    return uuid.uuid4().hex
+    return new_id()
 
 
 def json_response(obj: Any, *, status: int = 200, rid: str | None = None) -> web.Response:

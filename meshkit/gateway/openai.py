@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Any
 
 from aiohttp import web
@@ -12,6 +11,7 @@ from .. import _json
 from ..errors import BadRequest, MeshError, NotFound
 from ..nodes.base import Context
 from ..protocol.types import ChatRequest, Chunk, Completion, EmbeddingRequest, Usage
+from ..protocol.wire import new_id
 from . import validate as v
 from .dialect import Handler, error_json, json_response, request_id, serve_chat
 from .route import Route
@@ -77,7 +77,7 @@ class ChatEncoder:
     content_type = "text/event-stream; charset=utf-8"
 
     def __init__(self, chat: ChatRequest) -> None:
-        self.id = "chatcmpl-" + uuid.uuid4().hex[:24]
+        self.id = "chatcmpl-" + new_id()[:24]
         self.created = int(time.time())
         self.model = chat.model or ""
         self.include_usage = chat.include_usage

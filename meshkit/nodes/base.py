@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import enum
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
+
+from ..protocol.wire import new_id
 
 if TYPE_CHECKING:
     from ..client import HttpClient
@@ -35,7 +36,7 @@ class Context:
     """
 
     client: HttpClient
-    request_id: str = attrs.field(factory=lambda: uuid.uuid4().hex)
+    request_id: str = attrs.field(factory=new_id)
     headers: Mapping[str, str] = attrs.field(factory=dict)
     deadline: float | None = None
     trace: list[str] = attrs.field(factory=list)

@@ -267,6 +267,7 @@ class RemoteLLM(MicroService):
                             headers=headers,
                             read_idle=False,
                             secrets=self._secrets,
+                            bounded=True,
                         )
                     )
                     if request.stream:

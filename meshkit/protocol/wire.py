@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
+import random
+
 SSE_DONE = b"[DONE]"
+
+_random = random.Random()
+
+
+def new_id() -> str:
+    """A random 128-bit hex id for requests and completions.
+
+    Not for secrets: ids only need to be unique, and this costs a tenth of ``uuid4``
+    on the per-request path.
+    """
+    return f"{_random.getrandbits(128):032x}"
 
 
 def sse_event(data: bytes) -> bytes:
