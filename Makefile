@@ -16,7 +16,7 @@ serve: install
 	meshkit serve services.yaml
 
 test-deps:
-	$(PIP) -e '.[local,fast,test,dev]'
+	$(PIP) -e '.[local,fast,guardrail,test,dev]'
 	@command -v docker-compose >/dev/null || { apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null; }
 

@@ -18,6 +18,8 @@ def parse_object(body: bytes) -> dict[str, Any]:
         obj = _json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"request body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:  # the stdlib parser on absurd nesting (orjson says so)
+        raise BadRequest("request body is nested too deeply") from exc
     if not isinstance(obj, dict):
         raise BadRequest(f"request body must be a JSON object, not {_kind(obj)}")
     return obj
