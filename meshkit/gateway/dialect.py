@@ -20,9 +20,10 @@ from .. import _json
 from ..errors import MeshError, UpstreamError
 from ..nodes.base import Context
 from ..orchestrator import ServiceOrchestrator
-from ..protocol.types import ChatRequest, Chunk, Completion, Usage
+from ..protocol.types import ChatRequest, Chunk, Completion
 from ..protocol.wire import new_id
 from ..resilience.deadline import deadline_from
+from ..streams import aclose, aggregate, single
 
 log = structlog.get_logger(__name__)
 
@@ -131,30 +132,16 @@ async def serve_chat(
     except (ConnectionResetError, BrokenPipeError):
         log.info("meshkit.client.gone", request_id=rid)
     finally:
-        await _aclose(stream)
+        await aclose(stream)
     return response
-
-
-async def _aclose(stream: AsyncIterator[Chunk]) -> None:
-    close = getattr(stream, "aclose", None)
-    if close is not None:
-        await close()
-
-
-async def _single(completion: Completion) -> AsyncIterator[Chunk]:
-    if completion.text:
-        yield Chunk(completion.text, model=completion.model)
-    yield Chunk(
-        "", completion.finish_reason or "stop", completion.usage, completion.model, completion.meta
-    )
 
 
 def as_stream(result: Any) -> AsyncIterator[Chunk]:
     """Any pipeline result as a chunk stream."""
     if isinstance(result, Completion):
-        return _single(result)
+        return single(result)
     if isinstance(result, str):
-        return _single(Completion(result))
+        return single(Completion(result))
     if hasattr(result, "__aiter__"):
         return result  # type: ignore[no-any-return]
     raise UpstreamError(f"the pipeline returned {type(result).__name__}, not an answer")
@@ -166,23 +153,7 @@ async def collect(result: Any) -> Completion:
         return result
     if isinstance(result, str):
         return Completion(result)
-    stream = as_stream(result)
-    parts: list[str] = []
-    finish: str | None = None
-    usage: Usage | None = None
-    model: str | None = None
-    meta: dict[str, Any] = {}
-    try:
-        async for chunk in stream:
-            parts.append(chunk.text)
-            finish = chunk.finish_reason or finish
-            usage = chunk.usage or usage
-            model = chunk.model or model
-            if chunk.meta:
-                meta.update(chunk.meta)
-    finally:
-        await _aclose(stream)
-    return Completion("".join(parts), finish or "stop", usage, model, meta or None)
+    return await aggregate(as_stream(result))
 
 
 def now_ns() -> int:
