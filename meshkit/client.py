@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
@@ -218,16 +219,47 @@ class HttpClient:
         ``bounded=True`` says the caller already bounds the wait for headers (one timer
         per call instead of two).
         """
+        response = await self.start(
+            method,
+            url,
+            service=service,
+            timeouts=timeouts,
+            body=body,
+            headers=headers,
+            read_idle=read_idle,
+            secrets=secrets,
+            bounded=bounded,
+        )
+        ok = False
+        try:
+            yield response
+            ok = True
+        finally:
+            self.finish(response, ok=ok)
+
+    async def start(
+        self,
+        method: str,
+        url: str,
+        *,
+        service: str,
+        timeouts: Timeouts,
+        body: Any = None,
+        headers: Mapping[str, str] | None = None,
+        read_idle: bool = True,
+        secrets: tuple[str, ...] = (),
+        bounded: bool = False,
+    ) -> aiohttp.ClientResponse:
+        """:meth:`request` without the context manager, for hot paths: the caller must
+        hand the response to :meth:`finish` however it ends (``try``/``finally``)."""
         if self._session is None:
             await self.open()
         data = body if body is None or isinstance(body, bytes) else _json.dumps(body)
         all_headers = {"Content-Type": "application/json"} if data is not None else {}
         if headers:
             all_headers.update(headers)
-        client_timeout = aiohttp.ClientTimeout(
-            total=timeouts.total,
-            sock_connect=timeouts.connect,
-            sock_read=timeouts.idle if read_idle else None,
+        client_timeout = _client_timeout(
+            timeouts.total, timeouts.connect, timeouts.idle if read_idle else None
         )
         try:
             if bounded:
@@ -263,17 +295,22 @@ class HttpClient:
                 f"{service}: connection failed ({type(exc).__name__})", service=service
             ) from exc
         self._live.add(response)
-        try:
-            if response.status >= 400:
-                raise await _status_error(response, service, secrets)
-            yield response
-        except BaseException:
-            response.close()
-            raise
-        else:
+        if response.status >= 400:
+            try:
+                err = await _status_error(response, service, secrets)
+            finally:
+                self.finish(response, ok=False)
+            raise err
+        return response
+
+    def finish(self, response: aiohttp.ClientResponse, *, ok: bool) -> None:
+        """Done with a response from :meth:`start`: back to the pool when ``ok`` (and
+        read whole), else its connection is closed."""
+        self._live.discard(response)
+        if ok:
             response.release()
-        finally:
-            self._live.discard(response)
+        else:
+            response.close()
 
     async def probe(self, url: str, *, within: float, headers: Mapping[str, str]) -> str | None:
         """Probe ``GET url`` on a fresh connection: None when it answers 2xx within
@@ -293,6 +330,57 @@ class HttpClient:
             return f"cannot connect to {exc.host}:{exc.port}"
         except (aiohttp.ClientError, OSError) as exc:
             return f"connection failed ({type(exc).__name__})"
+
+
+class IdleWatch:
+    """Bounds each wait for data on a streamed response by ``idle`` seconds.
+
+    The reader marks the wait (``reading = loop.time()`` before it, ``None`` after):
+    two stores per read. One timer per stream checks the mark and re-arms itself only
+    when it fires, instead of aiohttp's read timer being cancelled and re-created on
+    every read. A wait found older than ``idle`` fails the response's reader with
+    :class:`aiohttp.SocketTimeoutError`, as aiohttp's own read timer would. Time the
+    reader spends elsewhere (writing to a slow caller) never counts, like aiohttp's
+    timer that stops while the buffer is full.
+    """
+
+    __slots__ = ("_handle", "_idle", "_loop", "_response", "reading")
+
+    def __init__(self, response: aiohttp.ClientResponse, idle: float | None) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._response = response
+        self._idle = idle
+        #: Loop time the current wait for data began; None while not waiting.
+        self.reading: float | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        if idle:
+            self._handle = self._loop.call_at(self._loop.time() + idle, self._check)
+
+    def _check(self) -> None:
+        idle = self._idle
+        assert idle
+        started = self.reading
+        now = self._loop.time()
+        if started is not None and now - started >= idle:
+            self._handle = None
+            exc = aiohttp.SocketTimeoutError("Timeout on reading data from socket")
+            self._response.content.set_exception(exc)
+            return
+        self._handle = self._loop.call_at((now if started is None else started) + idle, self._check)
+
+    def cancel(self) -> None:
+        """Stop watching (the stream ended)."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
+@functools.lru_cache(maxsize=64)
+def _client_timeout(
+    total: float | None, connect: float | None, read: float | None
+) -> aiohttp.ClientTimeout:
+    """aiohttp's (immutable) timeout object, shared by calls with the same bounds."""
+    return aiohttp.ClientTimeout(total=total, sock_connect=connect, sock_read=read)
 
 
 def retry_after(value: str | None) -> float | None:

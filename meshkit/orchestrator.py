@@ -244,8 +244,11 @@ class ServiceOrchestrator:
         ctx.trace.append(service.name)
         started = time.perf_counter()
         try:
-            async with asyncio.timeout(service.timeout):
+            if service.timeout is None:  # the node bounds itself: no timer to arm
                 result = await service.process(data, ctx)
+            else:
+                async with asyncio.timeout(service.timeout):
+                    result = await service.process(data, ctx)
         except MeshError:
             raise
         except TimeoutError as exc:

@@ -8,10 +8,8 @@ aiohttp's own read timer, the total one a single timer per call).
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import AsyncExitStack
 from typing import Any, cast
 
 import aiohttp
@@ -19,7 +17,7 @@ import attrs
 import structlog
 
 from .. import _json
-from ..client import HttpClient, Timeouts
+from ..client import HttpClient, IdleWatch, Timeouts
 from ..errors import (
     BadRequest,
     CircuitOpen,
@@ -239,55 +237,61 @@ class RemoteLLM(MicroService):
         timeouts = self.timeouts
         if ctx.deadline is not None:
             timeouts = timeouts.within(ctx.deadline - time.monotonic())
-        timeouts = attrs.evolve(
-            timeouts, first_byte=remaining, connect=min(timeouts.connect, remaining)
+        timeouts = Timeouts(
+            min(timeouts.connect, remaining), remaining, timeouts.idle, timeouts.total
         )
         headers = dict(self._headers)
         headers["X-Request-ID"] = ctx.request_id
         if ctx.deadline is not None:
             headers[DEADLINE_HEADER] = header_value(ctx.deadline)
-        stack = AsyncExitStack()
-        self.replicas.acquire(replica)
-        stack.callback(self.replicas.release, replica)
+        client = ctx.client
+        replicas = self.replicas
+        replicas.acquire(replica)
         task = asyncio.current_task()
         url = replica.url + self.path
         head: list[Chunk] = []
+        response: aiohttp.ClientResponse | None = None
         if task is not None:
             replica.waiting.add(task)
         try:
             try:
                 async with asyncio.timeout(remaining):
-                    response = await stack.enter_async_context(
-                        ctx.client.request(
-                            "POST",
-                            url,
-                            service=self.name,
-                            timeouts=timeouts,
-                            body=body,
-                            headers=headers,
-                            read_idle=False,
-                            secrets=self._secrets,
-                            bounded=True,
-                        )
+                    response = await client.start(
+                        "POST",
+                        url,
+                        service=self.name,
+                        timeouts=timeouts,
+                        body=body,
+                        headers=headers,
+                        read_idle=False,
+                        secrets=self._secrets,
+                        bounded=True,
                     )
                     if request.stream:
-                        chunks = self._parse(response)
+                        parser = self._parser()
+                        content = response.content
                         # Servers often open with an empty role-only event: the first
                         # token is the first chunk that carries something.
-                        while True:
-                            chunk = await anext(chunks, None)
-                            if chunk is None:
+                        while not parser.done:
+                            data = await content.readany()
+                            if not data:
+                                parser.eof()
                                 break
-                            head.append(chunk)
-                            if chunk.text or chunk.finish_reason or chunk.usage:
+                            batch = parser.feed(data)
+                            head += batch
+                            if any(c.text or c.finish_reason or c.usage for c in batch):
                                 break
+                            if parser.error is not None:
+                                raise parser.error
                     else:
                         raw = await response.read()
             finally:
                 if task is not None:
                     replica.waiting.discard(task)
         except BaseException as exc:
-            await stack.__aexit__(type(exc), exc, exc.__traceback__)
+            if response is not None:
+                client.finish(response, ok=False)
+            replicas.release(replica)
             err = self._failure(exc, timeouts, before_first=True)
             if isinstance(exc, asyncio.CancelledError) and eviction(replica, task):
                 err = UpstreamConnectError(
@@ -295,15 +299,15 @@ class RemoteLLM(MicroService):
                 )
             if err is None:
                 raise
-            self.replicas.failed(replica, err)
+            replicas.failed(replica, err)
             raise err from exc
-        self.replicas.succeeded(replica)
+        replicas.succeeded(replica)
         if request.stream:
-            ctx.client.arm_idle(response, self.timeouts.idle)
-            relay = self._relay(stack, head, chunks, replica, ctx.client)
+            relay = self._relay(response, parser, head, replica, client)
             await anext(relay)
             return cast(ChunkStream, relay)
-        await stack.aclose()
+        client.finish(response, ok=True)
+        replicas.release(replica)
         return self._completion(raw, request)
 
     def _failure(
@@ -355,23 +359,40 @@ class RemoteLLM(MicroService):
 
     async def _relay(
         self,
-        stack: AsyncExitStack,
+        response: aiohttp.ClientResponse,
+        parser: _SseParser | _NdjsonParser,
         head: list[Chunk],
-        chunks: AsyncIterator[Chunk],
         replica: Replica,
         client: HttpClient,
     ) -> AsyncIterator[Chunk | None]:
+        # One async-generator layer per chunk: read, parse, yield. Each wait for data
+        # is bounded by the idle timeout (one lazy timer per stream, no per-read timer).
+        watch = IdleWatch(response, self.timeouts.idle)
+        ok = False
         try:
             # Primed by the caller: from here on, closing the generator (even before the
             # first chunk is read) runs the clean-up below and releases the connection.
             yield None
             for chunk in head:
                 yield chunk
+            if parser.error is not None:
+                raise parser.error
             if head:
-                async for chunk in chunks:
-                    yield chunk
+                content = response.content
+                clock = asyncio.get_running_loop().time
+                while not parser.done:
+                    watch.reading = clock()
+                    data = await content.readany()
+                    watch.reading = None
+                    if not data:
+                        parser.eof()
+                        break
+                    for chunk in parser.feed(data):
+                        yield chunk
+                    if parser.error is not None:
+                        raise parser.error
+            ok = True
         except (TimeoutError, aiohttp.ClientError, UpstreamError) as exc:
-            await stack.__aexit__(type(exc), exc, exc.__traceback__)
             if client.aborting:
                 raise ShuttingDown(
                     "the gateway is shutting down; the answer was cut short"
@@ -380,40 +401,15 @@ class RemoteLLM(MicroService):
             assert err is not None
             self.replicas.failed(replica, err)
             raise err from exc
-        except BaseException:
-            await stack.__aexit__(*sys.exc_info())
-            raise
-        else:
-            await stack.aclose()
+        finally:
+            watch.cancel()
+            client.finish(response, ok=ok)
+            self.replicas.release(replica)
 
-    def _parse(self, response: aiohttp.ClientResponse) -> AsyncIterator[Chunk]:
+    def _parser(self) -> _SseParser | _NdjsonParser:
         if self.api == "openai":
-            return self._parse_sse(response)
-        return self._parse_ndjson(response)
-
-    async def _parse_sse(self, response: aiohttp.ClientResponse) -> AsyncIterator[Chunk]:
-        # Read whatever arrived and split it ourselves: one wake-up per network read
-        # rather than two readline() calls per event (measured: the hottest path).
-        content = response.content
-        event = self._sse_event
-        rest = b""
-        while data := await content.readany():
-            if rest:
-                data = rest + data
-            lines = data.split(b"\n")
-            rest = lines.pop()
-            for line in lines:
-                if line[:5] != b"data:":
-                    continue
-                chunk = event(line[5:].strip())
-                if chunk is None:
-                    continue
-                if chunk is _DONE:
-                    return
-                yield chunk
-        if rest[:5] == b"data:" and rest[5:].strip() == SSE_DONE:
-            return
-        raise UpstreamError(f"{self.name}: stream ended before it was complete", service=self.name)
+            return _SseParser(self)
+        return _NdjsonParser(self)
 
     def _sse_event(self, payload: bytes) -> Chunk | None:
         """One ``data:`` payload as a chunk (None: nothing to relay; ``_DONE``: the end)."""
@@ -448,24 +444,6 @@ class RemoteLLM(MicroService):
         if usage:
             return Chunk("", None, _openai_usage(usage), obj.get("model"), raw=payload)
         return None
-
-    async def _parse_ndjson(self, response: aiohttp.ClientResponse) -> AsyncIterator[Chunk]:
-        content = response.content
-        rest = b""
-        while data := await content.readany():
-            if rest:
-                data = rest + data
-            lines = data.split(b"\n")
-            rest = lines.pop()
-            for line in lines:
-                for chunk in self._ndjson_line(line):
-                    if chunk is _DONE:
-                        return
-                    yield chunk
-        for chunk in self._ndjson_line(rest):
-            if chunk is _DONE:
-                return
-        raise UpstreamError(f"{self.name}: stream ended before it was complete", service=self.name)
 
     def _ndjson_line(self, line: bytes) -> list[Chunk]:
         """One Ollama NDJSON record as chunks (ending with ``_DONE`` on the last one)."""
@@ -570,6 +548,96 @@ class RemoteLLM(MicroService):
 
 #: Marks the end of an upstream stream inside the parsers.
 _DONE = Chunk("", "__done__")
+
+
+class _SseParser:
+    """An OpenAI SSE body, fed as it arrives: ``feed(bytes)`` gives the chunks it
+    completes. It stops at ``[DONE]`` (``done``) or at a bad event (``error``, raised by
+    the reader once the chunks before it are relayed)."""
+
+    __slots__ = ("_event", "_name", "_rest", "done", "error")
+
+    def __init__(self, llm: RemoteLLM) -> None:
+        self._event = llm._sse_event
+        self._name = llm.name
+        self._rest = b""
+        self.done = False
+        self.error: UpstreamError | None = None
+
+    def feed(self, data: bytes) -> list[Chunk]:
+        if self._rest:
+            data = self._rest + data
+        lines = data.split(b"\n")
+        self._rest = lines.pop()
+        out: list[Chunk] = []
+        event = self._event
+        for line in lines:
+            if line[:5] != b"data:":
+                continue
+            try:
+                chunk = event(line[5:].strip())
+            except UpstreamError as err:
+                self.error = err
+                break
+            if chunk is None:
+                continue
+            if chunk is _DONE:
+                self.done = True
+                break
+            out.append(chunk)
+        return out
+
+    def eof(self) -> None:
+        """The body ended: fine after ``[DONE]`` (even without its blank line)."""
+        rest = self._rest
+        if rest[:5] == b"data:" and rest[5:].strip() == SSE_DONE:
+            self.done = True
+            return
+        raise UpstreamError(
+            f"{self._name}: stream ended before it was complete", service=self._name
+        )
+
+
+class _NdjsonParser:
+    """An Ollama NDJSON body, fed as it arrives (see :class:`_SseParser`)."""
+
+    __slots__ = ("_line", "_name", "_rest", "done", "error")
+
+    def __init__(self, llm: RemoteLLM) -> None:
+        self._line = llm._ndjson_line
+        self._name = llm.name
+        self._rest = b""
+        self.done = False
+        self.error: UpstreamError | None = None
+
+    def feed(self, data: bytes) -> list[Chunk]:
+        if self._rest:
+            data = self._rest + data
+        lines = data.split(b"\n")
+        self._rest = lines.pop()
+        out: list[Chunk] = []
+        for line in lines:
+            try:
+                chunks = self._line(line)
+            except UpstreamError as err:
+                self.error = err
+                break
+            for chunk in chunks:
+                if chunk is _DONE:
+                    self.done = True
+                    return out
+                out.append(chunk)
+        return out
+
+    def eof(self) -> None:
+        """The body ended: fine when its last line was the final record."""
+        for chunk in self._line(self._rest):
+            if chunk is _DONE:
+                self.done = True
+                return
+        raise UpstreamError(
+            f"{self._name}: stream ended before it was complete", service=self._name
+        )
 
 
 def _as_chat(data: Any) -> ChatRequest:
