@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+from aiohttp import __version__ as aiohttp_version
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 VENVS = HERE / ".venvs"
@@ -264,6 +266,30 @@ class Nginx(System):
         wait_http(self.url + "/v1/models", self.startup_timeout, proc.alive)
 
 
+class AiohttpFloor(System):
+    """A bare aiohttp byte relay: what a Python gateway costs before any feature."""
+
+    name = "aiohttp"
+
+    def version(self) -> str:
+        return aiohttp_version
+
+    def _start(self, upstream: str, work: Path) -> None:
+        listen = free_port()
+        proc = self._spawn(
+            [
+                sys.executable,
+                str(HERE / "aiohttp_floor.py"),
+                "--port",
+                str(listen),
+                "--upstream",
+                upstream,
+            ]
+        )
+        self.url = f"http://127.0.0.1:{listen}"
+        wait_http(self.url + "/v1/models", self.startup_timeout, proc.alive)
+
+
 def meshkit_command() -> list[str] | None:
     """How to run ``meshkit`` from the main environment, or None if it is missing."""
     script = Path(sys.executable).with_name("meshkit")
@@ -418,6 +444,8 @@ def make(
         return Direct(cpu)
     if name == "nginx":
         return Nginx(cpu)
+    if name == "aiohttp":
+        return AiohttpFloor(cpu)
     if name == "opea":
         return Opea(cpu)
     if name == "litellm":
@@ -429,4 +457,4 @@ def make(
     raise ValueError(f"unknown system {name!r}")
 
 
-ALL = ("direct", "nginx", "meshkit", "opea", "litellm")
+ALL = ("direct", "nginx", "aiohttp", "meshkit", "opea", "litellm")
