@@ -116,3 +116,32 @@ class TestHealth:
         resp = await gw.get("/readyz")
         assert resp.status == 503
         assert (await resp.json())["services"] == {"llm": False}
+
+
+class TestOllamaBodyEdges:
+    """Ollama NDJSON bodies parse however the bytes are split."""
+
+    async def test_last_record_without_newline(self, aiohttp_server) -> None:
+        from aiohttp import web
+
+        async def chat(request: web.Request) -> web.StreamResponse:
+            response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+            await response.prepare(request)
+            await response.write(b'{"message": {"content": "Hel"}, "done": false}\n{"mess')
+            await response.write(b'age": {"content": "lo"}, "done": false}\n')
+            await response.write(
+                b'{"message": {"content": "!"}, "done": true, "done_reason": "stop", '
+                b'"prompt_eval_count": 2, "eval_count": 3}'
+            )
+            await response.write_eof()
+            return response
+
+        app = web.Application()
+        app.router.add_post("/api/chat", chat)
+        server = await aiohttp_server(app)
+        llm = RemoteLLM("llm", endpoint=str(server.make_url("")), api="ollama", model="m")
+        async with ServiceOrchestrator().add(llm) as mesh:
+            chunks = [c async for c in await mesh.run(ask(stream=True))]
+        assert "".join(c.text for c in chunks) == "Hello!"
+        assert chunks[-1].finish_reason == "stop"
+        assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 3

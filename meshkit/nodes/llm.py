@@ -275,7 +275,7 @@ class RemoteLLM(MicroService):
                         while not parser.done:
                             data = await content.readany()
                             if not data:
-                                parser.eof()
+                                head += parser.eof()
                                 break
                             batch = parser.feed(data)
                             head += batch
@@ -385,7 +385,8 @@ class RemoteLLM(MicroService):
                     data = await content.readany()
                     watch.reading = None
                     if not data:
-                        parser.eof()
+                        for chunk in parser.eof():
+                            yield chunk
                         break
                     for chunk in parser.feed(data):
                         yield chunk
@@ -587,12 +588,12 @@ class _SseParser:
             out.append(chunk)
         return out
 
-    def eof(self) -> None:
+    def eof(self) -> list[Chunk]:
         """The body ended: fine after ``[DONE]`` (even without its blank line)."""
         rest = self._rest
         if rest[:5] == b"data:" and rest[5:].strip() == SSE_DONE:
             self.done = True
-            return
+            return []
         raise UpstreamError(
             f"{self._name}: stream ended before it was complete", service=self._name
         )
@@ -629,12 +630,15 @@ class _NdjsonParser:
                 out.append(chunk)
         return out
 
-    def eof(self) -> None:
-        """The body ended: fine when its last line was the final record."""
+    def eof(self) -> list[Chunk]:
+        """The body ended: fine when its last line (even without a newline) was the
+        final record, whose chunks are returned."""
+        out: list[Chunk] = []
         for chunk in self._line(self._rest):
             if chunk is _DONE:
                 self.done = True
-                return
+                return out
+            out.append(chunk)
         raise UpstreamError(
             f"{self._name}: stream ended before it was complete", service=self._name
         )
