@@ -29,6 +29,8 @@ from typing import Any
 import aiohttp
 
 TOKEN = re.compile(rb"[A-Za-z]+(\d{5})\|")
+#: With a real model (``--prompt``) a token is any event with non-empty content.
+CONTENT = re.compile(rb'"content":\s*"(?!")')
 _EVENT_SPLIT = re.compile(rb"\r?\n\r?\n")
 
 
@@ -51,6 +53,7 @@ async def one(
     body: bytes,
     headers: dict[str, str],
     client_timeout: aiohttp.ClientTimeout,
+    token: re.Pattern[bytes] = TOKEN,
 ) -> Outcome:
     """Send one request and read the whole answer, noting the first token's time."""
     out = Outcome()
@@ -64,7 +67,7 @@ async def one(
                 out.raw = await resp.read()
                 return out
             async for data in resp.content.iter_any():
-                if out.ttft is None and TOKEN.search(data):
+                if out.ttft is None and token.search(data):
                     out.ttft = perf() - start
                 parts.append(data)
             out.total = perf() - start
@@ -73,7 +76,7 @@ async def one(
     out.raw = b"".join(parts)
     if out.ttft is None and out.error is None and out.total is not None:
         # a first token split across two reads is only found in the joined body
-        out.ttft = out.total if TOKEN.search(out.raw) else None
+        out.ttft = out.total if token.search(out.raw) else None
     return out
 
 
@@ -114,14 +117,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     results: list[Outcome] = []
     budget = args.requests
     deadline = time.perf_counter() + args.deadline
+    token = CONTENT if args.prompt else TOKEN
 
     async def worker(session: aiohttp.ClientSession) -> None:
         nonlocal budget
         for _ in range(args.warmup):  # untimed: opens and warms this worker's connection
-            await one(session, args.url, body, headers, timeout)
+            await one(session, args.url, body, headers, timeout, token)
         while budget > 0 and time.perf_counter() < deadline:
             budget -= 1
-            results.append(await one(session, args.url, body, headers, timeout))
+            results.append(await one(session, args.url, body, headers, timeout, token))
 
     usage0 = resource.getrusage(resource.RUSAGE_SELF)
     wall0 = time.perf_counter()
