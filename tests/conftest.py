@@ -44,8 +44,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def until(predicate: Callable[[], bool], within: float = 1.0) -> None:
-    """Wait until ``predicate()`` holds (polled: counters have no event to await)."""
+async def until(predicate: Callable[[], bool], within: float = 5.0) -> None:
+    """Wait until ``predicate()`` holds (polled: counters have no event to await).
+
+    ``within`` only bounds a hang; it is generous so that a loaded CI machine never
+    turns a slow clean-up into a failure.
+    """
     async with asyncio.timeout(within):
         while not predicate():  # noqa: ASYNC110
             await asyncio.sleep(0.005)

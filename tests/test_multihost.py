@@ -20,12 +20,14 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from .conftest import until
 
 ROOT = Path(__file__).resolve().parent.parent
 TAG = f"{os.getpid() % 100000}"
@@ -158,12 +160,6 @@ async def network() -> AsyncIterator[None]:
         yield
     finally:
         remove_network()
-
-
-async def until(predicate: Callable[[], bool], within: float) -> None:
-    async with asyncio.timeout(within):
-        while not predicate():  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
 
 
 async def test_cut_replica_link_under_load(network: None, tmp_path: Path) -> None:

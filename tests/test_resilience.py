@@ -33,6 +33,8 @@ from meshkit.resilience import (
 from meshkit.spec import loads
 from meshkit.testing import FakeLLM
 
+from .conftest import until
+
 CHAT = {"model": "llama3.2:1b", "messages": [{"role": "user", "content": "hi"}]}
 Client = TestClient[Any, Any]
 AioClient = Callable[..., Awaitable[Client]]
@@ -94,15 +96,8 @@ async def settled(gw: Client) -> None:
             and mesh.client.connections_in_use == 0
             and all(r.in_flight == 0 for s in llms for r in s.replicas)
         ),
-        within=3.0,
+        within=5.0,
     )
-
-
-async def until(predicate: Callable[[], bool], within: float = 2.0) -> None:
-    """Wait until ``predicate()`` holds (a condition, polled; never a verdict by sleep)."""
-    async with asyncio.timeout(within):
-        while not predicate():  # noqa: ASYNC110
-            await asyncio.sleep(0.005)
 
 
 def sse_events(raw: bytes) -> list[Any]:
