@@ -13,7 +13,6 @@ import functools
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
-from types import TracebackType
 from typing import Any
 
 import aiohttp
@@ -21,6 +20,7 @@ import attrs
 import structlog
 
 from . import _json
+from ._lifecycle import Resource
 from .errors import (
     MeshError,
     UpstreamConnectError,
@@ -94,7 +94,7 @@ class Timeouts:
         return Timeouts(min(self.connect, seconds), min(self.first_byte, seconds), self.idle, total)
 
 
-class HttpClient:
+class HttpClient(Resource):
     """A pooled HTTP client with meshkit's error mapping.
 
     Use ``async with HttpClient() as client`` or :meth:`open`/:meth:`close`. Besides the
@@ -131,18 +131,6 @@ class HttpClient:
         if self._probe_session is not None:
             await self._probe_session.close()
             self._probe_session = None
-
-    async def __aenter__(self) -> HttpClient:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     @property
     def session(self) -> aiohttp.ClientSession:

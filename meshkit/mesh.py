@@ -7,13 +7,13 @@ import socket
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import attrs
 import structlog
 
 from . import spec as spec_mod
+from ._lifecycle import Resource
 from .client import HttpClient
 from .errors import GraphError, MeshError, SpecError
 from .nodes.base import MicroService
@@ -24,7 +24,7 @@ from .spec import MeshSpec, PipelineSpec
 log = structlog.get_logger(__name__)
 
 
-class Mesh:
+class Mesh(Resource):
     """Services and pipelines built from a :class:`~meshkit.spec.MeshSpec`.
 
     Building checks every graph (unknown nodes, cycles, a single final node, edge
@@ -148,18 +148,6 @@ class Mesh:
             await self._stack.aclose()
             self._stack = None
         self._client = None
-
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def ready(self) -> dict[str, bool]:
         """Readiness of every service that is part of a routed pipeline."""

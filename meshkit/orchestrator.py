@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from types import TracebackType
 from typing import Any, Self
 
 import attrs
 import structlog
 
 from . import graph
+from ._lifecycle import Resource
 from .client import HttpClient
 from .errors import GraphError, MeshError, NodeError, NodeTimeout
 from .execution import GraphRun
@@ -34,7 +34,7 @@ class Edge:
     label: str | None = None
 
 
-class ServiceOrchestrator:
+class ServiceOrchestrator(Resource):
     """A directed acyclic graph of services, run once per request.
 
     Nodes whose inputs are ready run concurrently. A first node gets the request; a
@@ -194,18 +194,6 @@ class ServiceOrchestrator:
             await self._client.close()
             self._client = None
             self._owns_client = False
-
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     @property
     def client(self) -> HttpClient:

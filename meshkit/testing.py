@@ -51,6 +51,23 @@ from aiohttp import web
 Send = Callable[[bytes], Awaitable[None]]
 
 
+@asynccontextmanager
+async def serve_app(
+    app: web.Application, host: str = "127.0.0.1", port: int = 0
+) -> AsyncIterator[str]:
+    """Serve ``app`` on ``host:port`` (0: a free port) until the block ends; yield its
+    base URL. Handlers are cancelled when their client leaves, as in ``meshkit serve``."""
+    runner = web.AppRunner(app, handler_cancellation=True)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        bound = runner.addresses[0][1] if runner.addresses else port
+        yield f"http://{host}:{bound}"
+    finally:
+        await runner.cleanup()
+
+
 @attrs.define
 class FakeLLM:
     """A scripted OpenAI-compatible LLM server, for tests.
@@ -131,18 +148,9 @@ class FakeLLM:
     @asynccontextmanager
     async def serve(self, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
         """Run the server; yield its base URL (no ``/v1``)."""
-        runner = web.AppRunner(self.app(), handler_cancellation=True)
-        await runner.setup()
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        bound = port
-        for address in runner.addresses:
-            bound = address[1]
-        self.url = f"http://{host}:{bound}"
-        try:
-            yield self.url
-        finally:
-            await runner.cleanup()
+        async with serve_app(self.app(), host, port) as url:
+            self.url = url
+            yield url
 
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response(

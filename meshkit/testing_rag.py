@@ -24,6 +24,7 @@ import attrs
 from aiohttp import web
 
 from .nodes.reranker import overlap_scores, terms
+from .testing import serve_app
 
 
 def bag_of_words(text: str, dim: int = 512) -> list[float]:
@@ -62,16 +63,9 @@ class FakeEmbedder:
     @asynccontextmanager
     async def serve(self, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
         """Run the server; yield its base URL."""
-        runner = web.AppRunner(self.app(), handler_cancellation=True)
-        await runner.setup()
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        bound = runner.addresses[0][1] if runner.addresses else port
-        self.url = f"http://{host}:{bound}"
-        try:
-            yield self.url
-        finally:
-            await runner.cleanup()
+        async with serve_app(self.app(), host, port) as url:
+            self.url = url
+            yield url
 
     async def _body(self, request: web.Request) -> tuple[dict[str, Any], web.Response | None]:
         body = await request.json()

@@ -13,6 +13,7 @@ import structlog
 from ..errors import BadRequest, NotFound
 from ..nodes.base import Context, MicroService, ServiceType
 from ..protocol import ChatRequest, Completion, EmbeddingRequest, Embeddings, Usage
+from ..streams import aggregate
 from .engine import Generation, LlamaEngine, TokenStream
 from .model import Progress, resolve_model
 
@@ -175,16 +176,4 @@ def _fold_for_gemma(messages: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
 
 async def _collect(stream: TokenStream) -> Completion:
-    parts: list[str] = []
-    finish: str | None = None
-    usage: Usage | None = None
-    model: str | None = None
-    try:
-        async for chunk in stream:
-            parts.append(chunk.text)
-            finish = chunk.finish_reason or finish
-            usage = chunk.usage or usage
-            model = chunk.model or model
-    finally:
-        await stream.aclose()
-    return Completion("".join(parts), finish_reason=finish, usage=usage, model=model)
+    return await aggregate(stream)

@@ -551,19 +551,22 @@ class RemoteLLM(MicroService):
 _DONE = Chunk("", "__done__")
 
 
-class _SseParser:
-    """An OpenAI SSE body, fed as it arrives: ``feed(bytes)`` gives the chunks it
-    completes. It stops at ``[DONE]`` (``done``) or at a bad event (``error``, raised by
-    the reader once the chunks before it are relayed)."""
+class _Parser:
+    """A streamed body, fed as it arrives: ``feed(bytes)`` gives the chunks it
+    completes. It stops at the final record (``done``) or at a bad one (``error``,
+    raised by the reader once the chunks before it are relayed)."""
 
-    __slots__ = ("_event", "_name", "_rest", "done", "error")
+    __slots__ = ("_name", "_rest", "done", "error")
 
     def __init__(self, llm: RemoteLLM) -> None:
-        self._event = llm._sse_event
         self._name = llm.name
         self._rest = b""
         self.done = False
         self.error: UpstreamError | None = None
+
+    def _parse(self, line: bytes) -> list[Chunk]:
+        """The chunks of one complete line (``_DONE`` marks the end)."""
+        raise NotImplementedError
 
     def feed(self, data: bytes) -> list[Chunk]:
         if self._rest:
@@ -571,55 +574,10 @@ class _SseParser:
         lines = data.split(b"\n")
         self._rest = lines.pop()
         out: list[Chunk] = []
-        event = self._event
-        for line in lines:
-            if line[:5] != b"data:":
-                continue
-            try:
-                chunk = event(line[5:].strip())
-            except UpstreamError as err:
-                self.error = err
-                break
-            if chunk is None:
-                continue
-            if chunk is _DONE:
-                self.done = True
-                break
-            out.append(chunk)
-        return out
-
-    def eof(self) -> list[Chunk]:
-        """The body ended: fine after ``[DONE]`` (even without its blank line)."""
-        rest = self._rest
-        if rest[:5] == b"data:" and rest[5:].strip() == SSE_DONE:
-            self.done = True
-            return []
-        raise UpstreamError(
-            f"{self._name}: stream ended before it was complete", service=self._name
-        )
-
-
-class _NdjsonParser:
-    """An Ollama NDJSON body, fed as it arrives (see :class:`_SseParser`)."""
-
-    __slots__ = ("_line", "_name", "_rest", "done", "error")
-
-    def __init__(self, llm: RemoteLLM) -> None:
-        self._line = llm._ndjson_line
-        self._name = llm.name
-        self._rest = b""
-        self.done = False
-        self.error: UpstreamError | None = None
-
-    def feed(self, data: bytes) -> list[Chunk]:
-        if self._rest:
-            data = self._rest + data
-        lines = data.split(b"\n")
-        self._rest = lines.pop()
-        out: list[Chunk] = []
+        parse = self._parse
         for line in lines:
             try:
-                chunks = self._line(line)
+                chunks = parse(line)
             except UpstreamError as err:
                 self.error = err
                 break
@@ -631,10 +589,10 @@ class _NdjsonParser:
         return out
 
     def eof(self) -> list[Chunk]:
-        """The body ended: fine when its last line (even without a newline) was the
-        final record, whose chunks are returned."""
+        """The body ended: fine when its last line, even without a newline, was the
+        final record (whose chunks are returned)."""
         out: list[Chunk] = []
-        for chunk in self._line(self._rest):
+        for chunk in self._parse(self._rest):
             if chunk is _DONE:
                 self.done = True
                 return out
@@ -642,6 +600,35 @@ class _NdjsonParser:
         raise UpstreamError(
             f"{self._name}: stream ended before it was complete", service=self._name
         )
+
+
+class _SseParser(_Parser):
+    """An OpenAI server-sent-events body."""
+
+    __slots__ = ("_event",)
+
+    def __init__(self, llm: RemoteLLM) -> None:
+        super().__init__(llm)
+        self._event = llm._sse_event
+
+    def _parse(self, line: bytes) -> list[Chunk]:
+        if line[:5] != b"data:":
+            return []
+        chunk = self._event(line[5:].strip())
+        return [] if chunk is None else [chunk]
+
+
+class _NdjsonParser(_Parser):
+    """An Ollama NDJSON body."""
+
+    __slots__ = ("_line",)
+
+    def __init__(self, llm: RemoteLLM) -> None:
+        super().__init__(llm)
+        self._line = llm._ndjson_line
+
+    def _parse(self, line: bytes) -> list[Chunk]:
+        return self._line(line)
 
 
 def _as_chat(data: Any) -> ChatRequest:
