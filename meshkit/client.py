@@ -165,65 +165,48 @@ class HttpClient(Resource):
             response.close()
         return len(live)
 
-    @staticmethod
-    def arm_idle(response: aiohttp.ClientResponse, idle: float) -> None:
-        """Start bounding each gap between reads of ``response`` by ``idle`` seconds.
-
-        For a stream opened with ``read_idle=False``: the wait for the first byte is
-        bounded by the caller, the gaps after it by this timer (aiohttp's own read
-        timer, re-armed as data arrives: no per-chunk work of ours).
-        """
-        connection = response.connection
-        protocol = connection.protocol if connection is not None else None
-        if protocol is not None:
-            protocol.read_timeout = idle
-            protocol.start_timeout()
-
     @asynccontextmanager
     async def request(
-        self,
-        method: str,
-        url: str,
-        *,
-        service: str,
-        timeouts: Timeouts,
-        body: Any = None,
-        headers: Mapping[str, str] | None = None,
-        read_idle: bool = True,
-        secrets: tuple[str, ...] = (),
-        bounded: bool = False,
+        self, method: str, url: str, **options: Any
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """Send one request; yield the response once its status is known to be good.
 
-        Raises ``UpstreamConnectError`` when no connection could be used (refused,
-        unreachable, connect timeout, a pooled socket the peer had closed),
-        ``UpstreamTimeout`` when headers do not arrive within ``timeouts.first_byte``,
-        ``UpstreamOverloaded`` for 429/503 (with the upstream's ``Retry-After``),
-        ``UpstreamRejected`` for another 4xx and ``UpstreamError`` for a 5xx. With
-        ``read_idle=False`` no read timer runs until :meth:`arm_idle`. Any of
-        ``secrets`` found in an upstream's error message is masked. On exit the
+        Takes the options of :meth:`start`, which says what it raises. On exit the
         connection is returned to the pool when the body was read whole, and closed
         otherwise (so a cancelled stream never leaves a half-read connection behind).
-        ``bounded=True`` says the caller already bounds the wait for headers (one timer
-        per call instead of two).
         """
-        response = await self.start(
-            method,
-            url,
-            service=service,
-            timeouts=timeouts,
-            body=body,
-            headers=headers,
-            read_idle=read_idle,
-            secrets=secrets,
-            bounded=bounded,
-        )
+        response = await self.start(method, url, **options)
         ok = False
         try:
             yield response
             ok = True
         finally:
             self.finish(response, ok=ok)
+
+    async def fetch(
+        self,
+        method: str,
+        url: str,
+        *,
+        service: str,
+        timeouts: Timeouts,
+        what: str = "answer",
+        **options: Any,
+    ) -> bytes:
+        """Send one request and return its whole body, all within
+        ``timeouts.first_byte``; a timeout or a broken body is an upstream error."""
+        try:
+            async with asyncio.timeout(timeouts.first_byte):
+                async with self.request(
+                    method, url, service=service, timeouts=timeouts, bounded=True, **options
+                ) as response:
+                    return await response.read()
+        except TimeoutError as exc:
+            raise UpstreamTimeout(
+                f"{service}: no {what} within {timeouts.first_byte:g} s", service=service
+            ) from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"{service}: {type(exc).__name__}", service=service) from exc
 
     async def start(
         self,
@@ -238,8 +221,21 @@ class HttpClient(Resource):
         secrets: tuple[str, ...] = (),
         bounded: bool = False,
     ) -> aiohttp.ClientResponse:
-        """:meth:`request` without the context manager, for hot paths: the caller must
-        hand the response to :meth:`finish` however it ends (``try``/``finally``)."""
+        """Send one request; return the response once its status is known to be good.
+
+        The caller must hand the response to :meth:`finish` however it ends
+        (``try``/``finally``); :meth:`request` does that as a context manager.
+
+        Raises ``UpstreamConnectError`` when no connection could be used (refused,
+        unreachable, connect timeout, a pooled socket the peer had closed),
+        ``UpstreamTimeout`` when headers do not arrive within ``timeouts.first_byte``,
+        ``UpstreamOverloaded`` for 429/503 (with the upstream's ``Retry-After``),
+        ``UpstreamRejected`` for another 4xx and ``UpstreamError`` for a 5xx.
+        ``read_idle=False`` leaves gaps between reads to the caller (RemoteLLM's
+        :class:`IdleWatch`). Any of ``secrets`` found in an upstream's error message is
+        masked. ``bounded=True`` says the caller already bounds the wait for headers
+        (one timer per call instead of two).
+        """
         if self._session is None:
             await self.open()
         data = body if body is None or isinstance(body, bytes) else _json.dumps(body)

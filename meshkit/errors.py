@@ -170,3 +170,23 @@ class ShuttingDown(MeshError):
 
     status = 503
     code = "shutting_down"
+
+
+class PayloadTooLarge(MeshError):
+    """The request body is over the gateway's limit."""
+
+    status = 413
+    code = "payload_too_large"
+    kind = "invalid_request_error"
+
+
+class MethodNotAllowed(MeshError):
+    """The path exists but not for this method."""
+
+    status = 405
+    code = "method_not_allowed"
+    kind = "invalid_request_error"
+
+
+class InternalError(MeshError):
+    """Something unexpected broke inside meshkit; details stay in the log."""

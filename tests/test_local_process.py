@@ -49,7 +49,7 @@ class TestLocalServer:
         bogus.write_bytes(b"nope")
         server = LocalServer(model=str(bogus), startup_timeout=60, on_line=lambda line: None)
         with pytest.raises(LocalServerError, match="not a GGUF model file"):
-            await server.start()
+            await server.open()
         assert server.pid is None
 
     def test_command_line(self) -> None:

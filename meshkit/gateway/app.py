@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 import structlog
 from aiohttp import web
 
-from ..errors import BadRequest, MeshError, NotFound
+from ..errors import BadRequest, MeshError, MethodNotAllowed, NotFound, PayloadTooLarge
 from ..mesh import Mesh
 from ..orchestrator import ServiceOrchestrator
 from . import ollama, openai
@@ -26,22 +26,6 @@ ADMISSION = web.AppKey("meshkit.admission", Admission)
 MAX_BODY = 8 * 1024 * 1024
 
 _MOUNT = {"openai": openai.add_routes, "ollama": ollama.add_routes}
-
-
-class PayloadTooLarge(MeshError):
-    """The request body is over the gateway's limit."""
-
-    status = 413
-    code = "payload_too_large"
-    kind = "invalid_request_error"
-
-
-class MethodNotAllowed(MeshError):
-    """The path exists but not for this method."""
-
-    status = 405
-    code = "method_not_allowed"
-    kind = "invalid_request_error"
 
 
 def _dialect_for(path: str, routes: Iterable[Route]) -> str:

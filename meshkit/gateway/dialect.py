@@ -17,7 +17,7 @@ import structlog
 from aiohttp import web
 
 from .. import _json
-from ..errors import MeshError, UpstreamError
+from ..errors import InternalError, MeshError, UpstreamError
 from ..nodes.base import Context
 from ..orchestrator import ServiceOrchestrator
 from ..protocol.types import ChatRequest, Chunk, Completion
@@ -50,10 +50,6 @@ class Dialect(Protocol):
     name: str
 
     def error_response(self, err: MeshError) -> web.Response: ...
-
-
-class InternalError(MeshError):
-    """Something unexpected broke inside meshkit; details stay in the log."""
 
 
 def request_id(request: web.Request) -> str:

@@ -11,6 +11,7 @@ from aiohttp import web
 from .. import _json
 from ..errors import BadRequest, MeshError
 from ..protocol.types import ChatRequest, Chunk, Completion, Message, Usage
+from ..protocol.wire import ndjson_line
 from . import validate as v
 from .dialect import Handler, error_json, json_response, now_ns, request_id, serve_chat
 from .route import Route
@@ -118,7 +119,7 @@ class _Encoder:
             **self._delta(chunk.text),
             "done": False,
         }
-        return _json.dumps(obj) + b"\n"
+        return ndjson_line(_json.dumps(obj))
 
     def _final(self, text: str) -> dict[str, Any]:
         end = now_ns()
@@ -142,10 +143,10 @@ class _Encoder:
         final = self._final("")
         if self.meta:
             final["meshkit"] = self.meta
-        return _json.dumps(final) + b"\n"
+        return ndjson_line(_json.dumps(final))
 
     def error(self, err: MeshError) -> bytes:
-        return _json.dumps(error_body(err)) + b"\n"
+        return ndjson_line(_json.dumps(error_body(err)))
 
     def completion(self, completion: Completion) -> dict[str, Any]:
         self.finish = completion.finish_reason

@@ -11,7 +11,7 @@ from .. import _json
 from ..errors import BadRequest, MeshError, NotFound
 from ..nodes.base import Context
 from ..protocol.types import ChatRequest, Chunk, Completion, EmbeddingRequest, Usage
-from ..protocol.wire import new_id
+from ..protocol.wire import SSE_DONE, new_id, sse_event
 from . import validate as v
 from .dialect import Handler, error_json, json_response, request_id, serve_chat
 from .route import Route
@@ -93,7 +93,19 @@ class ChatEncoder:
             "model": self.model,
             "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
         }
-        return b"data: " + _json.dumps(obj) + b"\n\n"
+        return sse_event(_json.dumps(obj))
+
+    def _bare(self, **fields: Any) -> bytes:
+        """A chunk event with no choices, carrying ``fields`` (usage, meshkit)."""
+        obj = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [],
+            **fields,
+        }
+        return sse_event(_json.dumps(obj))
 
     def chunk(self, chunk: Chunk) -> bytes | None:
         if not self.model and chunk.model:
@@ -105,27 +117,14 @@ class ChatEncoder:
                 if not self.include_usage:
                     return None
                 self._usage_relayed = True
-                return b"data: " + chunk.raw + b"\n\n"
+                return sse_event(chunk.raw)
             self._first = False
-            return b"data: " + chunk.raw + b"\n\n"
+            return sse_event(chunk.raw)
         if chunk.usage is not None:
             self._usage = chunk.usage
         out = b""
         if chunk.meta:
-            out += (
-                b"data: "
-                + _json.dumps(
-                    {
-                        "id": self.id,
-                        "object": "chat.completion.chunk",
-                        "created": self.created,
-                        "model": self.model,
-                        "choices": [],
-                        "meshkit": dict(chunk.meta),
-                    }
-                )
-                + b"\n\n"
-            )
+            out += self._bare(meshkit=dict(chunk.meta))
         if chunk.text or chunk.finish_reason or self._first:
             delta: dict[str, Any] = {"content": chunk.text} if chunk.text or self._first else {}
             if self._first:
@@ -137,24 +136,11 @@ class ChatEncoder:
     def end(self) -> bytes:
         tail = b""
         if self.include_usage and self._usage is not None and not self._usage_relayed:
-            tail = (
-                b"data: "
-                + _json.dumps(
-                    {
-                        "id": self.id,
-                        "object": "chat.completion.chunk",
-                        "created": self.created,
-                        "model": self.model,
-                        "choices": [],
-                        "usage": _usage(self._usage),
-                    }
-                )
-                + b"\n\n"
-            )
-        return tail + b"data: [DONE]\n\n"
+            tail = self._bare(usage=_usage(self._usage))
+        return tail + sse_event(SSE_DONE)
 
     def error(self, err: MeshError) -> bytes:
-        return b"data: " + _json.dumps(error_body(err)) + b"\n\n"
+        return sse_event(_json.dumps(error_body(err)))
 
     def completion(self, completion: Completion) -> dict[str, Any]:
         obj: dict[str, Any] = {

@@ -18,13 +18,13 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Mapping
-from types import TracebackType
 
 import aiohttp
 import attrs
 import structlog
 import yarl
 
+from .._lifecycle import Resource
 from ..errors import MeshError
 
 log = structlog.get_logger(__name__)
@@ -43,7 +43,7 @@ def _print_line(line: str) -> None:
 
 
 @attrs.define
-class LocalServer:
+class LocalServer(Resource):
     """Run ``python -m meshkit.local`` for as long as the ``async with`` block lasts.
 
     Args:
@@ -95,19 +95,7 @@ class LocalServer:
             cmd += ["--model", self.model]
         return cmd
 
-    async def __aenter__(self) -> LocalServer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
-    async def start(self) -> None:
+    async def open(self) -> None:
         """Start the child and return once it is healthy."""
         loop = asyncio.get_running_loop()
         self._url = loop.create_future()
@@ -127,7 +115,7 @@ class LocalServer:
         try:
             await self._wait_healthy(self._proc)
         except BaseException:
-            await self.stop()
+            await self.close()
             raise
         log.info(
             "meshkit.local.child_ready",
@@ -136,7 +124,7 @@ class LocalServer:
             seconds=round(time.monotonic() - started, 2),
         )
 
-    async def stop(self) -> None:
+    async def close(self) -> None:
         """Stop the child: SIGTERM, then SIGKILL if it lingers past ``stop_timeout``."""
         proc, self._proc = self._proc, None
         if proc is not None and proc.returncode is None:

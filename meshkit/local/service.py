@@ -118,7 +118,7 @@ class LocalLLM(MicroService):
             raise
         if data.stream:
             return stream
-        return await _collect(stream)
+        return await aggregate(stream)
 
     async def embed(self, request: EmbeddingRequest, ctx: Context) -> Embeddings:
         """One mean-pooled, unit-length vector per input text."""
@@ -173,7 +173,3 @@ def _fold_for_gemma(messages: list[tuple[str, str]]) -> list[tuple[str, str]]:
         else:
             turns.insert(0, ("user", preamble))
     return turns
-
-
-async def _collect(stream: TokenStream) -> Completion:
-    return await aggregate(stream)

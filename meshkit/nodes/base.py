@@ -134,3 +134,14 @@ class MicroService:
         from ..gateway.standalone import run_service
 
         run_service(self, handle_signals=handle_signals)
+
+
+def base_urls(endpoint: str | Sequence[str]) -> tuple[str, ...]:
+    """One or several base URLs, without trailing slashes."""
+    endpoints = [endpoint] if isinstance(endpoint, str) else list(endpoint)
+    return tuple(e.rstrip("/") for e in endpoints)
+
+
+def bearer(api_key: str | None) -> dict[str, str]:
+    """The header that carries an upstream credential (none without a key)."""
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}

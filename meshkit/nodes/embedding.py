@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import aiohttp
-
 from .. import _json
 from ..client import Timeouts
-from ..errors import BadRequest, UpstreamError, UpstreamTimeout
+from ..errors import BadRequest, UpstreamError
 from ..protocol.types import ChatRequest, EmbeddingRequest, Embeddings, Usage
-from .base import Context, MicroService, ServiceType
+from .base import Context, MicroService, ServiceType, base_urls, bearer
 
 APIS = ("openai", "tei")
 _PATHS = {"openai": "/v1/embeddings", "tei": "/embed"}
@@ -57,15 +54,14 @@ class RemoteEmbedding(MicroService):
         super().__init__(name, params=params, timeout=self.timeouts.first_byte)
         if api not in APIS:
             raise ValueError(f"api must be one of {', '.join(APIS)}, not {api!r}")
-        endpoints = [endpoint] if isinstance(endpoint, str) else list(endpoint)
-        if not endpoints:
+        self.endpoints = base_urls(endpoint)
+        if not self.endpoints:
             raise ValueError("RemoteEmbedding needs at least one endpoint")
-        self.endpoints = tuple(e.rstrip("/") for e in endpoints)
         self.api = api
         self.path = path or _PATHS[api]
         self.model = model
         self.batch_size = int(batch_size or self.params.get("batch_size", 32))
-        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._headers = bearer(api_key)
         self._turn = itertools.cycle(self.endpoints)
 
     async def process(self, data: Any, ctx: Context) -> Embeddings:
@@ -105,23 +101,15 @@ class RemoteEmbedding(MicroService):
         url = next(self._turn) + self.path
         limit = ctx.remaining(self.timeouts.first_byte)
         timeouts = Timeouts(self.timeouts.connect, limit, self.timeouts.idle)
-        try:
-            async with asyncio.timeout(limit):
-                async with ctx.client.request(
-                    "POST",
-                    url,
-                    service=self.name,
-                    timeouts=timeouts,
-                    body=body,
-                    headers=self._headers,
-                ) as response:
-                    raw = await response.read()
-        except TimeoutError as exc:
-            raise UpstreamTimeout(
-                f"{self.name}: no embeddings within {limit:g} s", service=self.name
-            ) from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(f"{self.name}: {type(exc).__name__}", service=self.name) from exc
+        raw = await ctx.client.fetch(
+            "POST",
+            url,
+            service=self.name,
+            timeouts=timeouts,
+            what="embeddings",
+            body=body,
+            headers=self._headers,
+        )
         try:
             obj = _json.loads(raw)
             if self.api == "openai":

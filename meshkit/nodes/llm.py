@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, cast
 
 import aiohttp
@@ -33,7 +33,7 @@ from ..protocol.wire import SSE_DONE
 from ..resilience.deadline import DEADLINE_HEADER, header_value
 from ..resilience.replicas import Replica, ReplicaSet, eviction
 from ..resilience.retry import RetryPolicy, retryable
-from .base import Context, MicroService, ServiceType
+from .base import Context, MicroService, ServiceType, base_urls, bearer
 
 log = structlog.get_logger(__name__)
 
@@ -85,10 +85,9 @@ class RemoteLLM(MicroService):
         super().__init__(name, params=params, timeout=None)
         if api not in APIS:
             raise ValueError(f"api must be one of {APIS}, not {api!r}")
-        endpoints = [endpoint] if isinstance(endpoint, str) else list(endpoint)
-        if not endpoints:
+        self.endpoints = base_urls(endpoint)
+        if not self.endpoints:
             raise ValueError("RemoteLLM needs at least one endpoint")
-        self.endpoints = tuple(e.rstrip("/") for e in endpoints)
         self.api = api
         self.path = path or _CHAT_PATHS[api]
         self.model = model
@@ -97,7 +96,7 @@ class RemoteLLM(MicroService):
         self.health_interval = health_interval
         self.fallback = fallback if isinstance(fallback, MicroService) else None
         self._fallback_name = fallback if isinstance(fallback, str) else None
-        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._headers = bearer(api_key)
         self._secrets = (api_key,) if api_key else ()
         self._prober: asyncio.Task[None] | None = None
 
@@ -360,7 +359,7 @@ class RemoteLLM(MicroService):
     async def _relay(
         self,
         response: aiohttp.ClientResponse,
-        parser: _SseParser | _NdjsonParser,
+        parser: _Parser,
         head: list[Chunk],
         replica: Replica,
         client: HttpClient,
@@ -407,10 +406,17 @@ class RemoteLLM(MicroService):
             client.finish(response, ok=ok)
             self.replicas.release(replica)
 
-    def _parser(self) -> _SseParser | _NdjsonParser:
+    def _parser(self) -> _Parser:
         if self.api == "openai":
-            return _SseParser(self)
-        return _NdjsonParser(self)
+            return _Parser(self.name, self._sse_line)
+        return _Parser(self.name, self._ndjson_line)
+
+    def _sse_line(self, line: bytes) -> list[Chunk]:
+        """One SSE line: the chunk of a ``data:`` field, nothing for anything else."""
+        if line[:5] != b"data:":
+            return []
+        chunk = self._sse_event(line[5:].strip())
+        return [] if chunk is None else [chunk]
 
     def _sse_event(self, payload: bytes) -> Chunk | None:
         """One ``data:`` payload as a chunk (None: nothing to relay; ``_DONE``: the end)."""
@@ -529,15 +535,15 @@ class RemoteLLM(MicroService):
     async def _list_models(self, client: HttpClient, base: str, *, wait: float) -> list[str]:
         timeouts = Timeouts(min(self.timeouts.connect, wait), wait, wait)
         url = base + _MODEL_PATHS[self.api]
-        async with client.request(
+        raw = await client.fetch(
             "GET",
             url,
             service=self.name,
             timeouts=timeouts,
+            what="model list",
             headers=self._headers,
             secrets=self._secrets,
-        ) as response:
-            raw = await response.read()
+        )
         try:
             obj = _json.loads(raw)
             if self.api == "openai":
@@ -553,20 +559,18 @@ _DONE = Chunk("", "__done__")
 
 class _Parser:
     """A streamed body, fed as it arrives: ``feed(bytes)`` gives the chunks it
-    completes. It stops at the final record (``done``) or at a bad one (``error``,
-    raised by the reader once the chunks before it are relayed)."""
+    completes, parsing each whole line with ``parse`` (``_DONE`` marks the end). It
+    stops at the final record (``done``) or at a bad one (``error``, raised by the
+    reader once the chunks before it are relayed)."""
 
-    __slots__ = ("_name", "_rest", "done", "error")
+    __slots__ = ("_name", "_parse", "_rest", "done", "error")
 
-    def __init__(self, llm: RemoteLLM) -> None:
-        self._name = llm.name
+    def __init__(self, name: str, parse: Callable[[bytes], list[Chunk]]) -> None:
+        self._name = name
+        self._parse = parse
         self._rest = b""
         self.done = False
         self.error: UpstreamError | None = None
-
-    def _parse(self, line: bytes) -> list[Chunk]:
-        """The chunks of one complete line (``_DONE`` marks the end)."""
-        raise NotImplementedError
 
     def feed(self, data: bytes) -> list[Chunk]:
         if self._rest:
@@ -600,35 +604,6 @@ class _Parser:
         raise UpstreamError(
             f"{self._name}: stream ended before it was complete", service=self._name
         )
-
-
-class _SseParser(_Parser):
-    """An OpenAI server-sent-events body."""
-
-    __slots__ = ("_event",)
-
-    def __init__(self, llm: RemoteLLM) -> None:
-        super().__init__(llm)
-        self._event = llm._sse_event
-
-    def _parse(self, line: bytes) -> list[Chunk]:
-        if line[:5] != b"data:":
-            return []
-        chunk = self._event(line[5:].strip())
-        return [] if chunk is None else [chunk]
-
-
-class _NdjsonParser(_Parser):
-    """An Ollama NDJSON body."""
-
-    __slots__ = ("_line",)
-
-    def __init__(self, llm: RemoteLLM) -> None:
-        super().__init__(llm)
-        self._line = llm._ndjson_line
-
-    def _parse(self, line: bytes) -> list[Chunk]:
-        return self._line(line)
 
 
 def _as_chat(data: Any) -> ChatRequest:

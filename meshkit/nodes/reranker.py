@@ -7,20 +7,17 @@ model and is good enough to put the document that names the question's words fir
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import aiohttp
-
 from .. import _json
 from ..client import Timeouts
-from ..errors import BadRequest, UpstreamError, UpstreamTimeout
+from ..errors import BadRequest, UpstreamError
 from ..protocol.types import ChatRequest
-from .base import Context, MicroService, ServiceType
+from .base import Context, MicroService, ServiceType, base_urls
 from .ports import Document, Documents, documents_in
 
 APIS = ("tei", "local")
@@ -85,11 +82,10 @@ class Reranker(MicroService):
         super().__init__(name, params=params, timeout=self.timeouts.first_byte)
         if api not in APIS:
             raise ValueError(f"api must be one of {', '.join(APIS)}, not {api!r}")
-        endpoints = [endpoint] if isinstance(endpoint, str) else list(endpoint)
-        if api == "tei" and not endpoints:
+        self.endpoints = base_urls(endpoint)
+        if api == "tei" and not self.endpoints:
             raise ValueError("a TEI reranker needs an endpoint")
         self.api = api
-        self.endpoints = tuple(e.rstrip("/") for e in endpoints)
         self.path = path or "/rerank"
         self.top_n = int(self.params.get("top_n", 3))
         self.min_score = float(self.params.get("min_score", 0.0))
@@ -134,18 +130,9 @@ class Reranker(MicroService):
         limit = ctx.remaining(self.timeouts.first_byte)
         timeouts = Timeouts(self.timeouts.connect, limit, self.timeouts.idle)
         body = {"query": query, "texts": texts, "raw_scores": False, "truncate": True}
-        try:
-            async with asyncio.timeout(limit):
-                async with ctx.client.request(
-                    "POST", url, service=self.name, timeouts=timeouts, body=body
-                ) as response:
-                    raw = await response.read()
-        except TimeoutError as exc:
-            raise UpstreamTimeout(
-                f"{self.name}: no ranking within {limit:g} s", service=self.name
-            ) from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(f"{self.name}: {type(exc).__name__}", service=self.name) from exc
+        raw = await ctx.client.fetch(
+            "POST", url, service=self.name, timeouts=timeouts, what="ranking", body=body
+        )
         scores = [0.0] * len(texts)
         try:
             for row in _json.loads(raw):
