@@ -1,25 +1,23 @@
 """The outbound layer: the only code in meshkit that opens connections.
 
-One pooled :class:`aiohttp.ClientSession` per process, owned by whoever serves (the
-gateway's ``cleanup_ctx`` or an orchestrator used as a library), with a timeout on
-every call and upstream failures turned into :mod:`meshkit.errors`.
+One pool of keep-alive connections (:mod:`meshkit.h1`) per process, owned by whoever
+serves (the gateway's ``cleanup_ctx`` or an orchestrator used as a library), with a
+timeout on every call and upstream failures turned into :mod:`meshkit.errors`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
-import functools
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
-import aiohttp
 import attrs
 import structlog
 
-from . import _json
+from . import _json, h1
 from ._lifecycle import Resource
 from .errors import (
     MeshError,
@@ -97,56 +95,43 @@ class Timeouts:
 class HttpClient(Resource):
     """A pooled HTTP client with meshkit's error mapping.
 
-    Use ``async with HttpClient() as client`` or :meth:`open`/:meth:`close`. Besides the
-    pool it keeps a tiny non-pooled session for health probes (a probe must open a
-    fresh connection to tell a dead host from a live pooled socket) and the set of
-    responses being streamed, so a shutting-down gateway can end them
+    Use ``async with HttpClient() as client`` or :meth:`open`/:meth:`close`. It keeps
+    one :class:`~meshkit.h1.Pool` of keep-alive connections (health probes use fresh
+    connections instead: a probe must tell a dead host from a live pooled socket) and
+    the set of responses being streamed, so a shutting-down gateway can end them
     (:meth:`abort_streams`).
     """
 
     def __init__(self, *, limit: int = 1024, keepalive: float = 30.0) -> None:
         self._limit = limit
         self._keepalive = keepalive
-        self._session: aiohttp.ClientSession | None = None
-        self._probe_session: aiohttp.ClientSession | None = None
-        self._live: set[aiohttp.ClientResponse] = set()
+        self._pool: h1.Pool | None = None
+        self._live: set[h1.Response] = set()
         self.aborting = False
 
     async def open(self) -> None:
-        """Create the pooled session (idempotent)."""
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(
-                limit=self._limit, limit_per_host=0, keepalive_timeout=self._keepalive
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector, json_serialize=lambda o: _json.dumps(o).decode()
-            )
+        """Create the connection pool (idempotent)."""
+        if self._pool is None or self._pool.closed:
+            self._pool = h1.Pool(keepalive=self._keepalive, max_idle=self._limit)
             self.aborting = False
 
     async def close(self) -> None:
-        """Close the session and every pooled connection."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-        if self._probe_session is not None:
-            await self._probe_session.close()
-            self._probe_session = None
+        """Close the pool and every connection in it."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
 
     @property
-    def session(self) -> aiohttp.ClientSession:
-        """The underlying session; opened on first use."""
-        if self._session is None or self._session.closed:
+    def pool(self) -> h1.Pool:
+        """The underlying connection pool; opened on first use."""
+        if self._pool is None or self._pool.closed:
             raise RuntimeError("HttpClient is not open; use 'async with' or open()")
-        return self._session
+        return self._pool
 
     @property
     def connections_in_use(self) -> int:
         """Connections currently checked out of the pool (zero when idle)."""
-        if self._session is None:
-            return 0
-        connector = self._session.connector
-        acquired = getattr(connector, "_acquired", ())
-        return len(acquired)
+        return 0 if self._pool is None else self._pool.in_use
 
     @property
     def live_responses(self) -> int:
@@ -166,9 +151,7 @@ class HttpClient(Resource):
         return len(live)
 
     @asynccontextmanager
-    async def request(
-        self, method: str, url: str, **options: Any
-    ) -> AsyncIterator[aiohttp.ClientResponse]:
+    async def request(self, method: str, url: str, **options: Any) -> AsyncIterator[h1.Response]:
         """Send one request; yield the response once its status is known to be good.
 
         Takes the options of :meth:`start`, which says what it raises. On exit the
@@ -205,7 +188,7 @@ class HttpClient(Resource):
             raise UpstreamTimeout(
                 f"{service}: no {what} within {timeouts.first_byte:g} s", service=service
             ) from exc
-        except aiohttp.ClientError as exc:
+        except h1.H1Error as exc:
             raise UpstreamError(f"{service}: {type(exc).__name__}", service=service) from exc
 
     async def start(
@@ -220,7 +203,7 @@ class HttpClient(Resource):
         read_idle: bool = True,
         secrets: tuple[str, ...] = (),
         bounded: bool = False,
-    ) -> aiohttp.ClientResponse:
+    ) -> h1.Response:
         """Send one request; return the response once its status is known to be good.
 
         The caller must hand the response to :meth:`finish` however it ends
@@ -231,31 +214,28 @@ class HttpClient(Resource):
         ``UpstreamTimeout`` when headers do not arrive within ``timeouts.first_byte``,
         ``UpstreamOverloaded`` for 429/503 (with the upstream's ``Retry-After``),
         ``UpstreamRejected`` for another 4xx and ``UpstreamError`` for a 5xx.
-        ``read_idle=False`` leaves gaps between reads to the caller (RemoteLLM's
-        :class:`IdleWatch`). Any of ``secrets`` found in an upstream's error message is
-        masked. ``bounded=True`` says the caller already bounds the wait for headers
-        (one timer per call instead of two).
+        ``timeouts.total`` bounds the whole call, body included. Gaps between reads are
+        left to the caller: ``read_idle`` is kept for compatibility (a whole-body read
+        is bounded by :meth:`fetch`, a stream by :class:`IdleWatch`). Any of ``secrets``
+        found in an upstream's error message is masked. ``bounded=True`` says the caller
+        already bounds the wait for headers (one timer per call instead of two).
         """
-        if self._session is None:
+        if self._pool is None:
             await self.open()
+        pool = self.pool
         data = body if body is None or isinstance(body, bytes) else _json.dumps(body)
         all_headers = {"Content-Type": "application/json"} if data is not None else {}
         if headers:
             all_headers.update(headers)
-        client_timeout = _client_timeout(
-            timeouts.total, timeouts.connect, timeouts.idle if read_idle else None
-        )
+        key, path, host = h1.target(url)
+        wire = h1.encode_request(method, path, host, all_headers, data)
         try:
             if bounded:
-                response = await self.session.request(
-                    method, url, data=data, headers=all_headers, timeout=client_timeout
-                )
+                response = await self._send(pool, key, wire, timeouts.connect)
             else:
                 async with asyncio.timeout(timeouts.first_byte):
-                    response = await self.session.request(
-                        method, url, data=data, headers=all_headers, timeout=client_timeout
-                    )
-        except aiohttp.ConnectionTimeoutError as exc:
+                    response = await self._send(pool, key, wire, timeouts.connect)
+        except _ConnectTimeout as exc:
             raise UpstreamConnectError(
                 f"{service}: no connection within {timeouts.connect:g} s", service=service
             ) from exc
@@ -263,22 +243,28 @@ class HttpClient(Resource):
             raise UpstreamTimeout(
                 f"{service}: no answer within {timeouts.first_byte:g} s", service=service
             ) from exc
-        except aiohttp.ClientConnectorError as exc:
+        except h1.ConnectFailed as exc:
             raise UpstreamConnectError(
                 f"{service}: cannot connect to {exc.host}:{exc.port}", service=service
             ) from exc
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+        except h1.ClosedEarly as exc:
             # The connection died before any answer: a pooled socket the peer had
             # closed, or a reset. No response means the request was not served.
             raise UpstreamConnectError(
                 f"{service}: connection lost before an answer ({type(exc).__name__})",
                 service=service,
             ) from exc
-        except (aiohttp.ClientError, OSError) as exc:
+        except h1.H1Error as exc:
             raise UpstreamUnavailable(
                 f"{service}: connection failed ({type(exc).__name__})", service=service
             ) from exc
         self._live.add(response)
+        if timeouts.total is not None:
+            response.timer = asyncio.get_running_loop().call_later(
+                timeouts.total,
+                response.fail,
+                TimeoutError(f"{service}: the call took longer than {timeouts.total:g} s"),
+            )
         if response.status >= 400:
             try:
                 err = await _status_error(response, service, secrets)
@@ -287,7 +273,24 @@ class HttpClient(Resource):
             raise err
         return response
 
-    def finish(self, response: aiohttp.ClientResponse, *, ok: bool) -> None:
+    @staticmethod
+    async def _send(
+        pool: h1.Pool, key: tuple[str, str, int], wire: bytes, connect: float
+    ) -> h1.Response:
+        """Write ``wire`` on a pooled (or new) connection and wait for the answer's head."""
+        try:
+            conn = await pool.connection(key, within=connect)
+        except TimeoutError as exc:
+            raise _ConnectTimeout from exc
+        response = conn.send(wire)
+        try:
+            await response.head()
+        except BaseException:
+            response.close()
+            raise
+        return response
+
+    def finish(self, response: h1.Response, *, ok: bool) -> None:
         """Done with a response from :meth:`start`: back to the pool when ``ok`` (and
         read whole), else its connection is closed."""
         self._live.discard(response)
@@ -299,21 +302,28 @@ class HttpClient(Resource):
     async def probe(self, url: str, *, within: float, headers: Mapping[str, str]) -> str | None:
         """Probe ``GET url`` on a fresh connection: None when it answers 2xx within
         ``within`` seconds, else why not."""
-        if self._probe_session is None or self._probe_session.closed:
-            self._probe_session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(force_close=True, limit=64)
-            )
+        key, path, host = h1.target(url)
+        response: h1.Response | None = None
         try:
             async with asyncio.timeout(within):
-                async with self._probe_session.get(url, headers=headers) as response:
-                    await response.read()
-                    return None if response.status < 400 else f"answered {response.status}"
+                conn = await self.pool.connection(key, within=within, fresh=True)
+                response = conn.send(h1.encode_request("GET", path, host, headers, None))
+                await response.head()
+                await response.read()
+                return None if response.status < 400 else f"answered {response.status}"
         except TimeoutError:
             return f"no answer within {within:g} s"
-        except aiohttp.ClientConnectorError as exc:
+        except h1.ConnectFailed as exc:
             return f"cannot connect to {exc.host}:{exc.port}"
-        except (aiohttp.ClientError, OSError) as exc:
+        except (h1.H1Error, OSError) as exc:
             return f"connection failed ({type(exc).__name__})"
+        finally:
+            if response is not None:
+                response.close()
+
+
+class _ConnectTimeout(Exception):
+    """No connection within the connect timeout (told apart from the head's timeout)."""
 
 
 class IdleWatch:
@@ -321,16 +331,16 @@ class IdleWatch:
 
     The reader marks the wait (``reading = loop.time()`` before it, ``None`` after):
     two stores per read. One timer per stream checks the mark and re-arms itself only
-    when it fires, instead of aiohttp's read timer being cancelled and re-created on
-    every read. A wait found older than ``idle`` fails the response's reader with
-    :class:`aiohttp.SocketTimeoutError`, as aiohttp's own read timer would. Time the
-    reader spends elsewhere (writing to a slow caller) never counts, like aiohttp's
-    timer that stops while the buffer is full.
+    when it fires, instead of a read timer being cancelled and re-created on every
+    read. A wait found older than ``idle`` fails the response with
+    :class:`TimeoutError`. Time the reader spends elsewhere (writing to a slow caller)
+    never counts. A response relayed by callbacks marks ``reading`` with the time of
+    its last piece of data instead.
     """
 
     __slots__ = ("_handle", "_idle", "_loop", "_response", "reading")
 
-    def __init__(self, response: aiohttp.ClientResponse, idle: float | None) -> None:
+    def __init__(self, response: h1.Response, idle: float | None) -> None:
         self._loop = asyncio.get_running_loop()
         self._response = response
         self._idle = idle
@@ -347,8 +357,7 @@ class IdleWatch:
         now = self._loop.time()
         if started is not None and now - started >= idle:
             self._handle = None
-            exc = aiohttp.SocketTimeoutError("Timeout on reading data from socket")
-            self._response.content.set_exception(exc)
+            self._response.fail(TimeoutError("Timeout on reading data from socket"))
             return
         self._handle = self._loop.call_at((now if started is None else started) + idle, self._check)
 
@@ -357,14 +366,6 @@ class IdleWatch:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
-
-
-@functools.lru_cache(maxsize=64)
-def _client_timeout(
-    total: float | None, connect: float | None, read: float | None
-) -> aiohttp.ClientTimeout:
-    """aiohttp's (immutable) timeout object, shared by calls with the same bounds."""
-    return aiohttp.ClientTimeout(total=total, sock_connect=connect, sock_read=read)
 
 
 def retry_after(value: str | None) -> float | None:
@@ -394,12 +395,12 @@ def redact(text: str, secrets: tuple[str, ...]) -> str:
 
 
 async def _status_error(
-    response: aiohttp.ClientResponse, service: str, secrets: tuple[str, ...] = ()
+    response: h1.Response, service: str, secrets: tuple[str, ...] = ()
 ) -> MeshError:
     """Build the error for an upstream 4xx/5xx, with the upstream's own message."""
     try:
-        raw = await asyncio.wait_for(response.content.read(_ERROR_BODY_LIMIT), 2.0)
-    except (TimeoutError, aiohttp.ClientError):
+        raw = await asyncio.wait_for(response.read(_ERROR_BODY_LIMIT), 2.0)
+    except (TimeoutError, h1.H1Error):
         raw = b""
     detail = redact(_error_message(raw) or response.reason or "error", secrets)
     status = response.status

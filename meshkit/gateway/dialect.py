@@ -8,6 +8,7 @@ pipeline's stream (which cancels the upstream call) however the response ends.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -110,10 +111,15 @@ async def serve_chat(
     await response.prepare(request)
     try:
         try:
-            async for chunk in stream:
-                data = encoder.chunk(chunk)
-                if data:
-                    await response.write(data)
+            splice = getattr(stream, "splice", None)
+            sink = None if splice is None else Sink.open(request, response, encoder, stream)
+            if splice is not None and sink is not None:
+                await splice(sink.emit)
+            else:
+                async for chunk in stream:
+                    data = encoder.chunk(chunk)
+                    if data:
+                        await response.write(data)
         except MeshError as err:
             log.warning("meshkit.stream.failed", request_id=rid, error=err.message)
             await response.write(encoder.error(err))
@@ -130,6 +136,69 @@ async def serve_chat(
     finally:
         await aclose(stream)
     return response
+
+
+class Sink:
+    """Writes a stream's encoded chunks straight to the caller's connection.
+
+    Used with a stream that can push its chunks (``splice``): each one is encoded and
+    written from the upstream connection's own callback, chunk-framed as aiohttp's
+    writer would, with no await per chunk. When the caller reads slower than the
+    upstream sends, the stream is paused until the caller's buffer drains.
+    """
+
+    __slots__ = ("_chunked", "_encode", "_loop", "_paused", "_stream", "_transport")
+
+    #: Caller-side buffer sizes (bytes) at which the upstream is paused and resumed.
+    HIGH_WATER = 1 << 16
+    LOW_WATER = 1 << 14
+    #: Seconds between looks at a paused caller's buffer.
+    POLL = 0.005
+
+    def __init__(
+        self, transport: asyncio.Transport, chunked: bool, encoder: Encoder, stream: Any
+    ) -> None:
+        self._transport = transport
+        self._chunked = chunked
+        self._encode = encoder.chunk
+        self._stream = stream
+        self._loop = asyncio.get_running_loop()
+        self._paused = False
+
+    @classmethod
+    def open(
+        cls, request: web.Request, response: web.StreamResponse, encoder: Encoder, stream: Any
+    ) -> Sink | None:
+        """A sink for ``response``, or None when it must go through aiohttp's writer
+        (compressed, or the caller already gone)."""
+        transport = request.transport
+        if transport is None or transport.is_closing() or response.compression:
+            return None
+        chunked = "chunked" in response.headers.get("Transfer-Encoding", "").lower()
+        return cls(transport, chunked, encoder, stream)
+
+    def emit(self, chunk: Chunk) -> bool:
+        """Write one chunk; False when the caller has gone away."""
+        data = self._encode(chunk)
+        if not data:
+            return True
+        transport = self._transport
+        if transport.is_closing():
+            return False
+        transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
+        if not self._paused and transport.get_write_buffer_size() > self.HIGH_WATER:
+            self._paused = True
+            self._stream.pause()
+            self._loop.call_later(self.POLL, self._drained)
+        return True
+
+    def _drained(self) -> None:
+        transport = self._transport
+        if transport.is_closing() or transport.get_write_buffer_size() <= self.LOW_WATER:
+            self._paused = False
+            self._stream.resume()  # a gone caller is noticed by the next emit
+        else:
+            self._loop.call_later(self.POLL, self._drained)
 
 
 def as_stream(result: Any) -> AsyncIterator[Chunk]:

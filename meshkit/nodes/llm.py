@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import Any, cast
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
+from typing import Any
 
-import aiohttp
 import attrs
 import structlog
 
-from .. import _json
+from .. import _json, h1
 from ..client import HttpClient, IdleWatch, Timeouts
 from ..errors import (
     BadRequest,
@@ -249,7 +248,7 @@ class RemoteLLM(MicroService):
         task = asyncio.current_task()
         url = replica.url + self.path
         head: list[Chunk] = []
-        response: aiohttp.ClientResponse | None = None
+        response: h1.Response | None = None
         if task is not None:
             replica.waiting.add(task)
         try:
@@ -268,11 +267,10 @@ class RemoteLLM(MicroService):
                     )
                     if request.stream:
                         parser = self._parser()
-                        content = response.content
                         # Servers often open with an empty role-only event: the first
                         # token is the first chunk that carries something.
                         while not parser.done:
-                            data = await content.readany()
+                            data = await response.readany()
                             if not data:
                                 head += parser.eof()
                                 break
@@ -302,9 +300,9 @@ class RemoteLLM(MicroService):
             raise err from exc
         replicas.succeeded(replica)
         if request.stream:
-            relay = self._relay(response, parser, head, replica, client)
-            await anext(relay)
-            return cast(ChunkStream, relay)
+            relay = UpstreamStream(self, response, parser, head, replica, client)
+            await relay.prime()
+            return relay
         client.finish(response, ok=True)
         replicas.release(replica)
         return self._completion(raw, request)
@@ -324,16 +322,14 @@ class RemoteLLM(MicroService):
             return UpstreamTimeout(
                 f"{self.name}: stream stalled for {self.timeouts.idle:g} s", service=self.name
             )
-        if before_first and isinstance(
-            exc, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError
-        ):
+        if before_first and isinstance(exc, h1.H1Error):
             # The replica went away before its first token: nothing reached the caller,
             # so another replica may answer instead.
             return UpstreamConnectError(
                 f"{self.name}: connection lost before the first token ({type(exc).__name__})",
                 service=self.name,
             )
-        if isinstance(exc, aiohttp.ClientError):
+        if isinstance(exc, h1.H1Error):
             what = "stream failed" if before_first else "stream broke"
             return UpstreamError(f"{self.name}: {what} ({type(exc).__name__})", service=self.name)
         return None
@@ -355,56 +351,6 @@ class RemoteLLM(MicroService):
                 f"{self.name}: malformed answer from upstream", service=self.name
             ) from exc
         return Completion(text, finish, usage, obj.get("model") or request.model)
-
-    async def _relay(
-        self,
-        response: aiohttp.ClientResponse,
-        parser: _Parser,
-        head: list[Chunk],
-        replica: Replica,
-        client: HttpClient,
-    ) -> AsyncIterator[Chunk | None]:
-        # One async-generator layer per chunk: read, parse, yield. Each wait for data
-        # is bounded by the idle timeout (one lazy timer per stream, no per-read timer).
-        watch = IdleWatch(response, self.timeouts.idle)
-        ok = False
-        try:
-            # Primed by the caller: from here on, closing the generator (even before the
-            # first chunk is read) runs the clean-up below and releases the connection.
-            yield None
-            for chunk in head:
-                yield chunk
-            if parser.error is not None:
-                raise parser.error
-            if head:
-                content = response.content
-                clock = asyncio.get_running_loop().time
-                while not parser.done:
-                    watch.reading = clock()
-                    data = await content.readany()
-                    watch.reading = None
-                    if not data:
-                        for chunk in parser.eof():
-                            yield chunk
-                        break
-                    for chunk in parser.feed(data):
-                        yield chunk
-                    if parser.error is not None:
-                        raise parser.error
-            ok = True
-        except (TimeoutError, aiohttp.ClientError, UpstreamError) as exc:
-            if client.aborting:
-                raise ShuttingDown(
-                    "the gateway is shutting down; the answer was cut short"
-                ) from exc
-            err = self._failure(exc, self.timeouts, before_first=False)
-            assert err is not None
-            self.replicas.failed(replica, err)
-            raise err from exc
-        finally:
-            watch.cancel()
-            client.finish(response, ok=ok)
-            self.replicas.release(replica)
 
     def _parser(self) -> _Parser:
         if self.api == "openai":
@@ -551,6 +497,226 @@ class RemoteLLM(MicroService):
             return [str(m.get("name") or m["model"]) for m in obj["models"]]
         except (ValueError, KeyError, TypeError) as exc:
             raise UpstreamError(f"{self.name}: malformed model list", service=self.name) from exc
+
+
+class UpstreamStream:
+    """An upstream's open stream of chunks, from its first one on.
+
+    Pull it chunk by chunk (``async for``), or have it pushed: :meth:`splice` hands each
+    chunk to a function straight from the connection's ``data_received``, with no task
+    wake-up per chunk (the gateway's fast path for a pipeline that is one LLM). Either
+    way the connection is released when the stream ends or is closed (:meth:`aclose`),
+    also when it was never read.
+    """
+
+    __slots__ = (
+        "_client",
+        "_emit",
+        "_future",
+        "_gen",
+        "_head",
+        "_llm",
+        "_parser",
+        "_released",
+        "_replica",
+        "_response",
+        "_spliced",
+        "_watch",
+    )
+
+    def __init__(
+        self,
+        llm: RemoteLLM,
+        response: h1.Response,
+        parser: _Parser,
+        head: list[Chunk],
+        replica: Replica,
+        client: HttpClient,
+    ) -> None:
+        self._llm = llm
+        self._response = response
+        self._parser = parser
+        self._head = head
+        self._replica = replica
+        self._client = client
+        self._watch = IdleWatch(response, llm.timeouts.idle)
+        self._released = False
+        self._spliced = False
+        self._emit: Callable[[Chunk], bool] | None = None
+        self._future: asyncio.Future[None] | None = None
+        self._gen = self._pull()
+
+    async def prime(self) -> None:
+        """Start the pull side, so that closing it releases the connection even when
+        nothing was read."""
+        await anext(self._gen)
+
+    def __aiter__(self) -> UpstreamStream:
+        return self
+
+    def __anext__(self) -> Awaitable[Chunk]:
+        return self._gen.__anext__()  # type: ignore[return-value]
+
+    async def aclose(self) -> None:
+        """Stop reading; the upstream call is cancelled if it was still going."""
+        await self._gen.aclose()
+        if self._spliced:
+            self._release(ok=False)
+
+    def _release(self, *, ok: bool) -> None:
+        if self._released:
+            return
+        self._released = True
+        self._watch.cancel()
+        self._client.finish(self._response, ok=ok)
+        self._llm.replicas.release(self._replica)
+
+    def _broken(self, exc: BaseException) -> MeshError:
+        """The error that ends the stream for ``exc`` (the replica is told, unless the
+        gateway itself is cutting streams short)."""
+        if self._client.aborting:
+            return ShuttingDown("the gateway is shutting down; the answer was cut short")
+        err = self._llm._failure(exc, self._llm.timeouts, before_first=False)
+        assert err is not None
+        self._llm.replicas.failed(self._replica, err)
+        return err
+
+    async def _pull(self) -> AsyncGenerator[Chunk | None]:
+        # One async-generator layer per chunk: read, parse, yield. Each wait for data
+        # is bounded by the idle timeout (one lazy timer per stream, no per-read timer).
+        watch = self._watch
+        response = self._response
+        parser = self._parser
+        ok = False
+        try:
+            # Primed: from here on, closing the generator (even before the first chunk
+            # is read) runs the clean-up below and releases the connection.
+            yield None
+            head = self._head
+            for chunk in head:
+                yield chunk
+            if parser.error is not None:
+                raise parser.error
+            if head:
+                clock = asyncio.get_running_loop().time
+                while not parser.done:
+                    watch.reading = clock()
+                    data = await response.readany()
+                    watch.reading = None
+                    if not data:
+                        for chunk in parser.eof():
+                            yield chunk
+                        break
+                    for chunk in parser.feed(data):
+                        yield chunk
+                    if parser.error is not None:
+                        raise parser.error
+            ok = True
+        except (TimeoutError, h1.H1Error, UpstreamError) as exc:
+            raise self._broken(exc) from exc
+        finally:
+            if not self._spliced:
+                self._release(ok=ok)
+
+    # -- push ------------------------------------------------------------------------------
+
+    async def splice(self, emit: Callable[[Chunk], bool]) -> None:
+        """Push every chunk to ``emit`` as it arrives, returning when the stream ends.
+
+        ``emit`` returns False when its caller is gone: the upstream call is then
+        cancelled and ``ConnectionResetError`` raised. A broken stream raises its
+        meshkit error, as iterating would. Call it instead of iterating, never after.
+        """
+        self._spliced = True
+        await self._gen.aclose()  # the pull side is never used now
+        parser = self._parser
+        try:
+            for chunk in self._head:
+                if not emit(chunk):
+                    raise ConnectionResetError("the caller went away")
+            if parser.error is not None:
+                raise parser.error
+        except UpstreamError as exc:
+            self._release(ok=False)
+            raise self._broken(exc) from exc
+        except BaseException:
+            self._release(ok=False)
+            raise
+        if not self._head or parser.done:
+            self._release(ok=True)
+            return
+        loop = asyncio.get_running_loop()
+        self._future = loop.create_future()
+        self._emit = emit
+        self._watch.reading = loop.time()
+        self._response.pipe(self._on_data, self._on_end)
+        try:
+            await self._future
+        except BaseException:
+            self._release(ok=False)
+            raise
+
+    def pause(self) -> None:
+        """Stop reading from the upstream until :meth:`resume` (the caller is slow);
+        the idle timeout does not run meanwhile."""
+        self._watch.reading = None
+        self._response.pause()
+
+    def resume(self) -> None:
+        """Read from the upstream again."""
+        self._watch.reading = asyncio.get_running_loop().time()
+        self._response.resume()
+
+    def _on_data(self, data: bytes) -> None:
+        future = self._future
+        emit = self._emit
+        if future is None or emit is None or future.done():
+            return
+        parser = self._parser
+        self._watch.reading = future.get_loop().time()
+        for chunk in parser.feed(data):
+            if not emit(chunk):
+                self._settle(ConnectionResetError("the caller went away"))
+                self._release(ok=False)
+                return
+        if parser.error is not None:
+            self._settle(self._broken(parser.error))
+            self._release(ok=False)
+        elif parser.done:
+            # The end: the caller may finish now; the connection is released (and
+            # reused) once the body's own end has been read.
+            self._settle(None)
+
+    def _on_end(self, exc: BaseException | None) -> None:
+        future = self._future
+        if future is None or future.done():
+            self._release(ok=exc is None)
+            return
+        if exc is not None:
+            self._settle(self._broken(exc))
+            self._release(ok=False)
+            return
+        try:
+            chunks = self._parser.eof()
+        except UpstreamError as err:
+            self._settle(self._broken(err))
+            self._release(ok=False)
+            return
+        emit = self._emit
+        if emit is not None:
+            for chunk in chunks:
+                emit(chunk)
+        self._settle(None)
+        self._release(ok=True)
+
+    def _settle(self, exc: BaseException | None) -> None:
+        future = self._future
+        if future is None or future.done():
+            return
+        if exc is None:
+            future.set_result(None)
+        else:
+            future.set_exception(exc)
 
 
 #: Marks the end of an upstream stream inside the parsers.
