@@ -148,6 +148,14 @@ class Response:
 
     # -- parser callbacks (called by httptools from Connection.data_received) -------------
 
+    def on_message_begin(self) -> None:
+        if self.complete:
+            # A second answer in the packet that ended this one: bytes nobody asked
+            # for (see Connection.data_received). Stop parsing before it rewrites this
+            # response, and close the connection.
+            self._conn.close()
+            raise BrokenBody("an answer nobody asked for followed the response")
+
     def on_status(self, status: bytes) -> None:
         self.reason += status.decode("latin-1")
 
@@ -158,7 +166,14 @@ class Response:
         dict.__setitem__(self.headers, key, text if old is None else old + ", " + text)
 
     def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()
+        status = self.parser.get_status_code()
+        if _interim(status):
+            # An interim answer (103 Early Hints, an unasked-for 100 Continue): the
+            # final one follows on the same parser; forget this one's reason and headers.
+            self.reason = ""
+            self.headers = Headers()
+            return
+        self.status = status
         if not self._head.done():
             self._head.set_result(None)
 
@@ -179,6 +194,8 @@ class Response:
                 waiter.set_result(None)
 
     def on_message_complete(self) -> None:
+        if _interim(self.parser.get_status_code()):
+            return  # the end of an interim answer, not of this response
         self.complete = True
         self._conn.finished(self)
         self._wake()
@@ -193,7 +210,7 @@ class Response:
         """The connection ended; fine only for a body delimited by the close."""
         if self.complete:
             return
-        if self._head.done() and self._close_delimited():
+        if exc is None and self._head.done() and self._close_delimited():
             self.complete = True
             self._wake()
             end = self._on_end
@@ -329,6 +346,11 @@ class Response:
             self.fail(BrokenBody("the response was closed"))  # a pipe's end learns why
         self._on_data = self._on_end = None
         self._conn.abandon(self)
+
+
+def _interim(status: int) -> bool:
+    """A 1xx answer other than 101: informational, always followed by the final one."""
+    return 100 <= status < 200 and status != 101
 
 
 def _why(exc: BaseException | None) -> str:
