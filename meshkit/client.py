@@ -203,6 +203,7 @@ class HttpClient(Resource):
         read_idle: bool = True,
         secrets: tuple[str, ...] = (),
         bounded: bool = False,
+        answer_by: float | None = None,
     ) -> h1.Response:
         """Send one request; return the response once its status is known to be good.
 
@@ -219,6 +220,8 @@ class HttpClient(Resource):
         is bounded by :meth:`fetch`, a stream by :class:`IdleWatch`). Any of ``secrets``
         found in an upstream's error message is masked. ``bounded=True`` says the caller
         already bounds the wait for headers (one timer per call instead of two).
+        ``answer_by`` (loop time) bounds the wait for headers and whatever the caller
+        reads after them until it calls ``response.in_time()``; it implies ``bounded``.
         """
         if self._pool is None:
             await self.open()
@@ -230,11 +233,11 @@ class HttpClient(Resource):
         key, path, host = h1.target(url)
         wire = h1.encode_request(method, path, host, all_headers, data)
         try:
-            if bounded:
-                response = await self._send(pool, key, wire, timeouts.connect)
+            if bounded or answer_by is not None:
+                response = await self._send(pool, key, wire, timeouts.connect, answer_by)
             else:
                 async with asyncio.timeout(timeouts.first_byte):
-                    response = await self._send(pool, key, wire, timeouts.connect)
+                    response = await self._send(pool, key, wire, timeouts.connect, None)
         except _ConnectTimeout as exc:
             raise UpstreamConnectError(
                 f"{service}: no connection within {timeouts.connect:g} s", service=service
@@ -275,7 +278,11 @@ class HttpClient(Resource):
 
     @staticmethod
     async def _send(
-        pool: h1.Pool, key: tuple[str, str, int], wire: bytes, connect: float
+        pool: h1.Pool,
+        key: tuple[str, str, int],
+        wire: bytes,
+        connect: float,
+        answer_by: float | None,
     ) -> h1.Response:
         """Write ``wire`` on a pooled (or new) connection and wait for the answer's head."""
         try:
@@ -283,6 +290,8 @@ class HttpClient(Resource):
         except TimeoutError as exc:
             raise _ConnectTimeout from exc
         response = conn.send(wire)
+        if answer_by is not None:
+            response.expire_at(answer_by, TimeoutError("no answer in time"))
         try:
             await response.head()
         except BaseException:

@@ -114,13 +114,15 @@ class Response:
         "_error",
         "_head",
         "_header",
+        "_headers",
         "_on_data",
         "_on_end",
         "_paused",
+        "_raw_headers",
         "_size",
         "_waiter",
         "complete",
-        "headers",
+        "head_timer",
         "parser",
         "reason",
         "status",
@@ -142,9 +144,12 @@ class Response:
         self.complete = False
         self.status = 0
         self.reason = ""
-        self.headers = Headers()
+        self._raw_headers: list[tuple[bytes, bytes]] = []
+        self._headers: Headers | None = None
         #: A timer bounding the whole call, cancelled when the response is given back.
         self.timer: asyncio.TimerHandle | None = None
+        #: A timer bounding the wait for the start of the answer (see :meth:`expire_at`).
+        self.head_timer: asyncio.TimerHandle | None = None
 
     # -- parser callbacks (called by httptools from Connection.data_received) -------------
 
@@ -160,10 +165,20 @@ class Response:
         self.reason += status.decode("latin-1")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        key = name.decode("latin-1").lower()
-        text = value.decode("latin-1")
-        old = self.headers.get(key)
-        dict.__setitem__(self.headers, key, text if old is None else old + ", " + text)
+        self._raw_headers.append((name, value))  # decoded only if someone looks
+
+    @property
+    def headers(self) -> Headers:
+        """The response's headers (repeated ones joined with ``", "``)."""
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = Headers()
+            for name, value in self._raw_headers:
+                key = name.decode("latin-1").lower()
+                text = value.decode("latin-1")
+                old = dict.get(headers, key)
+                dict.__setitem__(headers, key, text if old is None else old + ", " + text)
+        return headers
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
@@ -171,7 +186,8 @@ class Response:
             # An interim answer (103 Early Hints, an unasked-for 100 Continue): the
             # final one follows on the same parser; forget this one's reason and headers.
             self.reason = ""
-            self.headers = Headers()
+            self._raw_headers = []
+            self._headers = None
             return
         self.status = status
         if not self._head.done():
@@ -246,6 +262,17 @@ class Response:
             self._on_end = self._on_data = None
             end(exc)
         self._conn.abandon(self)
+
+    def expire_at(self, when: float, exc: BaseException) -> None:
+        """Fail the response with ``exc`` at loop time ``when`` unless :meth:`in_time`
+        is called first: one timer, cheaper than a timeout around each await."""
+        self.head_timer = self._conn.loop.call_at(when, self.fail, exc)
+
+    def in_time(self) -> None:
+        """What :meth:`expire_at` waited for has arrived: stop its timer."""
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
 
     def set_exception(self, exc: BaseException) -> None:
         """Fail the response from outside (an idle watch timing it out)."""
@@ -329,19 +356,23 @@ class Response:
     def release(self) -> None:
         """Done: the connection goes back to its pool when the body was read whole and
         the server keeps it alive, else it is closed."""
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self._stop_timers()
         if self.complete and not self._buffer:
             self._conn.reuse(self)
         else:
             self.close()
 
-    def close(self) -> None:
-        """Done, whatever was left unread: the connection is closed."""
+    def _stop_timers(self) -> None:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
+
+    def close(self) -> None:
+        """Done, whatever was left unread: the connection is closed."""
+        self._stop_timers()
         if not self.complete and self._error is None:
             self.fail(BrokenBody("the response was closed"))  # a pipe's end learns why
         self._on_data = self._on_end = None

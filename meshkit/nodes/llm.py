@@ -253,35 +253,36 @@ class RemoteLLM(MicroService):
             replica.waiting.add(task)
         try:
             try:
-                async with asyncio.timeout(remaining):
-                    response = await client.start(
-                        "POST",
-                        url,
-                        service=self.name,
-                        timeouts=timeouts,
-                        body=body,
-                        headers=headers,
-                        read_idle=False,
-                        secrets=self._secrets,
-                        bounded=True,
-                    )
-                    if request.stream:
-                        parser = self._parser()
-                        # Servers often open with an empty role-only event: the first
-                        # token is the first chunk that carries something.
-                        while not parser.done:
-                            data = await response.readany()
-                            if not data:
-                                head += parser.eof()
-                                break
-                            batch = parser.feed(data)
-                            head += batch
-                            if any(c.text or c.finish_reason or c.usage for c in batch):
-                                break
-                            if parser.error is not None:
-                                raise parser.error
-                    else:
-                        raw = await response.read()
+                # One timer on the response bounds the head and the first chunk.
+                response = await client.start(
+                    "POST",
+                    url,
+                    service=self.name,
+                    timeouts=timeouts,
+                    body=body,
+                    headers=headers,
+                    read_idle=False,
+                    secrets=self._secrets,
+                    answer_by=asyncio.get_running_loop().time() + remaining,
+                )
+                if request.stream:
+                    parser = self._parser()
+                    # Servers often open with an empty role-only event: the first
+                    # token is the first chunk that carries something.
+                    while not parser.done:
+                        data = await response.readany()
+                        if not data:
+                            head += parser.eof()
+                            break
+                        batch = parser.feed(data)
+                        head += batch
+                        if any(c.text or c.finish_reason or c.usage for c in batch):
+                            break
+                        if parser.error is not None:
+                            raise parser.error
+                else:
+                    raw = await response.read()
+                response.in_time()
             finally:
                 if task is not None:
                     replica.waiting.discard(task)
