@@ -111,15 +111,21 @@ async def serve_chat(
     await response.prepare(request)
     try:
         try:
+            sink = Sink.open(request, response, encoder, stream)
             splice = getattr(stream, "splice", None)
-            sink = None if splice is None else Sink.open(request, response, encoder, stream)
-            if splice is not None and sink is not None:
-                await splice(sink.emit)
-            else:
+            if sink is None:
                 async for chunk in stream:
                     data = encoder.chunk(chunk)
                     if data:
                         await response.write(data)
+            elif splice is not None:
+                await splice(sink.emit)
+            else:
+                async for chunk in stream:
+                    if not sink.write(chunk):
+                        raise ConnectionResetError("the caller went away")
+                    if sink.full:
+                        await sink.drain()
         except MeshError as err:
             log.warning("meshkit.stream.failed", request_id=rid, error=err.message)
             await response.write(encoder.error(err))
@@ -141,10 +147,11 @@ async def serve_chat(
 class Sink:
     """Writes a stream's encoded chunks straight to the caller's connection.
 
-    Used with a stream that can push its chunks (``splice``): each one is encoded and
-    written from the upstream connection's own callback, chunk-framed as aiohttp's
-    writer would, with no await per chunk. When the caller reads slower than the
-    upstream sends, the stream is paused until the caller's buffer drains.
+    Each chunk is encoded and written with one ``transport.write``, chunk-framed as
+    aiohttp's writer would, with no await per chunk. A stream that can push its chunks
+    (``splice``) calls :meth:`emit` from the upstream connection's own callback, and is
+    paused while the caller's buffer is full; a pulled stream is written with
+    :meth:`write`, and its reader waits for :meth:`drain` when :attr:`full`.
     """
 
     __slots__ = ("_chunked", "_encode", "_loop", "_paused", "_stream", "_transport")
@@ -152,7 +159,7 @@ class Sink:
     #: Caller-side buffer sizes (bytes) at which the upstream is paused and resumed.
     HIGH_WATER = 1 << 16
     LOW_WATER = 1 << 14
-    #: Seconds between looks at a paused caller's buffer.
+    #: Seconds between looks at a full caller's buffer.
     POLL = 0.005
 
     def __init__(
@@ -177,7 +184,7 @@ class Sink:
         chunked = "chunked" in response.headers.get("Transfer-Encoding", "").lower()
         return cls(transport, chunked, encoder, stream)
 
-    def emit(self, chunk: Chunk) -> bool:
+    def write(self, chunk: Chunk) -> bool:
         """Write one chunk; False when the caller has gone away."""
         data = self._encode(chunk)
         if not data:
@@ -186,7 +193,26 @@ class Sink:
         if transport.is_closing():
             return False
         transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
-        if not self._paused and transport.get_write_buffer_size() > self.HIGH_WATER:
+        return True
+
+    @property
+    def full(self) -> bool:
+        """Whether the caller's buffer is past the high-water mark."""
+        return self._transport.get_write_buffer_size() > self.HIGH_WATER
+
+    async def drain(self) -> None:
+        """Wait until the caller has read its buffer down (or has gone)."""
+        transport = self._transport
+        # The transport has no "drained" event to await (aiohttp keeps its own private).
+        while not transport.is_closing() and transport.get_write_buffer_size() > self.LOW_WATER:  # noqa: ASYNC110
+            await asyncio.sleep(self.POLL)
+
+    def emit(self, chunk: Chunk) -> bool:
+        """:meth:`write` for a pushed stream, pausing it while the caller's buffer is
+        full; False when the caller has gone away."""
+        if not self.write(chunk):
+            return False
+        if not self._paused and self.full:
             self._paused = True
             self._stream.pause()
             self._loop.call_later(self.POLL, self._drained)
