@@ -125,8 +125,9 @@ class GraphRun:
             return
         if is_stream(out):
             self.opened.append(out)
-            out = named(out, name)
-            self.opened.append(out)
+            if not getattr(out, "mesh_errors_only", False):
+                out = named(out, name)  # one generator layer per chunk, only if needed
+                self.opened.append(out)
         await self.deliver(name, out)
 
     async def deliver(self, name: str, out: Any) -> None:

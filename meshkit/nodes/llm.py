@@ -510,6 +510,10 @@ class UpstreamStream:
     also when it was never read.
     """
 
+    #: Every failure it raises is a MeshError naming this service already, so a graph
+    #: need not wrap it to name the node (one generator layer per chunk saved).
+    mesh_errors_only = True
+
     __slots__ = (
         "_client",
         "_emit",
