@@ -1,8 +1,8 @@
 """`RemoteLLM`: a chat model behind an OpenAI-compatible or Ollama-native HTTP API.
 
 Replicas, retries, health probes and the fallback live here, around one attempt; the
-relay of an open stream does nothing per chunk beyond parsing it (the idle timer is
-aiohttp's own read timer, the total one a single timer per call).
+relay of an open stream (:class:`UpstreamStream`, pulled or spliced) does nothing per
+chunk beyond parsing it (one lazy idle timer per stream, one total timer per call).
 """
 
 from __future__ import annotations
