@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import ssl
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
@@ -95,16 +96,20 @@ class Timeouts:
 class HttpClient(Resource):
     """A pooled HTTP client with meshkit's error mapping.
 
-    Use ``async with HttpClient() as client`` or :meth:`open`/:meth:`close`. It keeps
+    Use ``async with HttpClient() as client`` or :meth:`open`/:meth:`close`; ``tls`` is
+    the context ``https`` upstreams are verified with (default: the system's CAs). It keeps
     one :class:`~meshkit.h1.Pool` of keep-alive connections (health probes use fresh
     connections instead: a probe must tell a dead host from a live pooled socket) and
     the set of responses being streamed, so a shutting-down gateway can end them
     (:meth:`abort_streams`).
     """
 
-    def __init__(self, *, limit: int = 1024, keepalive: float = 30.0) -> None:
+    def __init__(
+        self, *, limit: int = 1024, keepalive: float = 30.0, tls: ssl.SSLContext | None = None
+    ) -> None:
         self._limit = limit
         self._keepalive = keepalive
+        self._tls = tls
         self._pool: h1.Pool | None = None
         self._live: set[h1.Response] = set()
         self.aborting = False
@@ -112,7 +117,7 @@ class HttpClient(Resource):
     async def open(self) -> None:
         """Create the connection pool (idempotent)."""
         if self._pool is None or self._pool.closed:
-            self._pool = h1.Pool(keepalive=self._keepalive, max_idle=self._limit)
+            self._pool = h1.Pool(keepalive=self._keepalive, max_idle=self._limit, tls=self._tls)
             self.aborting = False
 
     async def close(self) -> None:

@@ -468,16 +468,20 @@ class Pool:
     """Idle keep-alive connections per ``(scheme, host, port)``.
 
     ``keepalive`` is how long an idle connection is kept; one sweeper per pool closes
-    the older ones, armed only while some connection is idle.
+    the older ones, armed only while some connection is idle. ``https`` upstreams are
+    verified with ``tls``, by default the system's trusted CAs
+    (:func:`ssl.create_default_context`, which honours ``SSL_CERT_FILE``).
     """
 
-    def __init__(self, *, keepalive: float = 30.0, max_idle: int = 256) -> None:
+    def __init__(
+        self, *, keepalive: float = 30.0, max_idle: int = 256, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.keepalive = keepalive
         self.max_idle = max_idle
         self._idle: dict[tuple[str, str, int], list[Connection]] = {}
         self._busy: set[Connection] = set()
         self._sweeper: asyncio.TimerHandle | None = None
-        self._tls: ssl.SSLContext | None = None
+        self._tls = tls
         self.closed = False
 
     @property
