@@ -205,7 +205,6 @@ class HttpClient(Resource):
         timeouts: Timeouts,
         body: Any = None,
         headers: Mapping[str, str] | None = None,
-        read_idle: bool = True,
         secrets: tuple[str, ...] = (),
         bounded: bool = False,
         answer_by: float | None = None,
@@ -221,8 +220,8 @@ class HttpClient(Resource):
         ``UpstreamOverloaded`` for 429/503 (with the upstream's ``Retry-After``),
         ``UpstreamRejected`` for another 4xx and ``UpstreamError`` for a 5xx.
         ``timeouts.total`` bounds the whole call, body included. Gaps between reads are
-        left to the caller: ``read_idle`` is kept for compatibility (a whole-body read
-        is bounded by :meth:`fetch`, a stream by :class:`IdleWatch`). Any of ``secrets``
+        left to the caller (a whole-body read is bounded by :meth:`fetch`, a stream by
+        :class:`IdleWatch`). Any of ``secrets``
         found in an upstream's error message is masked. ``bounded=True`` says the caller
         already bounds the wait for headers (one timer per call instead of two).
         ``answer_by`` (loop time) bounds the wait for headers and whatever the caller

@@ -203,22 +203,14 @@ class Response:
         if self._size > READ_LIMIT and not self._paused:
             self._paused = True
             self._conn.pause_reading()
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
+        self._wake()
 
     def on_message_complete(self) -> None:
         if _interim(self.parser.get_status_code()):
             return  # the end of an interim answer, not of this response
         self.complete = True
         self._conn.finished(self)
-        self._wake()
-        end = self._on_end
-        if end is not None:
-            self._on_end = self._on_data = None
-            end(None)
+        self._ended(None)
 
     # -- connection events ------------------------------------------------------------------
 
@@ -228,11 +220,7 @@ class Response:
             return
         if exc is None and self._head.done() and self._close_delimited():
             self.complete = True
-            self._wake()
-            end = self._on_end
-            if end is not None:
-                self._on_end = self._on_data = None
-                end(None)
+            self._ended(None)
             return
         if self._head.done():
             self.fail(BrokenBody("the connection closed before the body was complete"))
@@ -256,11 +244,7 @@ class Response:
         if not self._head.done():
             self._head.set_exception(exc)
             self._head.exception()  # retrieved here: an unawaited head must not warn
-        self._wake()
-        end = self._on_end
-        if end is not None:
-            self._on_end = self._on_data = None
-            end(exc)
+        self._ended(exc)
         self._conn.abandon(self)
 
     def expire_at(self, when: float, exc: BaseException) -> None:
@@ -274,9 +258,13 @@ class Response:
             self.head_timer.cancel()
             self.head_timer = None
 
-    def set_exception(self, exc: BaseException) -> None:
-        """Fail the response from outside (an idle watch timing it out)."""
-        self.fail(exc)
+    def _ended(self, exc: BaseException | None) -> None:
+        """The body is over (``exc`` None) or broken: wake a reader, end a pipe once."""
+        self._wake()
+        end = self._on_end
+        if end is not None:
+            self._on_end = self._on_data = None
+            end(exc)
 
     def _wake(self) -> None:
         waiter = self._waiter

@@ -202,9 +202,8 @@ class Sink:
 
     async def drain(self) -> None:
         """Wait until the caller has read its buffer down (or has gone)."""
-        transport = self._transport
         # The transport has no "drained" event to await (aiohttp keeps its own private).
-        while not transport.is_closing() and transport.get_write_buffer_size() > self.LOW_WATER:  # noqa: ASYNC110
+        while not self._drained_enough():  # noqa: ASYNC110
             await asyncio.sleep(self.POLL)
 
     def emit(self, chunk: Chunk) -> bool:
@@ -218,9 +217,13 @@ class Sink:
             self._loop.call_later(self.POLL, self._drained)
         return True
 
-    def _drained(self) -> None:
+    def _drained_enough(self) -> bool:
+        """The caller read its buffer down to the low-water mark, or has gone."""
         transport = self._transport
-        if transport.is_closing() or transport.get_write_buffer_size() <= self.LOW_WATER:
+        return transport.is_closing() or transport.get_write_buffer_size() <= self.LOW_WATER
+
+    def _drained(self) -> None:
+        if self._drained_enough():
             self._paused = False
             self._stream.resume()  # a gone caller is noticed by the next emit
         else:

@@ -261,7 +261,6 @@ class RemoteLLM(MicroService):
                     timeouts=timeouts,
                     body=body,
                     headers=headers,
-                    read_idle=False,
                     secrets=self._secrets,
                     answer_by=asyncio.get_running_loop().time() + remaining,
                 )
@@ -371,14 +370,7 @@ class RemoteLLM(MicroService):
             return None
         if payload == SSE_DONE:
             return _DONE
-        try:
-            obj = _json.loads(payload)
-        except ValueError as exc:
-            raise UpstreamError(
-                f"{self.name}: malformed event in stream", service=self.name
-            ) from exc
-        if not isinstance(obj, dict):
-            raise UpstreamError(f"{self.name}: malformed event in stream", service=self.name)
+        obj = self._object(payload, "event")
         if "error" in obj:
             err = obj["error"]
             message = err.get("message") if isinstance(err, dict) else err
@@ -399,19 +391,24 @@ class RemoteLLM(MicroService):
             return Chunk("", None, _openai_usage(usage), obj.get("model"), raw=payload)
         return None
 
+    def _object(self, raw: bytes, what: str) -> dict[str, Any]:
+        """A streamed JSON object; anything else is a malformed ``what`` in the stream."""
+        try:
+            obj = _json.loads(raw)
+        except ValueError as exc:
+            raise UpstreamError(
+                f"{self.name}: malformed {what} in stream", service=self.name
+            ) from exc
+        if not isinstance(obj, dict):
+            raise UpstreamError(f"{self.name}: malformed {what} in stream", service=self.name)
+        return obj
+
     def _ndjson_line(self, line: bytes) -> list[Chunk]:
         """One Ollama NDJSON record as chunks (ending with ``_DONE`` on the last one)."""
         line = line.strip()
         if not line:
             return []
-        try:
-            obj = _json.loads(line)
-        except ValueError as exc:
-            raise UpstreamError(
-                f"{self.name}: malformed line in stream", service=self.name
-            ) from exc
-        if not isinstance(obj, dict):
-            raise UpstreamError(f"{self.name}: malformed line in stream", service=self.name)
+        obj = self._object(line, "line")
         if "error" in obj:
             raise UpstreamError(f"{self.name}: {obj['error']}", service=self.name)
         message = obj.get("message") or {}
@@ -681,12 +678,10 @@ class UpstreamStream:
         self._watch.reading = future.get_loop().time()
         for chunk in parser.feed(data):
             if not emit(chunk):
-                self._settle(ConnectionResetError("the caller went away"))
-                self._release(ok=False)
+                self._abort(ConnectionResetError("the caller went away"))
                 return
         if parser.error is not None:
-            self._settle(self._broken(parser.error))
-            self._release(ok=False)
+            self._abort(self._broken(parser.error))
         elif parser.done:
             # The end: the caller may finish now; the connection is released (and
             # reused) once the body's own end has been read.
@@ -698,14 +693,12 @@ class UpstreamStream:
             self._release(ok=exc is None)
             return
         if exc is not None:
-            self._settle(self._broken(exc))
-            self._release(ok=False)
+            self._abort(self._broken(exc))
             return
         try:
             chunks = self._parser.eof()
         except UpstreamError as err:
-            self._settle(self._broken(err))
-            self._release(ok=False)
+            self._abort(self._broken(err))
             return
         emit = self._emit
         if emit is not None:
@@ -713,6 +706,11 @@ class UpstreamStream:
                 emit(chunk)
         self._settle(None)
         self._release(ok=True)
+
+    def _abort(self, exc: BaseException) -> None:
+        """End the push with ``exc`` and close the upstream connection."""
+        self._settle(exc)
+        self._release(ok=False)
 
     def _settle(self, exc: BaseException | None) -> None:
         future = self._future
