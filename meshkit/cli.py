@@ -1,4 +1,4 @@
-"""The ``meshkit`` command: ``serve``, ``validate``, ``graph``. Only it configures logging."""
+"""The ``meshkit`` command: ``serve``, ``validate``, ``graph``, ``export``. Only it configures logging."""
 
 from __future__ import annotations
 
@@ -148,6 +148,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     graph.add_argument("--pipeline", help="only this pipeline (default: all)")
     graph.add_argument("--format", choices=["mermaid", "dot"], default="mermaid")
     graph.set_defaults(func=cmd_graph)
+    from .export.command import add_parser as add_export_parser
+
+    add_export_parser(sub)
     args = parser.parse_args(argv)
     # Like `python -m`, let services.yaml name classes of the project it runs in.
     if os.getcwd() not in sys.path:

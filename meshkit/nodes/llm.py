@@ -451,12 +451,18 @@ class RemoteLLM(MicroService):
         return {"model": request.model, "messages": messages, "stream": stream, "options": options}
 
     async def ready(self, client: HttpClient) -> bool:
-        """True when some replica answers its model listing."""
-        for base in self._by_health():
+        """True when some replica answers its model listing.
+
+        That answer also counts as a passed health probe: a replica that was out (not
+        up yet when the gateway started) takes traffic as soon as readiness says so.
+        """
+        now = self.replicas.clock()
+        for replica in sorted(self.replicas, key=lambda r: not r.available(now)):
             try:
-                await self._list_models(client, base, wait=2.0)
+                await self._list_models(client, replica.url, wait=2.0)
             except MeshError:
                 continue
+            self.replicas.probed(replica, None)
             return True
         return False
 
