@@ -1,4 +1,4 @@
-"""The ``meshkit`` command: ``serve``, ``validate``, ``graph``, ``export``. Only it configures logging."""
+"""The ``meshkit`` command: ``serve``, ``validate``, ``graph``, ``export``; only it sets up logs."""
 
 from __future__ import annotations
 

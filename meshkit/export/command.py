@@ -24,9 +24,7 @@ def add_parser(sub: Any) -> None:
     kube.add_argument("file", nargs="?", default="services.yaml")
     kube.add_argument("--namespace", help="namespace of every object (default: kubectl's)")
     kube.add_argument("--image", help="gateway image (default: meshkit:VERSION)")
-    kube.add_argument(
-        "--model-image", help="model server image (default: meshkit-local:VERSION)"
-    )
+    kube.add_argument("--model-image", help="model server image (default: meshkit-local:VERSION)")
     kube.add_argument(
         "--replicas", type=_positive, default=2, help="gateway replicas, the autoscaler's floor"
     )

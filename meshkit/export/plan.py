@@ -330,4 +330,3 @@ def _mount_path(file: Path) -> PurePosixPath:
     except ValueError:
         return CONFIG_DIR / file.name
     return APP_DIR.joinpath(*relative.parts)
-
