@@ -175,6 +175,7 @@ done
 export MESHKIT_BASE_IMAGE="$BASE_IMAGE" MESHKIT_PUBLISH_PORT="$GATEWAY_PORT" \
   EXAMPLE_PUBLISH_PORT="$EXAMPLE_PORT"
 cd "$ROOT/compose"
+SOURCE_DIGEST=$(python3 "$ROOT/compose/digest.py")  # what the images are built from
 say "building the images"
 build_started=$(date +%s)
 timeout 1800 "${COMPOSE[@]}" build >"$WORK/build.log" 2>&1 \
@@ -233,6 +234,7 @@ def parse(line):
     return {"records": int(records), "chunks": int(chunks), "answer": json.loads(answer)}
 json.dump({
     "status": "passed",
+    "source": "$SOURCE_DIGEST",
     "commit": "$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)",
     "finished": time.time(),
     "build_seconds": $BUILD_SECONDS,

@@ -409,9 +409,15 @@ class TestKubeletStandIn:
             await kubelet.stop("meshkit-model")
             ready = f"{kubelet.url('meshkit-gateway')}/readyz"
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
-                async with asyncio.timeout(60):
-                    while True:
-                        async with session.get(ready) as response:
-                            if response.status == 503:
-                                break
-                        await asyncio.sleep(0.5)
+                try:
+                    async with asyncio.timeout(60):
+                        while True:
+                            async with session.get(ready) as response:
+                                if response.status == 503:
+                                    break
+                            await asyncio.sleep(0.5)
+                except TimeoutError:
+                    raise AssertionError(
+                        "the gateway stayed ready without the model server's pod: it does "
+                        "not use it (an env name that does not match the file?)"
+                    ) from None
