@@ -1,4 +1,4 @@
-"""``meshkit export kubernetes``: the command line of the exporters."""
+"""``meshkit export kubernetes|compose``: the command line of the exporters."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SpecError
-from .kubernetes import Options, render
-from .plan import ExportError, plan
+from .compose import render as render_compose
+from .kubernetes import Options
+from .kubernetes import render as render_kubernetes
+from .plan import ExportError, Stack, plan
 
 
 def add_parser(sub: Any) -> None:
@@ -21,43 +23,54 @@ def add_parser(sub: Any) -> None:
         help="Kubernetes manifests (multi-document YAML for kubectl apply -f)",
         description="Print (or write) the manifests that run a services file on Kubernetes.",
     )
-    kube.add_argument("file", nargs="?", default="services.yaml")
+    _common(kube)
     kube.add_argument("--namespace", help="namespace of every object (default: kubectl's)")
-    kube.add_argument("--image", help="gateway image (default: meshkit:VERSION)")
-    kube.add_argument("--model-image", help="model server image (default: meshkit-local:VERSION)")
     kube.add_argument(
         "--replicas", type=_positive, default=2, help="gateway replicas, the autoscaler's floor"
     )
     kube.add_argument(
         "--max-replicas", type=_positive, help="the autoscaler's ceiling (default: 4x replicas)"
     )
-    kube.add_argument("--name", default="meshkit", help="prefix of the objects' names")
     kube.add_argument(
         "--secret", help="an existing Secret with the credentials (default: emit a template)"
     )
     kube.add_argument(
         "--service-monitor", action="store_true", help="add a Prometheus Operator ServiceMonitor"
     )
-    kube.add_argument(
+    kube.set_defaults(func=cmd_export, render=_kubernetes)
+    compose = targets.add_parser(
+        "compose",
+        help="a Docker Compose file from the same plan as the Kubernetes manifests",
+        description="Print (or write) a Compose file that runs a services file.",
+    )
+    _common(compose)
+    compose.set_defaults(func=cmd_export, render=_compose)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", nargs="?", default="services.yaml")
+    parser.add_argument("--image", help="gateway image (default: meshkit:VERSION)")
+    parser.add_argument("--model-image", help="model server image (default: meshkit-local:VERSION)")
+    parser.add_argument("--name", default="meshkit", help="prefix of the objects' names")
+    parser.add_argument(
         "--env",
         action="append",
         default=[],
         metavar="NAME=VALUE",
         help="give a variable the file reads this value instead of its default (repeatable)",
     )
-    kube.add_argument("--out", help="write to this file instead of standard output")
-    kube.set_defaults(func=cmd_kubernetes)
+    parser.add_argument("--out", help="write to this file instead of standard output")
 
 
-def cmd_kubernetes(args: argparse.Namespace) -> int:
+def cmd_export(args: argparse.Namespace) -> int:
     """Plan the stack, render it, print or write it; problems go to stderr, exit 1."""
     try:
-        env = _pairs(args.env)
-        stack = plan(args.file, name=args.name, env=env)
-        if args.max_replicas is not None and args.max_replicas < args.replicas:
+        stack = plan(args.file, name=args.name, env=_pairs(args.env))
+        replicas = getattr(args, "replicas", 2)
+        ceiling = getattr(args, "max_replicas", None)
+        if ceiling is not None and ceiling < replicas:
             raise ExportError(
-                f"--max-replicas {args.max_replicas} is below --replicas {args.replicas}",
-                param="max_replicas",
+                f"--max-replicas {ceiling} is below --replicas {replicas}", param="max_replicas"
             )
     except SpecError as exc:
         print(f"{args.file}: {len(exc.problems)} problem(s)", file=sys.stderr)
@@ -72,19 +85,28 @@ def cmd_kubernetes(args: argparse.Namespace) -> int:
     options = Options(
         image=args.image or defaults.image,
         model_image=args.model_image or defaults.model_image,
-        namespace=args.namespace,
-        replicas=args.replicas,
-        max_replicas=args.max_replicas,
-        secret=args.secret,
-        service_monitor=args.service_monitor,
+        namespace=getattr(args, "namespace", None),
+        replicas=replicas,
+        max_replicas=ceiling,
+        secret=getattr(args, "secret", None),
+        service_monitor=getattr(args, "service_monitor", False),
     )
-    text = render(stack, options)
-    if args.out:
-        Path(args.out).write_text(text, encoding="utf-8")
-        print(f"{args.out}: {text.count(chr(10) + '---' + chr(10)) + 1} objects", file=sys.stderr)
+    out = Path(args.out) if args.out else None
+    text: str = args.render(stack, options, out)
+    if out is not None:
+        out.write_text(text, encoding="utf-8")
+        print(f"{out}: written", file=sys.stderr)
     else:
         sys.stdout.write(text)
     return 0
+
+
+def _kubernetes(stack: Stack, options: Options, out: Path | None) -> str:
+    return render_kubernetes(stack, options)
+
+
+def _compose(stack: Stack, options: Options, out: Path | None) -> str:
+    return render_compose(stack, options, base=out.parent if out else None)
 
 
 def _pairs(items: list[str]) -> dict[str, str]:

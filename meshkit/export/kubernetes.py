@@ -15,15 +15,12 @@ import math
 from typing import Any
 
 import attrs
-import yaml
 
 from .. import __version__
-from .plan import Stack
+from ._yaml import dump
+from .plan import RUN_AS, Stack
 
 Doc = dict[str, Any]
-
-#: The numeric user of compose/Dockerfile's images.
-RUN_AS = 10001
 
 
 @attrs.frozen
@@ -53,7 +50,7 @@ def render(stack: Stack, options: Options) -> str:
     """The manifests as one multi-document YAML text, with comments for a reader."""
     parts = [_header(stack, options)]
     for comment, doc in documents(stack, options):
-        text = yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=100)
+        text = dump(doc)
         parts.append("---\n" + "".join(f"# {line}\n" for line in comment) + text)
     return "".join(parts)
 
@@ -387,15 +384,3 @@ def _header(stack: Stack, options: Options) -> str:
     for service, endpoints in stack.external.items():
         lines.append(f"External: {service} -> {', '.join(endpoints)} (set in {stack.name}-env)")
     return "".join(f"# {line}\n" for line in lines)
-
-
-class _Dumper(yaml.SafeDumper):
-    """Multi-line strings as literal blocks, so the embedded file reads as written."""
-
-
-def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-    style = "|" if "\n" in value else None
-    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
-
-
-_Dumper.add_representer(str, _str)

@@ -26,6 +26,8 @@ from ..spec import MeshSpec, ServiceSpec, loads
 MODEL_PORT = 8009
 #: Where the project lives in the image (compose/Dockerfile's WORKDIR).
 APP_DIR = PurePosixPath("/app")
+#: The numeric user of compose/Dockerfile's images.
+RUN_AS = 10001
 #: Where a services file from outside the project is mounted.
 CONFIG_DIR = PurePosixPath("/etc/meshkit")
 
