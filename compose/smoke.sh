@@ -210,7 +210,7 @@ assert records and records[-1].get("done") is True, f"no final done record: {rec
 assert len(text) >= 2, f"not streamed: {records}"
 print(len(records), len(text), json.dumps("".join(text)))
 '
-BODY='{"model": "gemma-3-270m", "prompt": "Why is the sky blue? Answer in one sentence.", "options": {"num_predict": 48}}'
+BODY='{"model": "gemma-3-270m", "prompt": "Why is the sky blue? Answer in one sentence.", "options": {"num_predict": 32}}'
 say "streaming /api/generate through the gateway (127.0.0.1:$GATEWAY_PORT)"
 GATEWAY_STREAM=$(curl -sS -N --max-time 180 "http://127.0.0.1:$GATEWAY_PORT/api/generate" \
   -d "$BODY" | python3 -c "$COUNT") || die "gateway stream"
