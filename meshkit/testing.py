@@ -26,9 +26,23 @@ a stall holds it, a malformed or error fault sends a bad body instead.
 ``hold_last``          keep the last token until :meth:`release`
 =====================  =====================================================================
 
+Besides text it scripts what agent and reasoning models send, in both APIs:
+
+=====================  =====================================================================
+``reasoning``          reasoning pieces streamed before the text (OpenAI ``reasoning_content``
+                       or ``reasoning_field``; Ollama ``message.thinking``)
+``tool_calls``         calls (``{"id", "name", "arguments"}``) streamed after the text: OpenAI
+                       fragments (``tool_pieces`` argument pieces each), Ollama one record
+logprobs               sent with each text piece whenever the request asks for ``logprobs``
+=====================  =====================================================================
+
+Faults count every streamed piece (reasoning, text, tool-call fragments) in order, so
+``error_after`` can break a stream in the middle of a tool call.
+
 :meth:`crash` cuts every open connection at once, as a killed replica would.
 
-Every request is recorded (``requests``, ``headers``, ``paths``), as are the answers
+Every request is recorded as it arrived (``requests``, ``headers``), so a test asserts
+exactly what reached the upstream; so are the answers
 finished (``completed``) or abandoned by the client (``cancelled``), and the requests
 being answered right now (``in_flight``). ``python -m meshkit.testing --port 8000``
 serves one from the command line (for Compose files or other hosts).
@@ -41,7 +55,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -70,10 +84,15 @@ async def serve_app(
 
 @attrs.define
 class FakeLLM:
-    """A scripted OpenAI-compatible LLM server, for tests.
+    """A scripted LLM server speaking the OpenAI chat API and Ollama's ``/api/chat``.
 
     Attributes:
         tokens: Pieces of text streamed in order, one event each.
+        reasoning: Pieces of reasoning streamed before the text.
+        reasoning_field: The OpenAI delta field reasoning goes in.
+        tool_calls: Whole calls (``id``, ``name``, ``arguments`` JSON text) streamed
+            after the text; the answer then finishes with ``tool_calls``.
+        tool_pieces: Into how many fragments each call's arguments are cut (OpenAI).
         delay: Seconds between tokens (a slow trickle).
         first_delay: Seconds before the first token (or the whole non-streamed answer).
         status: If set, chat requests are answered with this HTTP status.
@@ -105,6 +124,10 @@ class FakeLLM:
     error_after: int | None = None
     malformed_after: int | None = None
     hold_last: bool = False
+    reasoning: Sequence[str] = ()
+    reasoning_field: str = "reasoning_content"
+    tool_calls: Sequence[Mapping[str, str]] = ()
+    tool_pieces: int = 3
     model_names: Sequence[str] = ("llama3.2:1b",)
     requests: list[dict[str, Any]] = attrs.field(factory=list)
     headers: list[dict[str, str]] = attrs.field(factory=list)
@@ -114,6 +137,7 @@ class FakeLLM:
     in_flight: int = 0
     url: str = ""
     _failed: int = 0
+    _lengths: list[int] = attrs.field(factory=list)
     _release: asyncio.Event = attrs.field(factory=asyncio.Event)
     _transports: set[asyncio.BaseTransport] = attrs.field(factory=set)
 
@@ -134,7 +158,7 @@ class FakeLLM:
     @property
     def finished(self) -> bool:
         """Whether the last token of the latest stream has left the server."""
-        return bool(self.sent) and len(self.sent[-1]) == len(self.tokens)
+        return bool(self.sent) and len(self.sent[-1]) == self._lengths[-1]
 
     def app(self) -> web.Application:
         """The aiohttp application (mount it with ``aiohttp_server`` or :meth:`serve`)."""
@@ -190,27 +214,37 @@ class FakeLLM:
             )
         return body, None
 
-    async def _pace(self, index: int) -> None:
+    async def _pace(self, index: int, count: int) -> None:
         if index == 0 and self.first_delay:
             await asyncio.sleep(self.first_delay)
         elif index and self.delay:
             await asyncio.sleep(self.delay)
-        if self.hold_last and index == len(self.tokens) - 1:
+        if self.hold_last and index == count - 1:
             await self._release.wait()
+
+    def _logprobs(self, body: Mapping[str, Any], i: int, text: str) -> list[dict[str, Any]]:
+        """Made-up logprobs for the ``i``-th text piece, when the request asked for them."""
+        if not body.get("logprobs"):
+            return []
+        top = int(body.get("top_logprobs") or 0)
+        entry = {"token": text, "logprob": -0.125 * (i + 1), "bytes": list(text.encode())}
+        alts = [{**entry, "token": f"alt{k}", "bytes": [97]} for k in range(top)]
+        return [{**entry, "top_logprobs": alts}]
 
     async def _script(
         self,
         request: web.Request,
         write: Send,
-        token: Callable[[str], bytes],
+        steps: Sequence[bytes],
         error: bytes,
         malformed: bytes,
     ) -> bool:
-        """Send the tokens with the scripted faults; True when all were sent."""
+        """Send the pieces with the scripted faults; True when all were sent."""
         times: list[float] = []
         self.sent.append(times)
-        for i, text in enumerate(self.tokens):
-            await self._pace(i)
+        self._lengths.append(len(steps))
+        for i, piece in enumerate(steps):
+            await self._pace(i, len(steps))
             if self.drop_after is not None and i == self.drop_after:
                 assert request.transport is not None
                 request.transport.close()
@@ -223,14 +257,14 @@ class FakeLLM:
             if self.malformed_after is not None and i == self.malformed_after:
                 await write(malformed)
                 return False
-            await write(token(text))
+            await write(piece)
             times.append(time.monotonic())
         return True
 
     async def _whole(self, request: web.Request) -> bytes | None:
         """Faults of a non-streamed answer: None to answer normally, else what to send
         instead (b"" when the connection was dropped)."""
-        await self._pace(0)
+        await self._pace(0, 1)
         if self.drop_after is not None:
             assert request.transport is not None
             request.transport.close()
@@ -243,84 +277,109 @@ class FakeLLM:
             return b'{"error": "scripted failure"}'
         return None
 
+    def _pieces(self, arguments: str) -> list[str]:
+        n = max(1, self.tool_pieces)
+        size = -(-len(arguments) // n) or 1
+        return [arguments[k : k + size] for k in range(0, len(arguments), size)] or [""]
+
     async def _openai(self, request: web.Request) -> web.StreamResponse:
         body, failure = await self._fault(request)
         if failure is not None:
             return failure
         model = body.get("model") or self.model_names[0]
         rid = "chatcmpl-" + uuid.uuid4().hex[:12]
+        finish = "tool_calls" if self.tool_calls else "stop"
+        usage = {
+            "prompt_tokens": 3,
+            "completion_tokens": len(self.tokens),
+            "total_tokens": 3 + len(self.tokens),
+        }
         if not body.get("stream"):
             instead = await self._whole(request)
             if instead is not None:
                 return web.Response(body=instead, content_type="application/json")
             self.completed += 1
+            message: dict[str, Any] = {"role": "assistant", "content": "".join(self.tokens)}
+            if self.reasoning:
+                message[self.reasoning_field] = "".join(self.reasoning)
+            if self.tool_calls:
+                message["tool_calls"] = [
+                    {
+                        "id": c["id"],
+                        "type": "function",
+                        "function": {"name": c["name"], "arguments": c["arguments"]},
+                    }
+                    for c in self.tool_calls
+                ]
+            choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "message": message}
+            logprobs = [e for i, t in enumerate(self.tokens) for e in self._logprobs(body, i, t)]
+            if logprobs:
+                choice["logprobs"] = {"content": logprobs, "refusal": None}
             return web.json_response(
                 {
                     "id": rid,
                     "object": "chat.completion",
                     "created": int(time.time()),
                     "model": model,
-                    "choices": [
-                        {
-                            "index": 0,
-                            "finish_reason": "stop",
-                            "message": {"role": "assistant", "content": "".join(self.tokens)},
-                        }
-                    ],
-                    "usage": {
-                        "prompt_tokens": 3,
-                        "completion_tokens": len(self.tokens),
-                        "total_tokens": 3 + len(self.tokens),
-                    },
+                    "choices": [choice],
+                    "usage": usage,
                 }
             )
 
-        def event(delta: dict[str, Any], finish: str | None) -> bytes:
-            return (
-                b"data: "
-                + json.dumps(
-                    {
-                        "id": rid,
-                        "object": "chat.completion.chunk",
-                        "created": 0,
-                        "model": model,
-                        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-                    }
-                ).encode()
-                + b"\n\n"
-            )
+        def event(delta: dict[str, Any], finish: str | None, logprobs: Any = None) -> bytes:
+            choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish}
+            if logprobs:
+                choice["logprobs"] = {"content": logprobs, "refusal": None}
+            obj = {
+                "id": rid,
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": model,
+                "choices": [choice],
+            }
+            return b"data: " + json.dumps(obj).encode() + b"\n\n"
+
+        steps = [event({self.reasoning_field: r}, None) for r in self.reasoning]
+        steps += [
+            event({"content": t}, None, self._logprobs(body, i, t))
+            for i, t in enumerate(self.tokens)
+        ]
+        for k, call in enumerate(self.tool_calls):
+            head = {"index": k, "id": call["id"], "type": "function"}
+            head["function"] = {"name": call["name"], "arguments": ""}
+            steps.append(event({"tool_calls": [head]}, None))
+            for piece in self._pieces(call["arguments"]):
+                frag = {"index": k, "function": {"arguments": piece}}
+                steps.append(event({"tool_calls": [frag]}, None))
+
+        # The role-only opening event leaves with the first piece, as a model's does.
+        opening = event({"role": "assistant", "content": ""}, None)
+        if steps:
+            steps[0] = opening + steps[0]
 
         async def send(response: web.StreamResponse) -> None:
-            await response.write(event({"role": "assistant", "content": ""}, None))
+            if not steps:
+                await response.write(opening)
             done = await self._script(
                 request,
                 response.write,
-                lambda t: event({"content": t}, None),
+                steps,
                 b'data: {"error": {"message": "scripted failure"}}\n\n',
                 b"data: {not json\n\n",
             )
             if not done:
                 return
-            await response.write(event({}, "stop"))
+            await response.write(event({}, finish))
             if (body.get("stream_options") or {}).get("include_usage"):
-                await response.write(
-                    b"data: "
-                    + json.dumps(
-                        {
-                            "id": rid,
-                            "object": "chat.completion.chunk",
-                            "created": 0,
-                            "model": model,
-                            "choices": [],
-                            "usage": {
-                                "prompt_tokens": 3,
-                                "completion_tokens": len(self.tokens),
-                                "total_tokens": 3 + len(self.tokens),
-                            },
-                        }
-                    ).encode()
-                    + b"\n\n"
-                )
+                tail: dict[str, Any] = {
+                    "id": rid,
+                    "object": "chat.completion.chunk",
+                    "created": 0,
+                    "model": model,
+                    "choices": [],
+                    "usage": usage,
+                }
+                await response.write(b"data: " + json.dumps(tail).encode() + b"\n\n")
             await response.write(b"data: [DONE]\n\n")
             self.completed += 1
 
@@ -328,6 +387,12 @@ class FakeLLM:
         await response.prepare(request)
         await self._guard(send(response))
         return response
+
+    def _ollama_calls(self) -> list[dict[str, Any]]:
+        return [
+            {"function": {"name": c["name"], "arguments": json.loads(c["arguments"] or "{}")}}
+            for c in self.tool_calls
+        ]
 
     async def _ollama(self, request: web.Request) -> web.StreamResponse:
         body, failure = await self._fault(request)
@@ -340,15 +405,23 @@ class FakeLLM:
             )
         model = body.get("model") or self.model_names[0]
 
-        def line(content: str, done: bool) -> bytes:
+        def line(content: str, done: bool, **message: Any) -> bytes:
             obj: dict[str, Any] = {
                 "model": model,
                 "created_at": "2026-01-01T00:00:00Z",
-                "message": {"role": "assistant", "content": content},
+                "message": {"role": "assistant", "content": content, **message},
                 "done": done,
             }
             if done:
                 obj.update(done_reason="stop", prompt_eval_count=3, eval_count=len(self.tokens))
+            return json.dumps(obj).encode() + b"\n"
+
+        def piece(i: int, text: str) -> bytes:
+            logprobs = self._logprobs(body, i, text)
+            if not logprobs:
+                return line(text, False)
+            obj = json.loads(line(text, False))
+            obj["logprobs"] = logprobs
             return json.dumps(obj).encode() + b"\n"
 
         if body.get("stream") is False:
@@ -356,15 +429,27 @@ class FakeLLM:
             if instead is not None:
                 return web.Response(body=instead, content_type="application/json")
             self.completed += 1
-            return web.Response(
-                body=line("".join(self.tokens), True), content_type="application/json"
-            )
+            extra: dict[str, Any] = {}
+            if self.reasoning:
+                extra["thinking"] = "".join(self.reasoning)
+            if self.tool_calls:
+                extra["tool_calls"] = self._ollama_calls()
+            whole = json.loads(line("".join(self.tokens), True, **extra))
+            logprobs = [e for i, t in enumerate(self.tokens) for e in self._logprobs(body, i, t)]
+            if logprobs:
+                whole["logprobs"] = logprobs
+            return web.json_response(whole)
+
+        steps = [line("", False, thinking=r) for r in self.reasoning]
+        steps += [piece(i, t) for i, t in enumerate(self.tokens)]
+        if self.tool_calls:
+            steps.append(line("", False, tool_calls=self._ollama_calls()))
 
         async def send(response: web.StreamResponse) -> None:
             done = await self._script(
                 request,
                 response.write,
-                lambda t: line(t, False),
+                steps,
                 b'{"error": "scripted failure"}\n',
                 b"{not json\n",
             )
