@@ -82,6 +82,11 @@ class ToolCallMerger:
     def __bool__(self) -> bool:
         return bool(self._calls)
 
+    def starts_new(self, deltas: Iterable[ToolCallDelta]) -> bool:
+        """Whether ``deltas`` begin a call not seen yet (calls stream one after another,
+        so the ones before it are complete)."""
+        return any(d.index not in self._calls for d in deltas)
+
     def add(self, deltas: Iterable[ToolCallDelta]) -> None:
         """Take the fragments of one chunk."""
         calls = self._calls

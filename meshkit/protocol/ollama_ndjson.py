@@ -71,6 +71,8 @@ class _Encoder:
                 fields["logprobs"] = chunk.logprobs.get("content") or []
             out += self._record(fields)
         if chunk.tool_calls:
+            if self._calls and self._calls.starts_new(chunk.tool_calls):
+                out += self._flush()  # the calls before a new one are complete
             self._calls.add(chunk.tool_calls)
         if chunk.finish_reason and self._calls:
             out += self._flush()
