@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -61,6 +60,8 @@ from typing import Any
 
 import attrs
 from aiohttp import web
+
+from .testing_wire import Script
 
 Send = Callable[[bytes], Awaitable[None]]
 
@@ -222,14 +223,16 @@ class FakeLLM:
         if self.hold_last and index == count - 1:
             await self._release.wait()
 
-    def _logprobs(self, body: Mapping[str, Any], i: int, text: str) -> list[dict[str, Any]]:
-        """Made-up logprobs for the ``i``-th text piece, when the request asked for them."""
-        if not body.get("logprobs"):
-            return []
-        top = int(body.get("top_logprobs") or 0)
-        entry = {"token": text, "logprob": -0.125 * (i + 1), "bytes": list(text.encode())}
-        alts = [{**entry, "token": f"alt{k}", "bytes": [97]} for k in range(top)]
-        return [{**entry, "top_logprobs": alts}]
+    def _answer(self, body: Mapping[str, Any]) -> Script:
+        return Script(
+            body,
+            body.get("model") or self.model_names[0],
+            self.tokens,
+            self.reasoning,
+            self.reasoning_field,
+            self.tool_calls,
+            self.tool_pieces,
+        )
 
     async def _script(
         self,
@@ -277,122 +280,35 @@ class FakeLLM:
             return b'{"error": "scripted failure"}'
         return None
 
-    def _pieces(self, arguments: str) -> list[str]:
-        n = max(1, self.tool_pieces)
-        size = -(-len(arguments) // n) or 1
-        return [arguments[k : k + size] for k in range(0, len(arguments), size)] or [""]
-
     async def _openai(self, request: web.Request) -> web.StreamResponse:
         body, failure = await self._fault(request)
         if failure is not None:
             return failure
-        model = body.get("model") or self.model_names[0]
+        answer = self._answer(body)
         rid = "chatcmpl-" + uuid.uuid4().hex[:12]
-        finish = "tool_calls" if self.tool_calls else "stop"
-        usage = {
-            "prompt_tokens": 3,
-            "completion_tokens": len(self.tokens),
-            "total_tokens": 3 + len(self.tokens),
-        }
         if not body.get("stream"):
             instead = await self._whole(request)
             if instead is not None:
                 return web.Response(body=instead, content_type="application/json")
             self.completed += 1
-            message: dict[str, Any] = {"role": "assistant", "content": "".join(self.tokens)}
-            if self.reasoning:
-                message[self.reasoning_field] = "".join(self.reasoning)
-            if self.tool_calls:
-                message["tool_calls"] = [
-                    {
-                        "id": c["id"],
-                        "type": "function",
-                        "function": {"name": c["name"], "arguments": c["arguments"]},
-                    }
-                    for c in self.tool_calls
-                ]
-            choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "message": message}
-            logprobs = [e for i, t in enumerate(self.tokens) for e in self._logprobs(body, i, t)]
-            if logprobs:
-                choice["logprobs"] = {"content": logprobs, "refusal": None}
-            return web.json_response(
-                {
-                    "id": rid,
-                    "object": "chat.completion",
-                    "created": int(time.time()),
-                    "model": model,
-                    "choices": [choice],
-                    "usage": usage,
-                }
-            )
-
-        def event(delta: dict[str, Any], finish: str | None, logprobs: Any = None) -> bytes:
-            choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish}
-            if logprobs:
-                choice["logprobs"] = {"content": logprobs, "refusal": None}
-            obj = {
-                "id": rid,
-                "object": "chat.completion.chunk",
-                "created": 0,
-                "model": model,
-                "choices": [choice],
-            }
-            return b"data: " + json.dumps(obj).encode() + b"\n\n"
-
-        steps = [event({self.reasoning_field: r}, None) for r in self.reasoning]
-        steps += [
-            event({"content": t}, None, self._logprobs(body, i, t))
-            for i, t in enumerate(self.tokens)
-        ]
-        for k, call in enumerate(self.tool_calls):
-            head = {"index": k, "id": call["id"], "type": "function"}
-            head["function"] = {"name": call["name"], "arguments": ""}
-            steps.append(event({"tool_calls": [head]}, None))
-            for piece in self._pieces(call["arguments"]):
-                frag = {"index": k, "function": {"arguments": piece}}
-                steps.append(event({"tool_calls": [frag]}, None))
-
-        # The role-only opening event leaves with the first piece, as a model's does.
-        opening = event({"role": "assistant", "content": ""}, None)
-        if steps:
-            steps[0] = opening + steps[0]
+            return web.json_response(answer.openai_whole(rid, int(time.time())))
 
         async def send(response: web.StreamResponse) -> None:
-            if not steps:
-                await response.write(opening)
             done = await self._script(
                 request,
                 response.write,
-                steps,
+                answer.openai_steps(rid),
                 b'data: {"error": {"message": "scripted failure"}}\n\n',
                 b"data: {not json\n\n",
             )
-            if not done:
-                return
-            await response.write(event({}, finish))
-            if (body.get("stream_options") or {}).get("include_usage"):
-                tail: dict[str, Any] = {
-                    "id": rid,
-                    "object": "chat.completion.chunk",
-                    "created": 0,
-                    "model": model,
-                    "choices": [],
-                    "usage": usage,
-                }
-                await response.write(b"data: " + json.dumps(tail).encode() + b"\n\n")
-            await response.write(b"data: [DONE]\n\n")
-            self.completed += 1
+            if done:
+                await response.write(answer.openai_end(rid))
+                self.completed += 1
 
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         await self._guard(send(response))
         return response
-
-    def _ollama_calls(self) -> list[dict[str, Any]]:
-        return [
-            {"function": {"name": c["name"], "arguments": json.loads(c["arguments"] or "{}")}}
-            for c in self.tool_calls
-        ]
 
     async def _ollama(self, request: web.Request) -> web.StreamResponse:
         body, failure = await self._fault(request)
@@ -403,58 +319,24 @@ class FakeLLM:
                 status=failure.status,
                 headers=retry,
             )
-        model = body.get("model") or self.model_names[0]
-
-        def line(content: str, done: bool, **message: Any) -> bytes:
-            obj: dict[str, Any] = {
-                "model": model,
-                "created_at": "2026-01-01T00:00:00Z",
-                "message": {"role": "assistant", "content": content, **message},
-                "done": done,
-            }
-            if done:
-                obj.update(done_reason="stop", prompt_eval_count=3, eval_count=len(self.tokens))
-            return json.dumps(obj).encode() + b"\n"
-
-        def piece(i: int, text: str) -> bytes:
-            logprobs = self._logprobs(body, i, text)
-            if not logprobs:
-                return line(text, False)
-            obj = json.loads(line(text, False))
-            obj["logprobs"] = logprobs
-            return json.dumps(obj).encode() + b"\n"
-
+        answer = self._answer(body)
         if body.get("stream") is False:
             instead = await self._whole(request)
             if instead is not None:
                 return web.Response(body=instead, content_type="application/json")
             self.completed += 1
-            extra: dict[str, Any] = {}
-            if self.reasoning:
-                extra["thinking"] = "".join(self.reasoning)
-            if self.tool_calls:
-                extra["tool_calls"] = self._ollama_calls()
-            whole = json.loads(line("".join(self.tokens), True, **extra))
-            logprobs = [e for i, t in enumerate(self.tokens) for e in self._logprobs(body, i, t)]
-            if logprobs:
-                whole["logprobs"] = logprobs
-            return web.json_response(whole)
-
-        steps = [line("", False, thinking=r) for r in self.reasoning]
-        steps += [piece(i, t) for i, t in enumerate(self.tokens)]
-        if self.tool_calls:
-            steps.append(line("", False, tool_calls=self._ollama_calls()))
+            return web.json_response(answer.ollama_whole())
 
         async def send(response: web.StreamResponse) -> None:
             done = await self._script(
                 request,
                 response.write,
-                steps,
+                answer.ollama_steps(),
                 b'{"error": "scripted failure"}\n',
                 b"{not json\n",
             )
             if done:
-                await response.write(line("", True))
+                await response.write(answer.ollama_end())
                 self.completed += 1
 
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})

@@ -57,7 +57,7 @@ class _Encoder:
             self.meta.update(chunk.meta)
         if chunk.tool_calls or chunk.reasoning or chunk.logprobs:
             return self._rich(chunk)
-        if self._calls and chunk.finish_reason:
+        if chunk.finish_reason and self._calls:
             return self._flush() + (self._record(self._delta(chunk.text)) if chunk.text else b"")
         if not chunk.text:
             return None
