@@ -82,15 +82,24 @@ def parse_request(body: bytes) -> ChatRequest:
     if n not in (None, 1):
         raise BadRequest("'n' must be 1: meshkit returns one choice", param="n")
     options = f.opt_object(obj, "stream_options")
-    field = (
-        "max_completion_tokens" if obj.get("max_completion_tokens") is not None else "max_tokens"
-    )
-    top_logprobs = f.opt_int(obj, "top_logprobs", low=0)
-    if top_logprobs is not None and top_logprobs > 20:
-        raise BadRequest("'top_logprobs' must be at most 20", param="top_logprobs")
-    logprobs = obj.get("logprobs")
-    if logprobs is not None and not isinstance(logprobs, bool):
-        raise BadRequest("'logprobs' must be a boolean", param="logprobs")
+    field = "max_tokens"
+    # The agent and reasoning fields are read only when sent: a plain chat pays for
+    # one membership test each.
+    more: dict[str, Any] = {}
+    if "max_completion_tokens" in obj and obj["max_completion_tokens"] is not None:
+        field = more["max_tokens_field"] = "max_completion_tokens"
+    if "tools" in obj:
+        more["tools"] = tuple(f.objects(f.opt_list(obj, "tools"), "tools"))
+    if "tool_choice" in obj:
+        more["tool_choice"] = _tool_choice(obj["tool_choice"])
+    if "response_format" in obj:
+        more["response_format"] = _response_format(obj["response_format"])
+    if "reasoning_effort" in obj:
+        more["think"] = f.opt_str(obj, "reasoning_effort")
+    if "logprobs" in obj:
+        more["logprobs"] = _logprobs_flag(obj["logprobs"])
+    if "top_logprobs" in obj:
+        more["top_logprobs"] = _top_logprobs(obj)
     return ChatRequest(
         messages=messages,
         model=f.opt_str(obj, "model") or None,
@@ -104,14 +113,21 @@ def parse_request(body: bytes) -> ChatRequest:
             options, "include_usage", False, param="stream_options.include_usage"
         ),
         extra={k: v for k, v in obj.items() if k not in _MODELLED},
-        tools=tuple(f.objects(f.opt_list(obj, "tools"), "tools")),
-        tool_choice=_tool_choice(obj.get("tool_choice")),
-        response_format=_response_format(obj.get("response_format")),
-        think=f.opt_str(obj, "reasoning_effort"),
-        logprobs=logprobs,
-        top_logprobs=top_logprobs,
-        max_tokens_field=field,
+        **more,
     )
+
+
+def _logprobs_flag(value: Any) -> bool | None:
+    if value is not None and not isinstance(value, bool):
+        raise BadRequest("'logprobs' must be a boolean", param="logprobs")
+    return value
+
+
+def _top_logprobs(obj: dict[str, Any]) -> int | None:
+    top = f.opt_int(obj, "top_logprobs", low=0)
+    if top is not None and top > 20:
+        raise BadRequest("'top_logprobs' must be at most 20", param="top_logprobs")
+    return top
 
 
 def _message(item: dict[str, Any], where: str) -> Message:
