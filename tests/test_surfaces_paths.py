@@ -201,6 +201,26 @@ class TestRequestFields:
         assert status == 200
         assert fake.requests[0]["messages"][0]["content"][1] == part
 
+    async def test_tool_result_name_passes_to_openai(self, gateway) -> None:
+        fake = FakeLLM()
+        result = {"role": "tool", "tool_call_id": "c1", "name": "get_weather", "content": "18"}
+        call = {
+            "id": "c1",
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": "{}"},
+        }
+        turn = [QUESTION, {"role": "assistant", "content": None, "tool_calls": [call]}, result]
+        status, _ = await post(gateway, fake, "openai", "llm", "openai", {"messages": turn})
+        assert status == 200
+        assert fake.requests[0]["messages"] == turn
+
+    async def test_upstream_reasoning_named_reasoning(self, gateway) -> None:
+        fake = FakeLLM(reasoning=["a", "b"], reasoning_field="reasoning", tokens=["c"])
+        body = {"messages": [QUESTION], "stream": True}
+        status, raw = await post(gateway, fake, "openai", "llm", "ollama", body)
+        assert status == 200
+        assert (read("ollama", True, raw).reasoning, read("ollama", True, raw).text) == ("ab", "c")
+
     async def test_tool_choice_none_sends_no_tools_to_ollama(self, gateway) -> None:
         fake = FakeLLM()
         body = {"messages": [QUESTION], "tools": TOOLS, "tool_choice": "none"}

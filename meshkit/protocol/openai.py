@@ -138,14 +138,18 @@ def _message(item: dict[str, Any], where: str) -> Message:
     reasoning = f.opt_str(item, "reasoning_content", param=f"{where}.reasoning_content")
     if reasoning is None:
         reasoning = f.opt_str(item, "reasoning", param=f"{where}.reasoning")
+    name = f.opt_str(item, "name", param=f"{where}.name")
+    extra = {k: v for k, v in item.items() if k not in _MESSAGE_FIELDS}
+    if role == "tool" and name is not None:
+        extra["name"] = name  # a client's own name on a tool result goes on as sent
     return Message(
         role,
         _content(content, f"{where}.content"),
         tool_calls=_tool_calls(f.opt_list(item, "tool_calls", param=f"{where}.tool_calls"), where),
         tool_call_id=f.opt_str(item, "tool_call_id", param=f"{where}.tool_call_id"),
-        name=f.opt_str(item, "name", param=f"{where}.name"),
+        name=name,
         reasoning=reasoning,
-        extra={k: v for k, v in item.items() if k not in _MESSAGE_FIELDS},
+        extra=extra,
     )
 
 
@@ -298,6 +302,7 @@ def _render_message(m: Message) -> dict[str, Any]:
     if m.tool_call_id is not None:
         out["tool_call_id"] = m.tool_call_id
     if m.name is not None and m.role != "tool":  # a tool result is named by its call id
+        # (Ollama's tool_name is not sent on as an OpenAI field the client never used)
         out["name"] = m.name
     if m.reasoning:
         out["reasoning_content"] = m.reasoning
