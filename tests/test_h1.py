@@ -16,6 +16,7 @@ import pytest
 from aiohttp import web
 
 from meshkit import h1
+from meshkit.pool import Connection, Pool
 from meshkit.client import HttpClient, Timeouts
 from meshkit.errors import UpstreamConnectError, UpstreamError
 from meshkit.testing import serve_app
@@ -97,7 +98,7 @@ def answering(*parts: bytes, then_close: bool = False) -> Script:
 
 
 def send(
-    conn: h1.Connection,
+    conn: Connection,
     url: str,
     method: str = "GET",
     headers: dict[str, str] | None = None,
@@ -107,12 +108,12 @@ def send(
     return conn.send(h1.encode_request(method, path, host, headers or {}, body))
 
 
-async def connect(pool: h1.Pool, url: str) -> h1.Connection:
+async def connect(pool: Pool, url: str) -> Connection:
     key, _, _ = h1.target(url)
     return await pool.connection(key, within=5.0)
 
 
-async def get(pool: h1.Pool, url: str, **options: Any) -> tuple[h1.Connection, h1.Response]:
+async def get(pool: Pool, url: str, **options: Any) -> tuple[Connection, h1.Response]:
     """Send a request on a pooled connection and wait for the answer's head."""
     conn = await connect(pool, url)
     response = send(conn, url, **options)
@@ -120,12 +121,12 @@ async def get(pool: h1.Pool, url: str, **options: Any) -> tuple[h1.Connection, h
     return conn, response
 
 
-def idle(pool: h1.Pool) -> int:
+def idle(pool: Pool) -> int:
     """Idle pooled connections (the pool exposes only ``in_use`` publicly)."""
     return sum(len(conns) for conns in pool._idle.values())
 
 
-def closed(conn: h1.Connection) -> bool:
+def closed(conn: Connection) -> bool:
     """The client side saw the connection end."""
     return conn.transport is None
 
@@ -154,7 +155,7 @@ class Recorder:
 
 @pytest.fixture
 async def pool() -> Any:
-    made = h1.Pool()
+    made = Pool()
     yield made
     made.close()
 
@@ -170,7 +171,7 @@ def app_with(**routes: Callable[[web.Request], Awaitable[web.StreamResponse]]) -
 
 
 class TestKeepAlive:
-    async def test_sequential_requests_reuse_one_connection(self, pool: h1.Pool) -> None:
+    async def test_sequential_requests_reuse_one_connection(self, pool: Pool) -> None:
         ports: list[int] = []
 
         async def hello(request: web.Request) -> web.Response:
@@ -193,7 +194,7 @@ class TestKeepAlive:
             assert len(ports) == 2 and ports[0] == ports[1]
             assert (pool.in_use, idle(pool)) == (0, 1)
 
-    async def test_connection_close_is_not_reused(self, pool: h1.Pool) -> None:
+    async def test_connection_close_is_not_reused(self, pool: Pool) -> None:
         ports: list[int] = []
 
         async def bye(request: web.Request) -> web.Response:
@@ -222,7 +223,7 @@ class TestKeepAlive:
 
 
 class TestBodies:
-    async def test_content_length(self, pool: h1.Pool) -> None:
+    async def test_content_length(self, pool: Pool) -> None:
         async def fixed(request: web.Request) -> web.Response:
             return web.Response(body=b"0123456789", headers={"X-Kind": "fixed"})
 
@@ -237,7 +238,7 @@ class TestBodies:
             response.release()
             assert idle(pool) == 1
 
-    async def test_read_with_limit(self, pool: h1.Pool) -> None:
+    async def test_read_with_limit(self, pool: Pool) -> None:
         async def fixed(request: web.Request) -> web.Response:
             return web.Response(body=b"0123456789")
 
@@ -246,7 +247,7 @@ class TestBodies:
             assert await response.read(4) == b"0123"
             response.close()
 
-    async def test_chunked(self, pool: h1.Pool) -> None:
+    async def test_chunked(self, pool: Pool) -> None:
         pieces = [b"alpha ", b"beta ", b"gamma"]
 
         async def chunked(request: web.Request) -> web.StreamResponse:
@@ -266,7 +267,7 @@ class TestBodies:
             response.release()
             assert (pool.in_use, idle(pool)) == (0, 1)  # a chunked body ends the message
 
-    async def test_close_delimited(self, pool: h1.Pool) -> None:
+    async def test_close_delimited(self, pool: Pool) -> None:
         script = answering(b"HTTP/1.1 200 OK\r\n\r\nfirst ", b"second", then_close=True)
         async with Raw(script) as raw:
             conn, response = await get(pool, raw.url)
@@ -277,7 +278,7 @@ class TestBodies:
             assert (pool.in_use, idle(pool)) == (0, 0)
             assert closed(conn)
 
-    async def test_204_has_no_body(self, pool: h1.Pool) -> None:
+    async def test_204_has_no_body(self, pool: Pool) -> None:
         async def empty(request: web.Request) -> web.Response:
             return web.Response(status=204)
 
@@ -292,7 +293,7 @@ class TestBodies:
             assert again is conn and second.status == 204
             second.release()
 
-    async def test_one_mebibyte_read_whole(self, pool: h1.Pool) -> None:
+    async def test_one_mebibyte_read_whole(self, pool: Pool) -> None:
         big = random.Random(1).randbytes(1 << 20)
 
         async def large(request: web.Request) -> web.Response:
@@ -333,7 +334,7 @@ def gated_stream(pieces: list[bytes], gate: asyncio.Queue[None]) -> Callable[...
 
 
 class TestPipe:
-    async def test_pieces_in_order_then_one_end(self, pool: h1.Pool) -> None:
+    async def test_pieces_in_order_then_one_end(self, pool: Pool) -> None:
         pieces = [b"one ", b"two ", b"three ", b"four"]
         gate: asyncio.Queue[None] = asyncio.Queue()
         async with serve_app(app_with(s=gated_stream(pieces, gate))) as url:
@@ -365,7 +366,7 @@ class TestPipe:
             second.release()
             assert rec.ends == [None]  # still exactly once
 
-    async def test_buffered_data_is_handed_over_first(self, pool: h1.Pool) -> None:
+    async def test_buffered_data_is_handed_over_first(self, pool: Pool) -> None:
         pieces = [b"early ", b"late"]
         gate: asyncio.Queue[None] = asyncio.Queue()
         async with serve_app(app_with(s=gated_stream(pieces, gate))) as url:
@@ -383,7 +384,7 @@ class TestPipe:
             response.release()
             assert idle(pool) == 1
 
-    async def test_pipe_after_the_end_ends_at_once(self, pool: h1.Pool) -> None:
+    async def test_pipe_after_the_end_ends_at_once(self, pool: Pool) -> None:
         async def fixed(request: web.Request) -> web.Response:
             return web.Response(body=b"all of it")
 
@@ -396,7 +397,7 @@ class TestPipe:
             response.release()
             assert idle(pool) == 1
 
-    async def test_pipe_resumes_a_paused_socket(self, pool: h1.Pool) -> None:
+    async def test_pipe_resumes_a_paused_socket(self, pool: Pool) -> None:
         big = random.Random(2).randbytes(1 << 20)
 
         async def large(request: web.Request) -> web.Response:
@@ -414,7 +415,7 @@ class TestPipe:
             response.release()
             assert idle(pool) == 1
 
-    async def test_pause_and_resume(self, pool: h1.Pool) -> None:
+    async def test_pause_and_resume(self, pool: Pool) -> None:
         pieces = [b"a", b"b"]
         gate: asyncio.Queue[None] = asyncio.Queue()
         async with serve_app(app_with(s=gated_stream(pieces, gate))) as url:
@@ -443,7 +444,7 @@ CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
 
 
 class TestFailures:
-    async def test_connection_refused(self, pool: h1.Pool) -> None:
+    async def test_connection_refused(self, pool: Pool) -> None:
         port = free_port()
         with pytest.raises(h1.ConnectFailed) as info:
             await connect(pool, f"http://127.0.0.1:{port}/")
@@ -451,7 +452,7 @@ class TestFailures:
         assert f"127.0.0.1:{port}" in str(info.value)
         assert pool.in_use == 0
 
-    async def test_closed_before_any_answer(self, pool: h1.Pool) -> None:
+    async def test_closed_before_any_answer(self, pool: Pool) -> None:
         async with Raw(answering(then_close=True)) as raw:
             conn = await connect(pool, raw.url)
             response = send(conn, raw.url)
@@ -462,7 +463,7 @@ class TestFailures:
             assert pool.in_use == 0 and idle(pool) == 0
             await until(lambda: closed(conn))
 
-    async def test_closed_mid_chunked_body(self, pool: h1.Pool) -> None:
+    async def test_closed_mid_chunked_body(self, pool: Pool) -> None:
         script = answering(CHUNKED_HEAD + b"5\r\nhello\r\n", then_close=True)
         async with Raw(script) as raw:
             _, response = await get(pool, raw.url)
@@ -473,7 +474,7 @@ class TestFailures:
                 await response.read()  # and it stays broken
             assert pool.in_use == 0 and idle(pool) == 0
 
-    async def test_short_content_length(self, pool: h1.Pool) -> None:
+    async def test_short_content_length(self, pool: Pool) -> None:
         script = answering(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello", then_close=True)
         async with Raw(script) as raw:
             _, response = await get(pool, raw.url)
@@ -482,7 +483,7 @@ class TestFailures:
             response.release()  # a broken response is closed, never pooled
             assert pool.in_use == 0 and idle(pool) == 0
 
-    async def test_closed_mid_body_ends_a_pipe_with_the_error(self, pool: h1.Pool) -> None:
+    async def test_closed_mid_body_ends_a_pipe_with_the_error(self, pool: Pool) -> None:
         gate = asyncio.Event()
 
         async def script(raw: Raw, reader: asyncio.StreamReader, writer: Any) -> None:
@@ -512,7 +513,7 @@ class TestFailures:
         ],
         ids=["protocol", "status", "length"],
     )
-    async def test_malformed_answer(self, pool: h1.Pool, answer: bytes) -> None:
+    async def test_malformed_answer(self, pool: Pool, answer: bytes) -> None:
         async with Raw(answering(answer)) as raw:
             conn = await connect(pool, raw.url)
             response = send(conn, raw.url)
@@ -521,14 +522,14 @@ class TestFailures:
             await until(lambda: raw.eofs == 1)  # the client dropped the connection
             assert pool.in_use == 0 and idle(pool) == 0
 
-    async def test_malformed_chunk_mid_body(self, pool: h1.Pool) -> None:
+    async def test_malformed_chunk_mid_body(self, pool: Pool) -> None:
         async with Raw(answering(CHUNKED_HEAD + b"2\r\nok\r\nzz\r\n")) as raw:
             _, response = await get(pool, raw.url)
             with pytest.raises(h1.BrokenBody, match="malformed"):
                 await response.read()
             await until(lambda: raw.eofs == 1)
 
-    async def test_close_ends_a_pipe_with_an_error(self, pool: h1.Pool) -> None:
+    async def test_close_ends_a_pipe_with_an_error(self, pool: Pool) -> None:
         async with Raw(answering(CHUNKED_HEAD + b"3\r\nabc\r\n")) as raw:
             _, response = await get(pool, raw.url)
             rec = Recorder()
@@ -541,7 +542,7 @@ class TestFailures:
             await until(lambda: raw.eofs == 1)
             assert pool.in_use == 0 and idle(pool) == 0
 
-    async def test_a_failing_on_data_breaks_the_body(self, pool: h1.Pool) -> None:
+    async def test_a_failing_on_data_breaks_the_body(self, pool: Pool) -> None:
         gate = asyncio.Event()
 
         async def script(raw: Raw, reader: asyncio.StreamReader, writer: Any) -> None:
@@ -571,7 +572,7 @@ class TestFailures:
             await until(lambda: raw.eofs == 1)
             assert pool.in_use == 0 and idle(pool) == 0
 
-    async def test_unasked_bytes_close_an_idle_connection(self, pool: h1.Pool) -> None:
+    async def test_unasked_bytes_close_an_idle_connection(self, pool: Pool) -> None:
         gate = asyncio.Event()
 
         async def script(raw: Raw, reader: asyncio.StreamReader, writer: Any) -> None:
@@ -596,7 +597,7 @@ class TestFailures:
         [b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n", b"JUNK"],
         ids=["second-answer", "junk"],
     )
-    async def test_unasked_bytes_in_the_same_packet(self, pool: h1.Pool, extra: bytes) -> None:
+    async def test_unasked_bytes_in_the_same_packet(self, pool: Pool, extra: bytes) -> None:
         answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" + extra
         async with Raw(answering(answer)) as raw:
             conn, response = await get(pool, raw.url)
@@ -614,7 +615,7 @@ class TestFailures:
 class TestInterim:
     """A client must parse 1xx answers it did not ask for (RFC 9110 15.2)."""
 
-    async def test_early_hints_in_the_same_packet(self, pool: h1.Pool) -> None:
+    async def test_early_hints_in_the_same_packet(self, pool: Pool) -> None:
         answer = (
             b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>\r\n\r\n"
             b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
@@ -627,7 +628,7 @@ class TestInterim:
             response.release()
             assert idle(pool) == 1
 
-    async def test_early_hints_then_the_answer(self, pool: h1.Pool) -> None:
+    async def test_early_hints_then_the_answer(self, pool: Pool) -> None:
         gate = asyncio.Event()
 
         async def script(raw: Raw, reader: asyncio.StreamReader, writer: Any) -> None:
@@ -657,7 +658,7 @@ class TestInterim:
             response.release()
             assert idle(pool) == 1
 
-    async def test_interim_then_close_is_closed_early(self, pool: h1.Pool) -> None:
+    async def test_interim_then_close_is_closed_early(self, pool: Pool) -> None:
         script = answering(b"HTTP/1.1 103 Early Hints\r\n\r\n", then_close=True)
         async with Raw(script) as raw:
             conn = await connect(pool, raw.url)
@@ -730,7 +731,7 @@ class TestEncoding:
         with pytest.raises(KeyError):
             headers["X-Missing"]
 
-    async def test_repeated_headers_join(self, pool: h1.Pool) -> None:
+    async def test_repeated_headers_join(self, pool: Pool) -> None:
         answer = (
             b"HTTP/1.1 200 Fine Thanks\r\nX-Dup: a\r\nContent-Length: 0\r\n"
             b"x-dup: b\r\nX-DUP: c\r\nServer: raw\r\n\r\n"
@@ -763,7 +764,7 @@ def keep_alive_answers(raw: Raw) -> Script:
 
 class TestPool:
     async def test_idle_connections_are_swept(self) -> None:
-        pool = h1.Pool(keepalive=0.2)
+        pool = Pool(keepalive=0.2)
         raw = Raw(answering())
         raw.script = keep_alive_answers(raw)
         try:
@@ -785,7 +786,7 @@ class TestPool:
             pool.close()
 
     async def test_a_busy_connection_is_not_swept(self) -> None:
-        pool = h1.Pool(keepalive=0.2)
+        pool = Pool(keepalive=0.2)
         async with Raw(answering(CHUNKED_HEAD + b"1\r\na\r\n")) as busy_raw:
             raw = Raw(answering())
             raw.script = keep_alive_answers(raw)
@@ -803,7 +804,7 @@ class TestPool:
                     pool.close()
 
     async def test_close_closes_idle_and_busy(self) -> None:
-        pool = h1.Pool()
+        pool = Pool()
         async with Raw(answering(CHUNKED_HEAD + b"4\r\nbusy\r\n")) as busy_raw:
             raw = Raw(answering())
             raw.script = keep_alive_answers(raw)
@@ -826,7 +827,7 @@ class TestPool:
                     await connect(pool, raw.url)
 
     async def test_max_idle(self) -> None:
-        pool = h1.Pool(max_idle=1)
+        pool = Pool(max_idle=1)
         raw = Raw(answering())
         raw.script = keep_alive_answers(raw)
         try:
