@@ -280,7 +280,7 @@ class RemoteLLM(MicroService):
                         if parser.error is not None:
                             raise parser.error
                 else:
-                    raw = await response.read()
+                    raw = await client.read_whole(response, service=self.name)
                 response.in_time()
             finally:
                 if task is not None:
@@ -452,6 +452,8 @@ class RemoteLLM(MicroService):
 
     async def ready(self, client: HttpClient) -> bool:
         """True when some replica answers its model listing."""
+        if not self.replicas.serving():
+            return False  # requests would be refused: not ready, whatever answers
         for base in self._by_health():
             try:
                 await self._list_models(client, base, wait=2.0)
