@@ -89,7 +89,7 @@ class Connection(asyncio.Protocol):
             return
         try:
             response.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
             response.fail(_parse_error(exc))
 
     def _not_streaming(self, data: bytes) -> None:
@@ -100,7 +100,7 @@ class Connection(asyncio.Protocol):
             return
         try:
             response.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
             response.fail(_parse_error(exc))
             return
         if not response.status and response.head_pending(len(data)):
@@ -160,7 +160,7 @@ class Connection(asyncio.Protocol):
             self.transport.close()
 
 
-def _parse_error(exc: httptools.HttpParserError) -> H1Error:
+def _parse_error(exc: httptools.HttpParserError | httptools.HttpParserUpgrade) -> H1Error:
     """The failure for a parser error: what a callback raised, or a malformed answer."""
     if isinstance(exc, httptools.HttpParserCallbackError):
         cause = exc.__context__

@@ -16,9 +16,9 @@ import pytest
 from aiohttp import web
 
 from meshkit import h1
-from meshkit.pool import Connection, Pool
 from meshkit.client import HttpClient, Timeouts
 from meshkit.errors import UpstreamConnectError, UpstreamError
+from meshkit.pool import Connection, Pool
 from meshkit.testing import serve_app
 
 from .conftest import free_port, until
@@ -928,3 +928,247 @@ class TestHttpClient:
             assert dead == f"cannot connect to 127.0.0.1:{port}"
             # Probes use fresh connections and keep none.
             assert client.connections_in_use == 0 and idle(client.pool) == 0
+
+
+# -- conformance: one edge case each, with the behaviour meshkit gives it ---------------------
+
+
+def answer_once_then(then: bytes = b"") -> Script:
+    """A script: answer the first request (keep-alive); on the next request on the same
+    connection, write ``then`` (often nothing) and close, as a server whose keep-alive
+    ran out just as the request arrived."""
+
+    async def script(raw: Raw, reader: asyncio.StreamReader, writer: Any) -> None:
+        await request_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst")
+        await writer.drain()
+        await request_head(reader)
+        raw.eofs += 1  # counts requests dropped unanswered
+        if then:
+            writer.write(then)
+            await writer.drain()
+
+    return script
+
+
+def big_head(size: int) -> bytes:
+    return b"HTTP/1.1 200 OK\r\nX-Big: %s\r\nContent-Length: 2\r\n\r\nok" % (b"a" * size)
+
+
+class TestConformance:
+    """RFC 9112 edge cases an upstream may send, each with meshkit's stated behaviour."""
+
+    @pytest.mark.parametrize(
+        "head",
+        [
+            b"Content-Length: 5\r\nTransfer-Encoding: chunked",
+            b"Transfer-Encoding: chunked\r\nContent-Length: 5",
+        ],
+        ids=["cl-first", "te-first"],
+    )
+    async def test_content_length_with_transfer_encoding_is_malformed(
+        self, pool: Pool, head: bytes
+    ) -> None:
+        """Both framings at once (a smuggling shape): refused, connection closed."""
+        answer = b"HTTP/1.1 200 OK\r\n%s\r\n\r\n3\r\nabc\r\n0\r\n\r\n" % head
+        async with Raw(answering(answer)) as raw:
+            conn = await connect(pool, raw.url)
+            with pytest.raises(h1.BrokenBody, match="Transfer-Encoding"):
+                await send(conn, raw.url).head()
+            await until(lambda: raw.eofs == 1)
+            assert closed(conn) and idle(pool) == 0
+
+    @pytest.mark.parametrize("second", [b"3", b"5"], ids=["same", "different"])
+    async def test_duplicate_content_length_is_malformed(self, pool: Pool, second: bytes) -> None:
+        """Two Content-Length fields, even equal: refused (no guessing which framing)."""
+        answer = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: %s\r\n\r\nabc" % second
+        async with Raw(answering(answer)) as raw:
+            conn = await connect(pool, raw.url)
+            with pytest.raises(h1.BrokenBody, match="Duplicate Content-Length"):
+                await send(conn, raw.url).head()
+            await until(lambda: closed(conn))
+
+    async def test_trailers_are_ignored_and_the_connection_kept(self, pool: Pool) -> None:
+        """Trailer fields after a chunked body are read past, never become headers."""
+        answer = CHUNKED_HEAD + b"3\r\nabc\r\n0\r\nX-Trailer: late\r\n\r\n"
+        raw = Raw(answering())
+
+        async def twice(_: Raw, reader: asyncio.StreamReader, writer: Any) -> None:
+            for _ in range(2):
+                await request_head(reader)
+                writer.write(answer)
+                await writer.drain()
+            await raw.wait_eof(reader)
+
+        raw.script = twice
+        async with raw:
+            conn, response = await get(pool, raw.url)
+            assert await response.read() == b"abc"
+            assert "x-trailer" not in response.headers
+            response.release()
+            again, second = await get(pool, raw.url)
+            assert again is conn and await second.read() == b"abc"
+            second.release()
+
+    @pytest.mark.parametrize("interim", [b"100 Continue", b"102 Processing", b"103 Early Hints"])
+    async def test_interim_answers_are_skipped(self, pool: Pool, interim: bytes) -> None:
+        """1xx other than 101: skipped, the final answer is the response."""
+        answer = b"HTTP/1.1 %s\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi" % interim
+        async with Raw(answering(answer)) as raw:
+            _, response = await get(pool, raw.url)
+            assert response.status == 200 and await response.read() == b"hi"
+            response.release()
+
+    async def test_101_is_an_unexpected_answer(self, pool: Pool) -> None:
+        """meshkit never asks to switch protocols: a 101 fails the response cleanly."""
+        answer = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n\x00\x00\x12\x04"
+        async with Raw(answering(answer)) as raw:
+            conn = await connect(pool, raw.url)
+            with pytest.raises(h1.UnexpectedAnswer, match="101 Switching Protocols"):
+                await send(conn, raw.url).head()
+            await until(lambda: raw.eofs == 1)
+            assert closed(conn) and pool.in_use == 0
+
+    async def test_101_through_the_client_is_a_502(self) -> None:
+        """Through HttpClient, the 101 is an upstream error (502), not a success."""
+        answer = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n"
+        async with Raw(answering(answer)) as raw, HttpClient() as client:
+            with pytest.raises(UpstreamError, match="101") as info:
+                await client.fetch("GET", raw.url, service="llm", timeouts=Timeouts())
+            assert info.value.status == 502
+            assert client.connections_in_use == 0 and client.live_responses == 0
+
+    @pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+    async def test_redirect_is_never_followed(self, status: int) -> None:
+        """A 3xx is a 502 saying the upstream redirected and where (without credentials)."""
+        answer = (
+            b"HTTP/1.1 %d Moved\r\nLocation: http://user:hunter22@elsewhere.example/v1\r\n"
+            b"Content-Length: 0\r\n\r\n" % status
+        )
+        async with Raw(answering(answer)) as raw, HttpClient() as client:
+            with pytest.raises(UpstreamError) as info:
+                await client.fetch("GET", raw.url, service="llm", timeouts=Timeouts())
+            err = info.value
+            assert (err.status, err.upstream_status) == (502, status)
+            assert f"redirected ({status}) to http://elsewhere.example/v1" in err.message
+            assert "hunter22" not in err.message and "user" not in err.message
+            assert len(raw.peers) == 1  # nothing was asked of "elsewhere"
+
+    async def test_stale_socket_fails_before_any_byte(self, pool: Pool) -> None:
+        """h1 itself: the request on the reused connection ends closed-early, unanswered."""
+        async with Raw(answer_once_then()) as raw:
+            conn, first = await get(pool, raw.url)
+            assert await first.read() == b"first"
+            first.release()
+            again = await connect(pool, raw.url)
+            assert again is conn and again.reused
+            response = send(again, raw.url)
+            with pytest.raises(h1.ClosedEarly):
+                await response.head()
+            assert not response.begun
+            assert raw.eofs == 1
+
+    async def test_stale_socket_is_retried_once_unseen(self) -> None:
+        """HttpClient: a reused connection closed before any byte is replaced at once."""
+        async with Raw(answer_once_then()) as raw, HttpClient() as client:
+            for _ in range(3):
+                body = await client.fetch("GET", raw.url, service="llm", timeouts=Timeouts())
+                assert body == b"first"
+            # Requests 2 and 3 each met a stale socket and went out again on a new one.
+            assert raw.eofs == 2 and len(raw.peers) == 3
+            assert client.connections_in_use == 0
+
+    async def test_a_partial_answer_is_not_retried(self) -> None:
+        """Once any byte of the answer arrived, the upstream did answer: no second try."""
+        async with Raw(answer_once_then(b"HTTP/1.1 2")) as raw, HttpClient() as client:
+            assert await client.fetch("GET", raw.url, service="llm", timeouts=Timeouts())
+            with pytest.raises(UpstreamConnectError, match="connection lost before an answer"):
+                await client.fetch("GET", raw.url, service="llm", timeouts=Timeouts())
+            assert len(raw.peers) == 1
+
+    async def test_a_new_connection_closed_early_is_not_retried(self) -> None:
+        """Only a reused connection is presumed stale; a new one failing is an error."""
+        async with Raw(answering(then_close=True)) as raw, HttpClient() as client:
+            with pytest.raises(UpstreamConnectError):
+                await client.fetch("GET", raw.url, service="llm", timeouts=Timeouts())
+            assert len(raw.peers) == 1
+
+    async def test_cancel_then_reuse(self) -> None:
+        """A call cancelled before its answer closes its connection; the next call gets
+        a new connection and its own answer, never the cancelled call's late one."""
+        gate = asyncio.Event()
+
+        async def script(raw: Raw, reader: asyncio.StreamReader, writer: Any) -> None:
+            path = (await request_head(reader)).split(b" ")[1]
+            if path == b"/slow":
+                await gate.wait()
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(path), path))
+            await writer.drain()
+            await raw.wait_eof(reader)
+
+        async with Raw(script) as raw, HttpClient() as client:
+            slow = asyncio.ensure_future(
+                client.fetch("GET", raw.url + "/slow", service="llm", timeouts=Timeouts())
+            )
+            await until(lambda: len(raw.peers) == 1)
+            slow.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await slow
+            assert client.connections_in_use == 0
+            gate.set()  # the late answer goes to a closed connection
+            await until(lambda: raw.eofs == 1)
+            fast = await client.fetch("GET", raw.url + "/fast", service="llm", timeouts=Timeouts())
+            assert fast == b"/fast" and len(raw.peers) == 2
+
+    async def test_oversized_head_in_one_packet(self, pool: Pool) -> None:
+        """A head over 64 KiB is refused, connection closed; just under it is fine."""
+        async with Raw(answering(big_head(h1.HEAD_LIMIT + 1))) as raw:
+            conn = await connect(pool, raw.url)
+            with pytest.raises(h1.HeadTooLarge, match=str(h1.HEAD_LIMIT)):
+                await send(conn, raw.url).head()
+            await until(lambda: raw.eofs == 1)
+        async with Raw(answering(big_head(h1.HEAD_LIMIT - 100))) as raw:
+            _, response = await get(pool, raw.url)
+            assert await response.read() == b"ok"
+            response.release()
+
+    async def test_a_head_line_that_never_ends(self, pool: Pool) -> None:
+        """A header line sent forever without its end is cut off at the limit."""
+
+        async def dribble(raw: Raw, reader: asyncio.StreamReader, writer: Any) -> None:
+            await request_head(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nX-Endless: ")
+            for _ in range(64):  # 1 MiB at most, far past the limit
+                writer.write(b"a" * 16384)
+                await writer.drain()
+            await raw.wait_eof(reader)
+
+        async with Raw(dribble) as raw:
+            conn = await connect(pool, raw.url)
+            with pytest.raises(h1.HeadTooLarge):
+                await send(conn, raw.url).head()
+            await until(lambda: closed(conn))
+
+    async def test_oversized_head_through_the_client_is_a_502(self) -> None:
+        """Through HttpClient, an oversized head is a 502 naming the limit."""
+        async with Raw(answering(big_head(h1.HEAD_LIMIT * 2))) as raw, HttpClient() as client:
+            with pytest.raises(UpstreamError, match="head is over 65536 bytes") as info:
+                await client.fetch("GET", raw.url, service="llm", timeouts=Timeouts())
+            assert info.value.status == 502
+            assert client.connections_in_use == 0
+
+    async def test_ipv6_literal(self, pool: Pool) -> None:
+        """``http://[::1]:port``: connects over IPv6, sends ``Host: [::1]:port``."""
+        hosts: list[str] = []
+
+        async def where(request: web.Request) -> web.Response:
+            hosts.append(request.headers["Host"])
+            return web.Response(body=b"v6")
+
+        async with serve_app(app_with(where=where), host="::1") as url:
+            assert url.startswith("http://::1:")
+            port = url.rsplit(":", 1)[1]
+            _, response = await get(pool, f"http://[::1]:{port}/where")
+            assert await response.read() == b"v6"
+            response.release()
+        assert hosts == [f"[::1]:{port}"]
