@@ -30,6 +30,7 @@ import attrs
 import structlog
 
 from ..errors import MeshError, UpstreamConnectError, UpstreamRejected
+from ..limits import ConnectionsBusy
 
 log = structlog.get_logger(__name__)
 
@@ -207,8 +208,10 @@ class ReplicaSet:
 
     def failed(self, replica: Replica, err: BaseException) -> None:
         """A request failed on ``replica``; maybe open its breaker."""
-        if isinstance(err, UpstreamRejected) or not isinstance(err, MeshError):
-            return  # the caller's fault, or not the replica's (a client leaving)
+        if isinstance(err, UpstreamRejected | ConnectionsBusy) or not isinstance(err, MeshError):
+            # The caller's fault, the gateway's own bound, or not the replica's at all
+            # (a client leaving).
+            return
         replica.failures += 1
         replica.last_error = err.message
         unreachable = isinstance(err, UpstreamConnectError)
