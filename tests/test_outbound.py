@@ -19,9 +19,10 @@ from structlog.testing import capture_logs
 
 from meshkit import dial
 from meshkit.client import ConnectionsBusy, HttpClient, Limits, Timeouts
-from meshkit.errors import UpstreamConnectError, UpstreamError
+from meshkit.errors import SpecError, UpstreamConnectError, UpstreamError
 from meshkit.gateway.app import ADMISSION
 from meshkit.resilience import ReplicaSet
+from meshkit.spec import loads
 from meshkit.testing import FakeLLM, serve_app
 
 from .conftest import free_port, until
@@ -538,3 +539,27 @@ class TestReplicaSetServing:
         assert replicas.serving() and replica.state(now[0]) == "closed"
         replicas.acquire(replica)
         assert replicas.pick() is replica
+
+
+class TestSpecKeys:
+    """The new keys are validated like the others: every problem named with its path."""
+
+    def test_bad_values_are_named(self) -> None:
+        text = mesh_text(
+            "http://127.0.0.1:1",
+            max_connections=0,
+            max_response_body="lots",
+            gateway={"send_timeout": -1},
+        )
+        with pytest.raises(SpecError) as info:
+            loads(text, env={})
+        problems = "\n".join(info.value.problems)
+        assert "services.llm.max_connections: must be a positive whole number, not 0" in problems
+        assert "services.llm.max_response_body: must be a size in bytes" in problems
+        assert "gateway.send_timeout: must be a number of seconds (0: no limit), not -1" in problems
+
+    def test_defaults(self) -> None:
+        spec = loads(mesh_text("http://127.0.0.1:1"), env={})
+        llm = spec.services["llm"]
+        assert (llm.max_connections, llm.max_response_body) == (1000, 64 << 20)
+        assert spec.gateway.send_timeout == 60.0
