@@ -387,6 +387,7 @@ class HttpClient(Resource):
             try:
                 response = conn.send(wire)
             except h1.ClosedEarly:
+                pool.forget(conn)  # closed before a byte was written: nothing to wait for
                 if not (reuse and conn.reused):
                     raise
                 reuse = False
