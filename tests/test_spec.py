@@ -117,7 +117,7 @@ class TestProblems:
             "services.llm.endpoint: not a URL",
             "services.llm.timeout: must be a positive number",
             "services.guard.type: must be one of",
-            "pipelines.chat: unknown service 'ghost'",
+            "pipelines.chat.edges[0]: unknown service 'ghost'",
             "gateway.port: must be a port number",
             "gateway.routes[0].dialect: must be one of openai, ollama",
             "gateway.routes[0].pipeline: unknown pipeline 'nowhere'",
