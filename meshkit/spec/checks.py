@@ -7,7 +7,7 @@ gateway reads. Each check appends ``path: message`` lines; none stops another.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import attrs
@@ -15,17 +15,19 @@ import attrs
 from .model import APIS, GatewaySpec, PipelineSpec, ServiceSpec
 
 
-def service(spec: ServiceSpec, problems: list[str]) -> None:
-    """Keys of one service that only make sense together."""
+def service(spec: ServiceSpec, problems: list[str], blamed: Collection[str] = ()) -> None:
+    """Keys of one service that only make sense together (``blamed``: keys already
+    reported, left at their defaults here)."""
     path = f"services.{spec.name}"
-    if spec.class_path is None:
+    if spec.class_path is None and "class" not in blamed:
         apis = APIS.get(spec.type)
         if apis is not None and spec.api not in apis:
             problems.append(
                 f"{path}.api: must be one of {', '.join(apis)} for {_a(spec.type)} service, "
                 f"not {spec.api!r}"
             )
-        if spec.type in ("llm", "embedding") and not spec.endpoints and spec.local is None:
+        needs_endpoint = spec.type in ("llm", "embedding") and spec.local is None
+        if needs_endpoint and not spec.endpoints and not {"endpoint", "local"} & set(blamed):
             problems.append(f"{path}.endpoint: is required (a base URL such as http://host:11434)")
         if spec.type == "custom":
             problems.append(f"{path}: a custom service needs 'class' (package.module:ClassName)")
@@ -56,7 +58,7 @@ def fallbacks(services: Mapping[str, ServiceSpec], problems: list[str]) -> None:
             target = services[target].fallback
 
 
-def pipeline(pipe: PipelineSpec, problems: list[str]) -> PipelineSpec:
+def pipeline(pipe: PipelineSpec, problems: list[str], blamed: Collection[str] = ()) -> PipelineSpec:
     """``pipe`` with every node its edges name (unknown names are reported as read)."""
     path = f"pipelines.{pipe.name}"
     nodes = list(pipe.nodes)
@@ -64,7 +66,7 @@ def pipeline(pipe: PipelineSpec, problems: list[str]) -> PipelineSpec:
         for end in (edge.src, edge.dst):
             if end not in nodes:
                 nodes.append(end)
-    if not nodes:
+    if not nodes and not blamed:
         problems.append(f"{path}: declare 'nodes' or 'edges'")
     return attrs.evolve(pipe, nodes=tuple(nodes))
 

@@ -91,10 +91,10 @@ def check(text: str, env: Mapping[str, str] | None = None, *, source: str = "<st
     for name, node in raw_services.items():
         if not _NAME.match(name):
             problems.append(f"services.{name}: names use letters, digits, '_', '-' and '.'")
-        spec, sound = _structure(structurer, node, ServiceSpec, f"services.{name}", name, problems)
+        spec, blamed = _structure(structurer, node, ServiceSpec, f"services.{name}", name, problems)
         if spec is not None:
-            checks.service(spec, problems)
-            if sound:
+            checks.service(spec, problems, blamed)
+            if not blamed:
                 services[name] = spec
     if not raw_services:
         problems.append("services: declare at least one service")
@@ -102,10 +102,10 @@ def check(text: str, env: Mapping[str, str] | None = None, *, source: str = "<st
     pipelines: dict[str, PipelineSpec] = {}
     for name, node in raw_pipelines.items():
         path = f"pipelines.{name}"
-        pipe, sound = _structure(structurer, node, PipelineSpec, path, name, problems)
+        pipe, blamed = _structure(structurer, node, PipelineSpec, path, name, problems)
         if pipe is not None:
-            pipe = checks.pipeline(pipe, problems)
-            if sound and pipe.nodes and all(n in services for n in pipe.nodes):
+            pipe = checks.pipeline(pipe, problems, blamed)
+            if not blamed and pipe.nodes and all(n in services for n in pipe.nodes):
                 pipelines[name] = pipe
     gateway, _ = _structure(structurer, tree.get("gateway"), GatewaySpec, "gateway", None, problems)
     gateway = checks.gateway(gateway or GatewaySpec(), problems)
@@ -130,21 +130,22 @@ def _structure(
     path: str,
     name: str | None,
     problems: list[str],
-) -> tuple[Any, bool]:
-    """The section at ``path`` and whether it is sound; its problems go to ``problems``.
+) -> tuple[Any, frozenset[str]]:
+    """The section at ``path`` and the keys its problems blame (none: it is sound).
 
     A section with problems is structured once more without the keys they blame (so
-    they take their defaults), for the checks across keys to run on the rest of it.
+    they take their defaults), for the checks across keys to run on the rest of it;
+    its problems go to ``problems``.
     """
     try:
-        return structurer.structure(node, cls, name), True
+        return structurer.structure(node, cls, name), frozenset()
     except Exception as exc:  # every failure of a section is a problem to report
         problems.extend(problems_of(exc, path))
-        blamed = failing_keys(exc, cls)
-    if not isinstance(node, Mapping) or not blamed:
-        return None, False
+        blamed = frozenset(failing_keys(exc, cls)) or frozenset({""})
+    if not isinstance(node, Mapping):
+        return None, blamed
     try:
         rest = {k: v for k, v in node.items() if k not in blamed}
-        return structurer.structure(rest, cls, name), False
+        return structurer.structure(rest, cls, name), blamed
     except Exception:  # what is left cannot stand on its own; its problems are listed
-        return None, False
+        return None, blamed
