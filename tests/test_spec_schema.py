@@ -20,6 +20,7 @@ import yaml
 
 from meshkit.cli import main
 from meshkit.spec import ServiceSpec, json_schema
+from meshkit.spec.loading import TOP_KEYS
 from meshkit.spec.model import settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,9 +51,15 @@ def expected(path: Path) -> str:
 
 
 def schema_errors(path: Path) -> list[str]:
-    validator = jsonschema.Draft202012Validator(json_schema())
+    """What the schema finds wrong in ``path``; a draft-07 engine (the YAML language
+    server's) must reach the same verdict, so the schema keeps to keywords both know."""
     document = yaml.safe_load(path.read_text(encoding="utf-8"))
-    return [error.message for error in validator.iter_errors(document)]
+    errors = [
+        e.message for e in jsonschema.Draft202012Validator(json_schema()).iter_errors(document)
+    ]
+    as_draft_7 = list(jsonschema.Draft7Validator(json_schema()).iter_errors(document))
+    assert bool(as_draft_7) == bool(errors), "draft 2020-12 and draft-07 verdicts differ"
+    return errors
 
 
 def validate(path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
@@ -73,6 +80,7 @@ class TestSchemaFile:
         schema = json_schema()
         assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
         jsonschema.Draft202012Validator.check_schema(schema)
+        jsonschema.Draft7Validator.check_schema(schema)  # editors' engines are draft-07
 
     def test_shipped_copy_is_in_sync(self) -> None:
         shipped_text = SCHEMA_FILE.read_text(encoding="utf-8")
@@ -90,6 +98,9 @@ class TestSchemaFile:
         )
         assert result.returncode == 0, result.stderr
         assert result.stdout == SCHEMA_FILE.read_text(encoding="utf-8")
+
+    def test_top_level_keys_are_the_loaders(self) -> None:
+        assert list(json_schema()["properties"]) == list(TOP_KEYS)
 
     def test_every_service_key_is_described(self) -> None:
         properties = json_schema()["$defs"]["ServiceSpec"]["properties"]

@@ -17,7 +17,6 @@ from typing import Any
 import attrs
 
 from .interpolation import INTERPOLATED_PATTERN
-from .loading import TOP_KEYS
 from .model import (
     APIS,
     EDGE_SHORTHAND,
@@ -170,6 +169,3 @@ def json_schema() -> dict[str, Any]:
         },
         "$defs": defs,
     }
-
-
-assert set(json_schema()["properties"]) == set(TOP_KEYS)

@@ -120,7 +120,11 @@ class Structurer:
             if field.name not in overrides:  # the name a section is declared under
                 overrides[field.name] = override(rename=NAME_KEY, struct_hook=lambda v, _: v)
         generated = make_dict_structure_fn(
-            cls, self.converter, _cattrs_detailed_validation=True, **overrides
+            cls,
+            self.converter,
+            _cattrs_detailed_validation=True,
+            _cattrs_use_linecache=False,  # one converter per file: keep no source per load
+            **overrides,
         )
         # An empty value stands for the default, so that `${VAR:-}` means "not set";
         # an empty section (`local:`) is one with every default.
