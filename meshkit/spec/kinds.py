@@ -70,11 +70,13 @@ class Kind:
         except Invalid as exc:
             raise ValueError(f"{attribute.name}: {exc}") from None
 
-    def json_schema(self) -> dict[str, Any]:
-        """The schema of a value of this kind, an interpolated string included."""
-        if not self.wrap:
-            return dict(self.schema)
-        return {"anyOf": [dict(self.schema), {"$ref": "#/$defs/interpolated"}]}
+    def schema_branches(self) -> list[dict[str, Any]]:
+        """The alternatives a value of this kind may take, an interpolated string included
+        (a flat list, for an ``anyOf`` that editors report well)."""
+        branches = list(self.schema.get("anyOf", [self.schema]))
+        if self.wrap:
+            branches.append({"$ref": "#/$defs/interpolated"})
+        return [dict(b) for b in branches]
 
 
 def record(cls: type) -> Kind:

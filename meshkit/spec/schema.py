@@ -52,14 +52,14 @@ def _section(cls: type) -> dict[str, Any]:
     required = []
     for key, (field, setting) in settings(cls).items():
         kind = setting.kind
-        if kind.record is not None:
-            value: dict[str, Any] = (
-                {"type": "array", "items": _ref(kind.record)} if kind.many else _ref(kind.record)
-            )
+        if kind.record is None:
+            branches = kind.schema_branches()
+        elif kind.many:
+            branches = [{"type": "array", "items": _ref(kind.record)}]
         else:
-            value = kind.json_schema()
+            branches = [_ref(kind.record)]
         # An empty value (`key:` or `${VAR:-}` unset) stands for the default.
-        prop: dict[str, Any] = {"anyOf": [value, {"$ref": "#/$defs/empty"}]}
+        prop: dict[str, Any] = {"anyOf": [*branches, {"$ref": "#/$defs/empty"}]}
         prop["description"] = setting.doc
         default = _default(field)
         if default is not attrs.NOTHING:
