@@ -10,6 +10,14 @@ contains a token (time to first token, TTFT) and to the end of the body. A strea
 *complete* when its tokens carry the sequence numbers ``0..chunks-1`` in order and it
 had exactly ``chunks`` SSE events with a token in them.
 
+``--burst`` opens every stream at the same instant, each on its own new connection:
+all tasks wait on one gate, and when it opens each one connects, sends its request
+and reads until the server closes (``Connection: close``). TTFT then counts from that
+client's connect. The default burst client is a bare :class:`asyncio.Protocol` (one
+precomputed request, raw bytes kept, HTTP framing decoded afterwards) so that the
+generator's own per-connection cost stays far below any gateway's;
+``--burst-client aiohttp`` uses aiohttp without keep-alive instead, for comparison.
+
 Run: ``python benchmarks/loadgen.py --url http://127.0.0.1:8000/v1/chat/completions
 --concurrency 100 --requests 500 --chunks 64 --gap-ms 5``.
 """
@@ -24,7 +32,8 @@ import re
 import resource
 import sys
 import time
-from typing import Any
+from typing import Any, cast
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -37,10 +46,11 @@ _EVENT_SPLIT = re.compile(rb"\r?\n\r?\n")
 class Outcome:
     """What happened to one request."""
 
-    __slots__ = ("error", "raw", "start", "total", "ttft")
+    __slots__ = ("connect", "error", "raw", "start", "total", "ttft")
 
     def __init__(self) -> None:
         self.start = 0.0
+        self.connect: float | None = None  # burst mode: seconds from start to connected
         self.ttft: float | None = None
         self.total: float | None = None
         self.raw = b""
@@ -78,6 +88,146 @@ async def one(
         # a first token split across two reads is only found in the joined body
         out.ttft = out.total if token.search(out.raw) else None
     return out
+
+
+class BurstProtocol(asyncio.Protocol):
+    """One burst stream on its own connection: write the request, keep every byte."""
+
+    def __init__(self, out: Outcome, request: bytes, token: re.Pattern[bytes]) -> None:
+        self.out = out
+        self.request = request
+        self.token = token
+        self.parts: list[bytes] = []
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.out.connect = time.perf_counter() - self.out.start
+        cast(asyncio.WriteTransport, transport).write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        if self.out.ttft is None and self.token.search(data):
+            self.out.ttft = time.perf_counter() - self.out.start
+        self.parts.append(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.out.total = time.perf_counter() - self.out.start
+        if exc is not None and self.out.error is None:
+            self.out.error = type(exc).__name__
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+def burst_request(url: str, body: bytes, headers: dict[str, str]) -> tuple[str, int, bytes]:
+    """Host, port and the raw HTTP/1.1 request (``Connection: close``) for ``url``."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    target = parts.path + (f"?{parts.query}" if parts.query else "")
+    lines = [f"POST {target} HTTP/1.1", f"Host: {host}:{port}"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    lines += [f"Content-Length: {len(body)}", "Connection: close", "", ""]
+    return host, port, "\r\n".join(lines).encode() + body
+
+
+def decode_http(raw: bytes) -> tuple[str | None, bytes]:
+    """Split a raw HTTP/1.1 response into (error or None, body with chunked framing removed)."""
+    head, sep, rest = raw.partition(b"\r\n\r\n")
+    if not sep:
+        return "no response head", raw
+    status = head.split(b"\r\n", 1)[0].split(b" ", 2)
+    if len(status) < 2 or status[1] != b"200":
+        return f"status {status[1].decode(errors='replace') if len(status) > 1 else '?'}", rest
+    if b"transfer-encoding: chunked" not in head.lower():
+        return None, rest  # Content-Length or close-delimited: the rest is the body
+    body: list[bytes] = []
+    pos = 0
+    while True:
+        eol = rest.find(b"\r\n", pos)
+        if eol < 0:
+            return "truncated chunked body", b"".join(body)
+        try:
+            size = int(rest[pos:eol].split(b";", 1)[0], 16)
+        except ValueError:
+            return f"bad chunk size {rest[pos:eol][:20]!r}", b"".join(body)
+        if size == 0:
+            return None, b"".join(body)
+        body.append(rest[eol + 2 : eol + 2 + size])
+        pos = eol + 2 + size + 2
+        if pos > len(rest):
+            return "truncated chunked body", b"".join(body)
+
+
+async def burst_raw(
+    url: str, body: bytes, headers: dict[str, str], n: int, limit_s: float, token: re.Pattern[bytes]
+) -> list[Outcome]:
+    """Open ``n`` connections at the same instant with the bare protocol client."""
+    loop = asyncio.get_running_loop()
+    host, port, request = burst_request(url, body, headers)
+    gate = Gate()
+    outcomes = [Outcome() for _ in range(n)]
+
+    async def stream(out: Outcome) -> None:
+        proto = BurstProtocol(out, request, token)
+        await gate.wait()
+        out.start = time.perf_counter()
+        transport: asyncio.BaseTransport | None = None
+        try:
+            async with asyncio.timeout(limit_s):
+                transport, _ = await loop.create_connection(lambda: proto, host, port)
+                await proto.done
+        except (TimeoutError, OSError) as exc:
+            out.error = out.error or type(exc).__name__
+            if transport is not None:
+                cast(asyncio.WriteTransport, transport).abort()
+        error, out.raw = decode_http(b"".join(proto.parts))
+        out.error = out.error or error
+        if out.error is None and out.ttft is None and token.search(out.raw):
+            out.ttft = out.total  # a first token split across two reads
+
+    await _release(gate, [stream(out) for out in outcomes])
+    return outcomes
+
+
+async def burst_aiohttp(
+    url: str, body: bytes, headers: dict[str, str], n: int, limit_s: float, token: re.Pattern[bytes]
+) -> list[Outcome]:
+    """Open ``n`` streams at the same instant with aiohttp, no keep-alive, no pool limit."""
+    connector = aiohttp.TCPConnector(limit=0, force_close=True, ttl_dns_cache=None)
+    client_timeout = aiohttp.ClientTimeout(total=limit_s)
+    gate = Gate()
+    outcomes: list[Outcome] = []
+
+    async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
+
+        async def stream() -> None:
+            await gate.wait()
+            outcomes.append(await one(session, url, body, headers, client_timeout, token))
+
+        await _release(gate, [stream() for _ in range(n)])
+    return outcomes
+
+
+class Gate:
+    """A starting gate: tasks wait on it, and it opens for all of them in one step."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.waiting = 0
+
+    async def wait(self) -> None:
+        """Wait until the gate opens."""
+        self.waiting += 1
+        await self.event.wait()
+
+
+async def _release(gate: Gate, coros: list[Any]) -> None:
+    """Start every task, let each reach the gate, then open it for all at once."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    for _ in range(1000):  # one pass normally suffices: every task runs to its first await
+        if gate.waiting >= len(tasks):
+            break
+        await asyncio.sleep(0)
+    gate.event.set()
+    await asyncio.gather(*tasks)
 
 
 def verify(raw: bytes, chunks: int, expected_events: int) -> tuple[bool, bool, int]:
@@ -129,8 +279,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
     usage0 = resource.getrusage(resource.RUSAGE_SELF)
     wall0 = time.perf_counter()
-    async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
-        await asyncio.gather(*(worker(session) for _ in range(args.concurrency)))
+    if args.burst:
+        burst = burst_raw if args.burst_client == "raw" else burst_aiohttp
+        results = await burst(args.url, body, headers, args.requests, args.timeout, token)
+    else:
+        async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
+            await asyncio.gather(*(worker(session) for _ in range(args.concurrency)))
     wall = time.perf_counter() - wall0
     usage1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime)
@@ -171,6 +325,8 @@ def summarise(
         if out.ttft is not None and out.total is not None and out.total > out.ttft and n > 1:
             rates.append((n - 1) / (out.total - out.ttft))  # events after the first, per second
     ok_count = len(results) - sum(errors.values())
+    starts = [out.start for out in results] if args.burst else []
+    connects = [out.connect * 1000.0 for out in results if out.connect is not None]
     return {
         "requests": len(results),
         "ok": ok_count,
@@ -193,6 +349,10 @@ def summarise(
             "max": max(totals) if totals else None,
         },
         "events_per_s_p50": percentile(rates, 50),
+        # burst mode: how long after the first stream's connect the last one began, and
+        # how long connecting took (raw client only)
+        "start_spread_ms": (max(starts) - min(starts)) * 1000.0 if starts else None,
+        "connect_ms": {"p50": percentile(connects, 50), "p99": percentile(connects, 99)},
         "ttft_samples_ms": ttfts if args.samples else None,
         "wall_s": wall,
         "cpu_s": cpu,
@@ -216,6 +376,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-verify", action="store_true")
     parser.add_argument(
         "--warmup", type=int, default=0, help="untimed requests per worker before the measured ones"
+    )
+    parser.add_argument(
+        "--burst",
+        action="store_true",
+        help="open all --requests streams at the same instant, each on a new connection",
+    )
+    parser.add_argument(
+        "--burst-client",
+        choices=("raw", "aiohttp"),
+        default="raw",
+        help="burst client: a bare asyncio protocol (default) or aiohttp without keep-alive",
     )
     parser.add_argument("--samples", action="store_true", help="include every TTFT")
     parser.add_argument("--timeout", type=float, default=120.0, help="per request, seconds")
