@@ -10,13 +10,12 @@ contains a token (time to first token, TTFT) and to the end of the body. A strea
 *complete* when its tokens carry the sequence numbers ``0..chunks-1`` in order and it
 had exactly ``chunks`` SSE events with a token in them.
 
-``--burst`` opens every stream at the same instant, each on its own new connection:
-all tasks wait on one gate, and when it opens each one connects, sends its request
-and reads until the server closes (``Connection: close``). TTFT then counts from that
-client's connect. The default burst client is a bare :class:`asyncio.Protocol` (one
-precomputed request, raw bytes kept, HTTP framing decoded afterwards) so that the
-generator's own per-connection cost stays far below any gateway's;
-``--burst-client aiohttp`` uses aiohttp without keep-alive instead, for comparison.
+``--burst`` opens every stream at the same instant, each on its own new connection
+(``Connection: close``), and TTFT counts from that client's connect. The default
+burst client (``burst.py``) drives bare sockets from event-loop callbacks and issues
+every connect in one pass, so the generator's own cost per connection stays far below
+any gateway's; ``--burst-client aiohttp`` uses aiohttp instead (no keep-alive, no pool
+limit, every task released by one gate), for comparison.
 
 Run: ``python benchmarks/loadgen.py --url http://127.0.0.1:8000/v1/chat/completions
 --concurrency 100 --requests 500 --chunks 64 --gap-ms 5``.
@@ -32,14 +31,44 @@ import re
 import resource
 import sys
 import time
-from typing import Any, cast
-from urllib.parse import urlsplit
+from collections.abc import Callable
+from typing import Any
 
 import aiohttp
+import burst
 
-TOKEN = re.compile(rb"[A-Za-z]+(\d{5})\|")
 #: With a real model (``--prompt``) a token is any event with non-empty content.
 CONTENT = re.compile(rb'"content":\s*"(?!")')
+FirstToken = Callable[[bytes], object]  # truthy when the bytes hold a token
+
+
+def sequences(raw: bytes) -> list[int]:
+    """Sequence numbers of the tokens (a letter, five digits, a bar: ``s00017|``) in ``raw``.
+
+    A C-speed scan for the bar, then a look at the six bytes before it: a regular
+    expression starting with a character class costs ~100 ns per byte here, which
+    the generator would pay on every read while it measures.
+    """
+    found = []
+    i = raw.find(b"|", 6)
+    while i >= 0:
+        digits = raw[i - 5 : i]
+        if digits.isdigit() and raw[i - 6 : i - 5].isalpha():
+            found.append(int(digits))
+        i = raw.find(b"|", i + 1)
+    return found
+
+
+def has_token(data: bytes) -> bool:
+    """True when ``data`` holds at least one token."""
+    i = data.find(b"|", 6)
+    while i >= 0:
+        if data[i - 5 : i].isdigit() and data[i - 6 : i - 5].isalpha():
+            return True
+        i = data.find(b"|", i + 1)
+    return False
+
+
 _EVENT_SPLIT = re.compile(rb"\r?\n\r?\n")
 
 
@@ -63,7 +92,7 @@ async def one(
     body: bytes,
     headers: dict[str, str],
     client_timeout: aiohttp.ClientTimeout,
-    token: re.Pattern[bytes] = TOKEN,
+    token: FirstToken = has_token,
 ) -> Outcome:
     """Send one request and read the whole answer, noting the first token's time."""
     out = Outcome()
@@ -77,7 +106,7 @@ async def one(
                 out.raw = await resp.read()
                 return out
             async for data in resp.content.iter_any():
-                if out.ttft is None and token.search(data):
+                if out.ttft is None and token(data):
                     out.ttft = perf() - start
                 parts.append(data)
             out.total = perf() - start
@@ -86,109 +115,12 @@ async def one(
     out.raw = b"".join(parts)
     if out.ttft is None and out.error is None and out.total is not None:
         # a first token split across two reads is only found in the joined body
-        out.ttft = out.total if token.search(out.raw) else None
+        out.ttft = out.total if token(out.raw) else None
     return out
 
 
-class BurstProtocol(asyncio.Protocol):
-    """One burst stream on its own connection: write the request, keep every byte."""
-
-    def __init__(self, out: Outcome, request: bytes, token: re.Pattern[bytes]) -> None:
-        self.out = out
-        self.request = request
-        self.token = token
-        self.parts: list[bytes] = []
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.out.connect = time.perf_counter() - self.out.start
-        cast(asyncio.WriteTransport, transport).write(self.request)
-
-    def data_received(self, data: bytes) -> None:
-        if self.out.ttft is None and self.token.search(data):
-            self.out.ttft = time.perf_counter() - self.out.start
-        self.parts.append(data)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.out.total = time.perf_counter() - self.out.start
-        if exc is not None and self.out.error is None:
-            self.out.error = type(exc).__name__
-        if not self.done.done():
-            self.done.set_result(None)
-
-
-def burst_request(url: str, body: bytes, headers: dict[str, str]) -> tuple[str, int, bytes]:
-    """Host, port and the raw HTTP/1.1 request (``Connection: close``) for ``url``."""
-    parts = urlsplit(url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    target = parts.path + (f"?{parts.query}" if parts.query else "")
-    lines = [f"POST {target} HTTP/1.1", f"Host: {host}:{port}"]
-    lines += [f"{k}: {v}" for k, v in headers.items()]
-    lines += [f"Content-Length: {len(body)}", "Connection: close", "", ""]
-    return host, port, "\r\n".join(lines).encode() + body
-
-
-def decode_http(raw: bytes) -> tuple[str | None, bytes]:
-    """Split a raw HTTP/1.1 response into (error or None, body with chunked framing removed)."""
-    head, sep, rest = raw.partition(b"\r\n\r\n")
-    if not sep:
-        return "no response head", raw
-    status = head.split(b"\r\n", 1)[0].split(b" ", 2)
-    if len(status) < 2 or status[1] != b"200":
-        return f"status {status[1].decode(errors='replace') if len(status) > 1 else '?'}", rest
-    if b"transfer-encoding: chunked" not in head.lower():
-        return None, rest  # Content-Length or close-delimited: the rest is the body
-    body: list[bytes] = []
-    pos = 0
-    while True:
-        eol = rest.find(b"\r\n", pos)
-        if eol < 0:
-            return "truncated chunked body", b"".join(body)
-        try:
-            size = int(rest[pos:eol].split(b";", 1)[0], 16)
-        except ValueError:
-            return f"bad chunk size {rest[pos:eol][:20]!r}", b"".join(body)
-        if size == 0:
-            return None, b"".join(body)
-        body.append(rest[eol + 2 : eol + 2 + size])
-        pos = eol + 2 + size + 2
-        if pos > len(rest):
-            return "truncated chunked body", b"".join(body)
-
-
-async def burst_raw(
-    url: str, body: bytes, headers: dict[str, str], n: int, limit_s: float, token: re.Pattern[bytes]
-) -> list[Outcome]:
-    """Open ``n`` connections at the same instant with the bare protocol client."""
-    loop = asyncio.get_running_loop()
-    host, port, request = burst_request(url, body, headers)
-    gate = Gate()
-    outcomes = [Outcome() for _ in range(n)]
-
-    async def stream(out: Outcome) -> None:
-        proto = BurstProtocol(out, request, token)
-        await gate.wait()
-        out.start = time.perf_counter()
-        transport: asyncio.BaseTransport | None = None
-        try:
-            async with asyncio.timeout(limit_s):
-                transport, _ = await loop.create_connection(lambda: proto, host, port)
-                await proto.done
-        except (TimeoutError, OSError) as exc:
-            out.error = out.error or type(exc).__name__
-            if transport is not None:
-                cast(asyncio.WriteTransport, transport).abort()
-        error, out.raw = decode_http(b"".join(proto.parts))
-        out.error = out.error or error
-        if out.error is None and out.ttft is None and token.search(out.raw):
-            out.ttft = out.total  # a first token split across two reads
-
-    await _release(gate, [stream(out) for out in outcomes])
-    return outcomes
-
-
 async def burst_aiohttp(
-    url: str, body: bytes, headers: dict[str, str], n: int, limit_s: float, token: re.Pattern[bytes]
+    url: str, body: bytes, headers: dict[str, str], n: int, limit_s: float, token: FirstToken
 ) -> list[Outcome]:
     """Open ``n`` streams at the same instant with aiohttp, no keep-alive, no pool limit."""
     connector = aiohttp.TCPConnector(limit=0, force_close=True, ttl_dns_cache=None)
@@ -235,9 +167,9 @@ def verify(raw: bytes, chunks: int, expected_events: int) -> tuple[bool, bool, i
 
     A JSON answer is one "event"; a stream has one SSE event per token.
     """
-    seqs = [int(m) for m in TOKEN.findall(raw)]
+    seqs = sequences(raw)
     in_order = seqs == list(range(chunks))
-    events = sum(1 for ev in _EVENT_SPLIT.split(raw) if TOKEN.search(ev))
+    events = sum(1 for ev in _EVENT_SPLIT.split(raw) if has_token(ev))
     return in_order and events == expected_events, in_order, events
 
 
@@ -267,7 +199,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     results: list[Outcome] = []
     budget = args.requests
     deadline = time.perf_counter() + args.deadline
-    token = CONTENT if args.prompt else TOKEN
+    token: FirstToken = CONTENT.search if args.prompt else has_token
 
     async def worker(session: aiohttp.ClientSession) -> None:
         nonlocal budget
@@ -279,15 +211,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
     usage0 = resource.getrusage(resource.RUSAGE_SELF)
     wall0 = time.perf_counter()
-    if args.burst:
-        burst = burst_raw if args.burst_client == "raw" else burst_aiohttp
-        results = await burst(args.url, body, headers, args.requests, args.timeout, token)
+    if args.burst and args.burst_client == "raw":
+        results = [Outcome() for _ in range(args.requests)]
+        await burst.run(args.url, body, headers, list(results), args.timeout, token)
+    elif args.burst:
+        results = await burst_aiohttp(args.url, body, headers, args.requests, args.timeout, token)
     else:
         async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
             await asyncio.gather(*(worker(session) for _ in range(args.concurrency)))
     wall = time.perf_counter() - wall0
     usage1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime)
+    if args.burst and args.burst_client == "raw":
+        burst.decode(list(results), token)
     return summarise(results, args, wall, cpu)
 
 
@@ -386,7 +322,7 @@ def main(argv: list[str] | None = None) -> None:
         "--burst-client",
         choices=("raw", "aiohttp"),
         default="raw",
-        help="burst client: a bare asyncio protocol (default) or aiohttp without keep-alive",
+        help="burst client: bare sockets on loop callbacks (default) or aiohttp, no keep-alive",
     )
     parser.add_argument("--samples", action="store_true", help="include every TTFT")
     parser.add_argument("--timeout", type=float, default=120.0, help="per request, seconds")
