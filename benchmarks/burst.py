@@ -8,7 +8,9 @@ it, and each stream's clock starts at its own ``connect``. Requests carry
 ``Connection: close``; a stream ends when the server closes.
 
 A stream's reading pauses once its first token arrived, and all paused streams are
-read to their end only when every stream has its first token (or failed): the rest of
+read to their end when every stream has its first token (or failed), or at the latest
+``RESUME_AFTER`` seconds into the burst, so one stalled stream cannot hold the others
+past their end (and be counted against them): the rest of
 each answer, a few KiB, waits in the kernel's socket buffer, so the server's writes
 are not slowed, and the generator spends the first-token phase on nothing but
 connects and first reads. Only times and raw bytes are kept; the HTTP framing is
@@ -24,6 +26,9 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 from urllib.parse import urlsplit
+
+#: paused streams are read on at the latest this long after the burst began (seconds)
+RESUME_AFTER = 10.0
 
 
 class Record(Protocol):
@@ -176,8 +181,12 @@ class _Burst:
         """A stream got its first token or ended; the last one resumes the paused."""
         self.before_first -= 1
         if self.before_first == 0:
-            for stream in self.streams:
-                stream.resume()
+            self.resume_all()
+
+    def resume_all(self) -> None:
+        """Read every paused stream on to its end."""
+        for stream in self.streams:
+            stream.resume()
 
     def ended(self) -> None:
         self.open -= 1
@@ -192,6 +201,7 @@ async def run(
     outcomes: list[Record],
     limit_s: float,
     token: Callable[[bytes], object],
+    resume_after: float = RESUME_AFTER,
 ) -> None:
     """Open one connection per outcome in a single pass; return when all ended.
 
@@ -203,11 +213,14 @@ async def run(
     streams = burst.streams = [_Stream(burst, out) for out in outcomes]
     for stream in streams:  # the burst itself: no await between two connects
         stream.connect((host, port))
+    late = burst.loop.call_later(resume_after, burst.resume_all)
     try:
         await asyncio.wait_for(asyncio.shield(burst.all_ended), limit_s)
     except TimeoutError:
         for stream in streams:
             stream.finish("TimeoutError")
+    finally:
+        late.cancel()
 
 
 def decode(outcomes: list[Record], token: Callable[[bytes], object]) -> None:

@@ -412,7 +412,15 @@ def scenario_6(system: System, bench: Bench) -> Figures:
         )
     fig = meter.figures
     sut = fig["sut_cpu_s"]
+    if res["errors"] or res["complete"] != res["requests"]:
+        print(
+            f"[{system.name}] burst: {res['complete']}/{res['requests']} complete, errors "
+            f"{res['errors']}, first bad answer: {str(res['first_bad'])[:200]!r}",
+            flush=True,
+        )
     return {
+        "error_kinds_burst": res["errors"],  # kept in the JSON, not summarised
+        "first_bad_burst": res["first_bad"],
         "streams_burst": res["requests"],
         "completed_burst": res["complete"],
         "in_order_burst": res["in_order"],

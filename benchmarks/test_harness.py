@@ -47,7 +47,9 @@ def upstream() -> Iterator[str]:
         proc.wait(timeout=10)
 
 
-async def run_burst(url: str, n: int, chunks: int = 20) -> list[loadgen.Outcome]:
+async def run_burst(
+    url: str, n: int, chunks: int = 20, limit_s: float = 30, resume_after: float = 10
+) -> list[loadgen.Outcome]:
     """One burst of ``n`` streams with the bare-socket client, decoded."""
     body = (
         b'{"model":"bench","stream":true,"messages":[{"role":"user","content":"chunks=%d'
@@ -55,7 +57,13 @@ async def run_burst(url: str, n: int, chunks: int = 20) -> list[loadgen.Outcome]
     )
     outcomes = [loadgen.Outcome() for _ in range(n)]
     await burst.run(
-        url, body, {"Content-Type": "application/json"}, list(outcomes), 30, loadgen.has_token
+        url,
+        body,
+        {"Content-Type": "application/json"},
+        list(outcomes),
+        limit_s,
+        loadgen.has_token,
+        resume_after,
     )
     burst.decode(list(outcomes), loadgen.has_token)
     return outcomes
@@ -162,6 +170,36 @@ class TestBurst:
             async with TestServer(app) as server:
                 outcomes = await run_burst(str(server.make_url("/v1/chat/completions")), 20)
             assert [o.error for o in outcomes] == [error] * 20
+
+    async def test_stalled_stream_alone(self) -> None:
+        """One stream that never answers fails alone; the paused others still finish."""
+        release = asyncio.Event()
+        seen = 0
+
+        async def handler(request: web.Request) -> web.StreamResponse:
+            nonlocal seen
+            seen += 1
+            if seen == 1:  # the first request stalls until the test ends (bounded)
+                await asyncio.wait_for(release.wait(), 20)
+            resp = web.StreamResponse()
+            await resp.prepare(request)
+            for i in range(5):
+                await resp.write(b"data: s%05d| \n\n" % i)
+            await resp.write_eof()
+            return resp
+
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", handler)
+        async with TestServer(app) as server:
+            try:
+                url = str(server.make_url("/v1/chat/completions"))
+                outcomes = await run_burst(url, 20, chunks=5, limit_s=3, resume_after=0.5)
+            finally:
+                release.set()
+        errors = [o.error for o in outcomes]
+        assert sorted(errors, key=str) == [None] * 19 + ["TimeoutError"]
+        done = [o for o in outcomes if o.error is None]
+        assert all(loadgen.verify(o.raw, 5, 5)[0] for o in done)
 
 
 def loadgen_json(stdout: str) -> dict[str, Any]:
