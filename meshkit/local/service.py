@@ -16,6 +16,7 @@ from ..protocol import ChatRequest, Completion, EmbeddingRequest, Embeddings, Us
 from ..streams import aggregate
 from .engine import Generation, LlamaEngine, TokenStream
 from .model import Progress, resolve_model
+from .transcript import json_output
 
 if TYPE_CHECKING:
     from ..client import HttpClient
@@ -28,9 +29,13 @@ DEFAULT_MAX_TOKENS = 512
 class LocalLLM(MicroService):
     """An LLM node that runs a GGUF model in this process through llama.cpp.
 
-    Without ``model`` it serves the bundled Gemma 3 270M (assembled on first use).
-    Streams when the request asks to, answers ``/v1/embeddings`` with mean-pooled
-    vectors, and rejects a request naming another model with :class:`NotFound`.
+    Without ``model`` it serves the bundled Gemma 3 270M (assembled on first use), a
+    base model, so chats reach it as a plain transcript (see
+    :mod:`meshkit.local.transcript`). A ``response_format`` of ``json_object`` or
+    ``json_schema`` is enforced with a llama.cpp grammar: the answer is JSON valid for
+    the schema. Streams when the request asks to, answers ``/v1/embeddings`` with
+    mean-pooled vectors, and rejects a request naming another model with
+    :class:`NotFound`.
 
     Args:
         name: Node name in a graph.
@@ -143,6 +148,8 @@ class LocalLLM(MicroService):
             messages = _fold_for_gemma(messages)
         if not messages:
             raise BadRequest("a chat request needs at least one message", param="messages")
+        # A dialect that does not model response_format yet leaves it among the extras.
+        response_format = request.response_format or request.extra.get("response_format")
         return Generation(
             messages=tuple(messages),
             max_tokens=request.max_tokens or self.max_tokens,
@@ -151,6 +158,7 @@ class LocalLLM(MicroService):
             stop=request.stop,
             seed=request.seed,
             options=request.extra,
+            output=json_output(response_format),
         )
 
 
