@@ -12,6 +12,7 @@ from .. import _json
 from ..errors import BadRequest, MeshError
 from ..protocol.types import ChatRequest, Chunk, Completion, Message, Usage
 from ..protocol.wire import ndjson_line
+from . import ollama_api
 from . import validate as v
 from .dialect import Handler, error_json, json_response, now_ns, request_id, serve_chat
 from .route import Route
@@ -228,3 +229,4 @@ def add_routes(router: web.UrlDispatcher, route: Route) -> None:
     router.add_post(prefix + "/api/generate", generate_handler(route))
     router.add_post(prefix + "/api/chat", chat_handler(route))
     router.add_get(prefix + "/api/tags", tags)
+    ollama_api.add_routes(router, route, error_response)
