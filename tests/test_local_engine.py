@@ -260,7 +260,7 @@ class TestTranscript:
     async def test_answer_is_the_assistant_turn_only(self, llm: LocalLLM) -> None:
         result = await llm.process(chat(40, stream=False), ctx())
         assert isinstance(result, Completion)
-        assert result.text and result.text == result.text.lstrip()
+        assert result.text and result.text == result.text.strip()
         assert not result.text.startswith("Why is the sky blue?")
         assert not any(stop.strip() in result.text for stop in STOPS)
         assert "<start_of_turn>" not in result.text
@@ -274,6 +274,7 @@ class TestStructuredOutput:
         result = await llm.process(structured(fmt), ctx())
         assert isinstance(result, Completion) and result.finish_reason == "stop"
         jsonschema.validate(json.loads(result.text), CITY)
+        assert result.text == result.text.strip()
 
     async def test_streamed_json_schema_answer_is_valid_too(self, llm: LocalLLM) -> None:
         fmt = {"type": "json_schema", "json_schema": {"name": "city", "schema": CITY}}

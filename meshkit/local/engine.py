@@ -290,11 +290,16 @@ class LlamaEngine:
         finish: str | None = None
         try:
             parts = _stream(chat, generation)
+            # In a transcript the answer follows "Assistant: " and ends where the next
+            # turn would start; the blanks around it belong to the transcript (and a
+            # JSON grammar lets the model pad the end), so they are not the answer's.
+            trim = chat.transcript or generation.output is not None
+            blanks = ""
             for text, reason in parts:
-                if first is None and chat.transcript:
-                    # The answer follows "Assistant:"; the space the model writes first
-                    # belongs to the transcript, not to the answer.
-                    text = text.lstrip()
+                if trim:
+                    text = blanks + (text.lstrip() if first is None else text)
+                    blanks = text[len(text.rstrip()) :]
+                    text = text.rstrip()
                 if text:
                     first = first or time.monotonic()
                     job.put(Chunk(text=text, model=self.name))
