@@ -147,6 +147,11 @@ def calls_of(out: list[Chunk]) -> dict[int, str]:
     return args
 
 
+def tokens(text: str) -> list[dict[str, Any]]:
+    """OpenAI-style logprob entries, one per character of ``text``."""
+    return [{"token": ch, "logprob": -0.5, "top_logprobs": []} for ch in text]
+
+
 async def stream_of(chunks_in: list[Chunk]) -> AsyncIterator[Chunk]:
     for chunk in chunks_in:
         yield chunk
@@ -251,6 +256,25 @@ class TestChannels:
         chunk = Chunk("fine", raw=b'{"x": 1}', reasoning="calm")
         out, _ = await guard_all({"patterns": [SSN]}, [chunk, Chunk("", "stop")])
         assert out[0].raw == b'{"x": 1}'
+
+    async def test_logprobs_travel_with_their_held_text(self) -> None:
+        pieces = ["Call 12", "3 now", " please"]
+        chunks_in = [Chunk(p, logprobs={"content": tokens(p)}) for p in pieces]
+        out, _ = await guard_all({"patterns": [SSN]}, [*chunks_in, Chunk("", "stop")])
+        # "12" waits for the next chunk, and its logprobs wait with it.
+        assert [c.text for c in out][:2] == ["Call ", "123 now"]
+        assert out[0].logprobs is None
+        assert out[1].logprobs == {"content": tokens("Call 123 now")}
+        spelled = "".join(e["token"] for c in out if c.logprobs for e in c.logprobs["content"])
+        assert spelled == "".join(pieces) == "".join(c.text for c in out)
+
+    async def test_logprobs_of_redacted_text_are_dropped(self) -> None:
+        pieces = ["my id ", "123-45-6789", " ok"]
+        chunks_in = [Chunk(p, logprobs={"content": tokens(p)}) for p in pieces]
+        out, _ = await guard_all({"patterns": [SSN]}, [*chunks_in, Chunk("", "stop")])
+        assert "".join(c.text for c in out) == "my id [REDACTED] ok"
+        spelled = "".join(e["token"] for c in out if c.logprobs for e in c.logprobs["content"])
+        assert spelled == "my id "
 
     async def test_completion_reasoning_and_tool_calls(self) -> None:
         ctx = Context(client=HttpClient())

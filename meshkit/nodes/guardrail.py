@@ -212,13 +212,20 @@ class Guardrail(MicroService):
 
 
 class _Channels:
-    """The scanners of one stream: content, reasoning, and one per tool-call index."""
+    """The scanners of one stream: content, reasoning, and one per tool-call index.
+
+    Logprobs spell out the content's tokens, so they travel with the content: held
+    while their text is held, and dropped when their text had a match (they would show
+    what was redacted).
+    """
 
     def __init__(self, guard: Guardrail) -> None:
         self.guard = guard
         self.text = guard.scanner()
         self.reasoning = guard.scanner()
         self.calls: dict[int, Scanner] = {}
+        self.fed = 0  # content characters received so far
+        self.logprobs: list[tuple[int, Mapping[str, Any]]] = []  # (end of their text, ...)
 
     @property
     def scanners(self) -> list[Scanner]:
@@ -232,8 +239,13 @@ class _Channels:
         guard = self.guard
         blocked = False
         text, reasoning = chunk.text, chunk.reasoning
+        self.fed += len(text)
+        if chunk.logprobs is not None:
+            self.logprobs.append((self.fed, chunk.logprobs))
+        matches = self.text.matches
         if text or (final and self.text.pending):
             text, blocked = guard._screen(self.text, text, final=final)
+        logprobs = self._logprobs(clean=self.text.matches == matches)
         if reasoning or (final and self.reasoning.pending):
             reasoning, stop = guard._screen(self.reasoning, reasoning, final=final)
             blocked = blocked or stop
@@ -248,11 +260,27 @@ class _Channels:
                 logprobs=None,
             )
             return blocked_chunk, True
-        if (text, reasoning, deltas) == (chunk.text, chunk.reasoning, chunk.tool_calls):
+        same = (text, reasoning, deltas) == (chunk.text, chunk.reasoning, chunk.tool_calls)
+        if same and logprobs is chunk.logprobs:
             return chunk, False
-        out = chunk.replace(text=text, reasoning=reasoning, tool_calls=deltas)
+        out = chunk.replace(text=text, reasoning=reasoning, tool_calls=deltas, logprobs=logprobs)
         keep = out.has_delta or out.finish_reason or out.usage is not None or out.meta
         return (out if keep else None), False
+
+    def _logprobs(self, *, clean: bool) -> Mapping[str, Any] | None:
+        """The logprobs whose text has now been released (None if it had a match)."""
+        released = self.fed - len(self.text.pending)
+        ready = [lp for end, lp in self.logprobs if end <= released]
+        if not ready:
+            return None
+        del self.logprobs[: len(ready)]
+        if not clean:
+            return None
+        if len(ready) == 1:
+            return ready[0]
+        merged = dict(ready[0])
+        merged["content"] = [entry for lp in ready for entry in lp.get("content") or ()]
+        return merged
 
     def _calls(
         self, deltas: tuple[ToolCallDelta, ...], *, final: bool
