@@ -19,8 +19,8 @@ from aiohttp import web
 
 from ..errors import BadRequest, MeshError, NotFound
 from ..nodes.base import Context
+from ..protocol import fields as v
 from ..protocol.types import EmbeddingRequest, Embeddings, Usage
-from . import validate as v
 from .dialect import Handler, json_response, request_id
 from .route import Route
 

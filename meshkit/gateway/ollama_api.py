@@ -18,8 +18,8 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import BadRequest, MeshError, NotFound
+from ..protocol import fields as v
 from . import embeddings as emb
-from . import validate as v
 from .dialect import json_response, request_id
 from .route import Route
 
