@@ -8,6 +8,7 @@ import math
 import re
 from collections.abc import Iterator
 
+import attrs
 import jsonschema
 import pytest
 import structlog
@@ -17,7 +18,7 @@ from meshkit.local import Generation, LlamaEngine, LocalLLM, TokenStream, resolv
 from meshkit.local.service import _fold_for_gemma
 from meshkit.local.transcript import STOPS
 from meshkit.nodes.base import Context
-from meshkit.protocol import ChatRequest, Chunk, Completion, EmbeddingRequest, Message
+from meshkit.protocol import ChatRequest, Chunk, Completion, EmbeddingRequest, Message, Part
 
 pytestmark = pytest.mark.slow
 
@@ -294,3 +295,29 @@ class TestStructuredOutput:
         with pytest.raises(BadRequest) as caught:
             await llm.process(structured(fmt), ctx())
         assert caught.value.param == "response_format.json_schema.schema"
+
+
+class TestRefused:
+    """What the small text model cannot do is a 400 naming the field, never ignored."""
+
+    @pytest.mark.parametrize(
+        ("changes", "param"),
+        [
+            ({"tools": ({"type": "function", "function": {"name": "f"}},)}, "tools"),
+            ({"think": True}, "think"),
+            ({"logprobs": True}, "logprobs"),
+            (
+                {
+                    "messages": (
+                        Message("user", (Part("text", "What is it?"), Part.image("data:,"))),
+                    )
+                },
+                "messages[0].content",
+            ),
+        ],
+    )
+    async def test_refused(self, llm: LocalLLM, changes: dict[str, object], param: str) -> None:
+        request = attrs.evolve(chat(4, stream=False), **changes)
+        with pytest.raises(BadRequest) as caught:
+            await llm.process(request, ctx())
+        assert caught.value.param == param

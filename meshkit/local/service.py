@@ -143,13 +143,12 @@ class LocalLLM(MicroService):
             )
 
     def _generation(self, request: ChatRequest) -> Generation:
+        _refuse_unsupported(request)
         messages = [(m.role, m.text) for m in request.messages]
         if self.engine.model.chat_format == "gemma":
             messages = _fold_for_gemma(messages)
         if not messages:
             raise BadRequest("a chat request needs at least one message", param="messages")
-        # A dialect that does not model response_format yet leaves it among the extras.
-        response_format = request.response_format or request.extra.get("response_format")
         return Generation(
             messages=tuple(messages),
             max_tokens=request.max_tokens or self.max_tokens,
@@ -158,8 +157,25 @@ class LocalLLM(MicroService):
             stop=request.stop,
             seed=request.seed,
             options=request.extra,
-            output=json_output(response_format),
+            output=json_output(request.response_format),
         )
+
+
+def _refuse_unsupported(request: ChatRequest) -> None:
+    """What a small local text model cannot do is a 400 naming the field, never ignored."""
+    if request.tools:
+        raise BadRequest("the local model cannot call tools", param="tools")
+    if request.think not in (None, False):
+        raise BadRequest("the local model does not reason before answering", param="think")
+    if request.logprobs or request.top_logprobs:
+        raise BadRequest("the local model does not return logprobs", param="logprobs")
+    for i, message in enumerate(request.messages):
+        for part in message.parts:
+            if part.type != "text":
+                raise BadRequest(
+                    f"the local model reads text only, not {part.type!r} parts",
+                    param=f"messages[{i}].content",
+                )
 
 
 def _fold_for_gemma(messages: list[tuple[str, str]]) -> list[tuple[str, str]]:
