@@ -13,10 +13,14 @@ import structlog
 
 from .errors import SpecError
 from .mesh import Mesh
+from .observability.access_log import renderer
 
 
-def configure_logging(level: str | None = None) -> None:
-    """Key/value logs to stderr at ``level`` (default ``$MESHKIT_LOG_LEVEL`` or info)."""
+def configure_logging(level: str | None = None, fmt: str | None = None) -> None:
+    """Logs to stderr at ``level`` (default ``$MESHKIT_LOG_LEVEL`` or info), as key/value
+    text for a person or, with ``fmt`` (default ``$MESHKIT_LOG_FORMAT``) ``json``, one
+    JSON object per line."""
+    render = renderer(fmt or os.environ.get("MESHKIT_LOG_FORMAT"))
     name = (level or os.environ.get("MESHKIT_LOG_LEVEL") or "info").upper()
     numeric = logging.getLevelName(name)
     if not isinstance(numeric, int):
@@ -28,7 +32,7 @@ def configure_logging(level: str | None = None) -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso"),
             structlog.processors.format_exc_info,
-            structlog.dev.ConsoleRenderer(colors=False),
+            render,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
@@ -89,7 +93,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from .gateway import build_app
 
-    configure_logging(args.log_level)
+    try:
+        configure_logging(args.log_level)
+    except ValueError as exc:
+        print(f"meshkit: {exc}", file=sys.stderr)
+        return 2
     mesh = _load(args.file)
     if mesh is None:
         return 1

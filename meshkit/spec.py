@@ -104,6 +104,7 @@ class GatewaySpec:
     max_inflight: int = 0
     max_body: int = 8 * 1024 * 1024
     shutdown_grace: float = 10.0
+    metrics: bool = True
 
 
 @attrs.frozen
@@ -445,6 +446,7 @@ class _Checker:
                 "max_inflight",
                 "max_body",
                 "shutdown_grace",
+                "metrics",
             ),
         )
         host = str(node.get("host") or "0.0.0.0")
@@ -489,7 +491,8 @@ class _Checker:
                     f"gateway.routes[{i}]", f"{r.dialect} is mounted twice at {r.prefix or '/'!r}"
                 )
             seen.add((r.dialect, r.prefix))
-        return GatewaySpec(host, port, tuple(routes), *self.gateway_limits(node))
+        metrics = self.get(node, "metrics", "gateway", _boolean, True, "true or false")
+        return GatewaySpec(host, port, tuple(routes), *self.gateway_limits(node), metrics)
 
     def gateway_limits(self, node: Mapping[str, Any]) -> tuple[tuple[str, ...], int, int, float]:
         """``api_keys`` (inline and from ``api_keys_file``), ``max_inflight``,

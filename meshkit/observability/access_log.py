@@ -1,0 +1,45 @@
+"""One structured access line per request, and the renderer for ``MESHKIT_LOG_FORMAT``.
+
+The line (event ``meshkit.request``) carries only what the record derived: ids, labels,
+status, timings, token counts and an error *type*. It never holds a header, a prompt, an
+answer or a credential, so it is safe to ship to any log store. ``MESHKIT_LOG_FORMAT=json``
+renders every log line as one JSON object; the default stays readable for a person.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import structlog
+
+try:  # pragma: no cover - depends on the environment
+    import orjson
+
+    def _dumps(obj: Any, **_: Any) -> str:
+        return orjson.dumps(obj, default=str).decode()
+
+except ImportError:  # pragma: no cover
+
+    def _dumps(obj: Any, **_: Any) -> str:
+        return json.dumps(obj, default=str, ensure_ascii=False)
+
+
+log = structlog.get_logger("meshkit.access")
+
+FORMATS = ("console", "json")
+
+
+def line(**fields: Any) -> None:
+    """Log the access line of one request (fields that are None are left out)."""
+    log.info("meshkit.request", **{k: v for k, v in fields.items() if v is not None})
+
+
+def renderer(fmt: str | None) -> Any:
+    """The structlog processor that renders lines in ``fmt`` (``console`` or ``json``)."""
+    name = (fmt or "console").strip().lower()
+    if name == "json":
+        return structlog.processors.JSONRenderer(serializer=_dumps)
+    if name != "console":
+        raise ValueError(f"MESHKIT_LOG_FORMAT must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    return structlog.dev.ConsoleRenderer(colors=False)
