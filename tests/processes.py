@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import sys
 from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -191,7 +193,9 @@ class Prometheus:
         data = await self.api("query", query=expr)
         out: dict[frozenset[tuple[str, str]], float] = {}
         for item in data["result"]:
-            labels = {k: v for k, v in item["metric"].items() if k not in ("job", "instance")}
+            labels = {
+                k: v for k, v in item["metric"].items() if k not in ("job", "instance", "__name__")
+            }
             out[frozenset(labels.items())] = float(item["value"][1])
         return out
 
@@ -209,11 +213,9 @@ class Prometheus:
 
 
 def _unix(rfc3339: str) -> float:
-    from datetime import datetime
-
-    # Prometheus gives nanoseconds; Python parses microseconds.
-    head, _, rest = rfc3339.partition(".")
-    frac = "".join(c for c in rest if c.isdigit())[:6]
-    zone = rest[len("".join(c for c in rest if c.isdigit())) :] if rest else rfc3339[19:]
-    stamp = f"{head}.{frac or '0'}{zone}".replace("Z", "+00:00")
-    return datetime.fromisoformat(stamp).timestamp()
+    """Unix time of an RFC 3339 stamp as Prometheus writes it (nanosecond fractions)."""
+    match = re.fullmatch(r"(.{19})(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", rfc3339)
+    assert match is not None, rfc3339
+    head, frac, zone = match.groups()
+    whole = datetime.fromisoformat(head + ("+00:00" if zone == "Z" else zone)).timestamp()
+    return whole + float("0." + (frac or "0"))

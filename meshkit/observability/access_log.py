@@ -31,8 +31,9 @@ FORMATS = ("console", "json")
 
 
 def line(**fields: Any) -> None:
-    """Log the access line of one request (fields that are None are left out)."""
-    log.info("meshkit.request", **{k: v for k, v in fields.items() if v is not None})
+    """Log the access line of one request (every field always present, None when not
+    known, so a log store sees one shape)."""
+    log.info("meshkit.request", **fields)
 
 
 def renderer(fmt: str | None) -> Any:

@@ -400,7 +400,7 @@ class Record(RequestObserver):
             tokens_in=tokens_in,
             tokens_out=tokens_out,
             error=self.error or (None if status < 400 else f"http_{status}"),
-            disconnected=self.left or None,
+            disconnected=self.left,
         )
 
     def _answer(self) -> tuple[Usage | None, list[str | None], str | None]:
