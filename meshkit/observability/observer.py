@@ -130,10 +130,10 @@ class Observer:
         pipeline = labels[0]
         record = Record(self, pipeline, labels[1], labels[2], rid, request.headers, request.method)
         request[RECORD] = record
-        gauge = None
-        if self.metrics is not None:
-            gauge = self.metrics.child(self.metrics.in_flight, pipeline)
-            gauge.inc()
+        gauge = None if self.metrics is None else self.metrics.in_flight
+        key = (pipeline,)
+        if gauge is not None:
+            gauge.inc(key)
         status = 500
         try:
             response = await handler(request)
@@ -154,7 +154,7 @@ class Observer:
             raise
         finally:
             if gauge is not None:
-                gauge.dec()
+                gauge.dec(key)
             record.finish(status)
 
     async def scrape(self, request: web.Request) -> web.Response:

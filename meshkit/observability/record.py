@@ -94,8 +94,8 @@ class _Node(NodeProbe):
         record = self.record
         metrics = record.observer.metrics
         if metrics is not None:
-            metrics.child(metrics.node_duration, record.pipeline, self.name).observe(
-                time.perf_counter() - self.start
+            metrics.node_duration.observe(
+                (record.pipeline, self.name), time.perf_counter() - self.start
             )
         if self.span is not None:
             if exc is not None:
@@ -354,26 +354,25 @@ class Record(RequestObserver):
                     attempt.span.end()
         if metrics is not None:
             pipeline = self.pipeline
-            child = metrics.child
-            child(metrics.requests, pipeline, self.dialect, str(status)).inc()
-            child(metrics.duration, pipeline, self.dialect).observe(duration)
+            metrics.requests.inc((pipeline, self.dialect, str(status)))
+            metrics.duration.observe((pipeline, self.dialect), duration)
             if self.left:
-                child(metrics.disconnects, pipeline).inc()
+                metrics.disconnects.inc((pipeline,))
             model = metrics.model(self.model)
             if self.model and model != self.model and 200 <= status < 300:
                 metrics.learn_models((self.model,))  # the upstream answered: it knows it
                 model = metrics.model(self.model)
             if ttft is not None:
-                child(metrics.ttft, pipeline, model).observe(ttft)
+                metrics.ttft.observe((pipeline, model), ttft)
             if tpot is not None:
-                child(metrics.tpot, pipeline, model).observe(tpot)
+                metrics.tpot.observe((pipeline, model), tpot)
             if tokens_in:
-                child(metrics.tokens, pipeline, model, "input").inc(tokens_in)
+                metrics.tokens.inc((pipeline, model, "input"), tokens_in)
             if tokens_out:
-                child(metrics.tokens, pipeline, model, "output").inc(tokens_out)
+                metrics.tokens.inc((pipeline, model, "output"), tokens_out)
             for attempt in self.attempts:
                 outcome = attempt.outcome or "ok"
-                child(metrics.upstream, attempt.service, attempt.replica, outcome).inc()
+                metrics.upstream.inc((attempt.service, attempt.replica, outcome))
         span = self.span
         trace_id = None
         if span is not None:
