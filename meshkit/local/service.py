@@ -138,7 +138,7 @@ class LocalLLM(MicroService):
             )
 
     def _generation(self, request: ChatRequest) -> Generation:
-        messages = [(m.role, m.content) for m in request.messages]
+        messages = [(m.role, m.text) for m in request.messages]
         if self.engine.model.chat_format == "gemma":
             messages = _fold_for_gemma(messages)
         if not messages:

@@ -17,7 +17,7 @@ from typing import Any
 import attrs
 
 from ..errors import BadRequest
-from ..protocol.types import ChatRequest, Chunk, ChunkStream, Completion, Message
+from ..protocol.types import ChatRequest, Chunk, ChunkStream, Completion
 from ..streams import aclose, is_stream
 from .base import Context, MicroService, ServiceType
 
@@ -171,10 +171,10 @@ class Guardrail(MicroService):
             if m.role != "user":
                 messages.append(m)
                 continue
-            text, blocked = self._whole(m.content, ctx)
+            text, blocked = self._whole(m.text, ctx)
             if blocked:
                 raise Blocked(f"{self.name}: the request contains blocked content")
-            messages.append(Message(m.role, text))
+            messages.append(m.with_text(text))
         return attrs.evolve(request, messages=tuple(messages))
 
     async def guard(self, stream: AsyncIterator[Chunk], ctx: Context) -> ChunkStream:

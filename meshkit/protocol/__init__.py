@@ -10,6 +10,9 @@ from .types import (
     EmbeddingRequest,
     Embeddings,
     Message,
+    Part,
+    ToolCall,
+    ToolCallDelta,
     Usage,
 )
 
@@ -21,5 +24,8 @@ __all__ = [
     "EmbeddingRequest",
     "Embeddings",
     "Message",
+    "Part",
+    "ToolCall",
+    "ToolCallDelta",
     "Usage",
 ]
