@@ -22,6 +22,7 @@ from meshkit.testing import FakeLLM
 
 from .conftest import free_port
 from .processes import Meshkit, Prometheus
+from .test_dashboard import concrete, expressions
 from .test_metrics import parse, promtool_check, value
 
 CHAT = {"model": "llama3.2:1b", "messages": [{"role": "user", "content": "hi"}]}
@@ -169,6 +170,10 @@ class TestPrometheusScrape:
             labels(pipeline="held"): 1.0
         }
         assert set((await prom.query("meshkit_requests_in_flight")).values()) == {0.0}
+        # Every query of the Grafana dashboard is valid PromQL and finds its series.
+        for expr in expressions():
+            data = await prom.api("query", query=concrete(expr))
+            assert data["result"], expr
         exposition = (await own_metrics(gw.url)).encode()
         checked = promtool_check(exposition)
         assert checked.returncode == 0, checked.stdout + checked.stderr
