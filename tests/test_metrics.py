@@ -10,10 +10,14 @@ from typing import Any
 
 import pytest
 import yaml
+from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
+from meshkit import Mesh, build_app
 from meshkit.nodes.base import Context, MicroService
+from meshkit.observability.metrics import MAX_MODELS, OTHER
 from meshkit.protocol.types import Chunk
+from meshkit.spec import loads
 
 from .test_resilience import CHAT, Client, _instant, fakes, free_port, mesh_text, settled, start
 
@@ -207,14 +211,20 @@ class TestCounts:
         assert value(s, "meshkit_client_disconnects_total") == 0
         assert "ghost" not in label_values(s, "model")  # unknown models are "other"
 
-    async def test_a_disconnect_mid_stream(self, fakes, aiohttp_client) -> None:
+    @pytest.mark.parametrize("cancel", [True, False], ids=["cancelled", "write_fails"])
+    async def test_a_disconnect_mid_stream(self, fakes, aiohttp_client, cancel: bool) -> None:
         fake = await fakes(hold_last=True)
-        gw = await start(aiohttp_client, mesh_text(fake.url))
+        app = build_app(Mesh(loads(mesh_text(fake.url), env={})))
+        # Without handler cancellation the gateway learns of it from a failed write.
+        gw = await aiohttp_client(TestServer(app, handler_cancellation=cancel))
         resp = await gw.post("/v1/chat/completions", json={**CHAT, "stream": True})
         assert resp.status == 200
         await resp.content.readline()  # the answer has begun
         resp.close()
-        await asyncio.wait_for(fake.cancelled.wait(), 5)
+        if cancel:
+            await asyncio.wait_for(fake.cancelled.wait(), 5)
+        else:
+            fake.release()  # the next chunk's write finds the caller gone
         await settled(gw)
         s = await scrape(gw)
         assert value(s, "meshkit_client_disconnects_total", pipeline="chat") == 1
@@ -259,6 +269,18 @@ class TestCounts:
         seen = set().union(*(label_values(s, k) for k in ("pipeline", "dialect", "model")))
         assert not any("secret" in v or "x" * 40 in v for v in seen), seen
         assert "/healthz" not in str(s) and value(s, "meshkit_requests_total") == 2
+
+    async def test_models_learned_from_answers_are_capped(self, fakes, aiohttp_client) -> None:
+        names = tuple(f"m{i:02d}" for i in range(MAX_MODELS + 6))
+        fake = await fakes(model_names=("llama3.2:1b", *names))
+        gw = await start(aiohttp_client, mesh_text(fake.url))
+        for name in names:
+            resp = await gw.post("/v1/chat/completions", json={**CHAT, "model": name})
+            assert resp.status == 200
+        s = await scrape(gw)
+        models = label_values(s, "model")
+        assert models == {*names[:MAX_MODELS], OTHER}
+        assert value(s, "meshkit_tokens_total", model=OTHER, type="output") == 6 * 5
 
     async def test_each_gateway_has_its_own_registry(self, fakes, aiohttp_client) -> None:
         fake = await fakes()
