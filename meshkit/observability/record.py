@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
 
 from ..errors import MeshError
 from ..protocol.types import Chunk, Completion, Usage
@@ -108,7 +109,7 @@ class _Attempt(AttemptProbe):
 
     __slots__ = ("model", "outcome", "replica", "service", "span", "start", "ttft")
 
-    def __init__(self, record: Record, service: str, replica: str, span: Any) -> None:
+    def __init__(self, service: str, replica: str, span: Any) -> None:
         self.service = service
         self.replica = replica
         self.span = span
@@ -202,7 +203,7 @@ class Record(RequestObserver):
         dialect: str,
         route: str,
         rid: str,
-        headers: MutableMapping[str, str] | Any,
+        headers: Mapping[str, str],
         method: str,
     ) -> None:
         self.start = time.perf_counter()
@@ -296,15 +297,15 @@ class Record(RequestObserver):
         span = None
         if tracing is not None:
             parent = current_node.get() or self.span
-            host, _, port = url.split("://", 1)[-1].split("/", 1)[0].rpartition(":")
+            where = urlsplit(url)  # hostname and port only: never a credential in the URL
             attributes: dict[str, Any] = {
                 "gen_ai.operation.name": "chat",
-                "server.address": host or port,
+                "server.address": where.hostname or "",
                 "meshkit.service": service,
                 "meshkit.replica": replica,
             }
-            if host and port.isdigit():
-                attributes["server.port"] = int(port)
+            if where.port is not None:
+                attributes["server.port"] = where.port
             if model:
                 attributes["gen_ai.request.model"] = model
             span = tracing.child(
@@ -315,7 +316,7 @@ class Record(RequestObserver):
             headers["traceparent"] = self.parent[0]
             if self.parent[1]:
                 headers["tracestate"] = self.parent[1]
-        probe = _Attempt(self, service, replica, span)
+        probe = _Attempt(service, replica, span)
         self.attempts.append(probe)
         return probe
 
@@ -430,7 +431,7 @@ class Record(RequestObserver):
     def _stream_outcome(self, service: str) -> str:
         """How an attempt that was streaming ended, from how the request ended."""
         if self.error is not None:
-            if self.error_service == service:
+            if self.error_service in (None, service):  # None: the failure named no service
                 return "timeout" if self.error.endswith("timeout") else "error"
             return "cancelled"
         if self.left or (self.stream and not self.prepared):
