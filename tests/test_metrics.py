@@ -261,6 +261,32 @@ class TestCounts:
         assert not any("secret" in v or "x" * 40 in v for v in seen), seen
         assert "/healthz" not in str(s) and value(s, "meshkit_requests_total") == 2
 
+    async def test_every_node_of_a_graph_is_timed(self, fakes, aiohttp_client) -> None:
+        fake = await fakes()
+        text = yaml.safe_dump(
+            {
+                "services": {
+                    "prompt": {"type": "prompt"},
+                    "llm": {"type": "llm", "endpoint": fake.url, "model": "llama3.2:1b"},
+                },
+                "pipelines": {"rag": {"edges": ["prompt -> llm"]}},
+                "gateway": {"routes": [{"dialect": "openai", "pipeline": "rag"}]},
+            }
+        )
+        gw = await start(aiohttp_client, text)
+        for stream in (True, False):
+            resp = await gw.post("/v1/chat/completions", json={**CHAT, "stream": stream})
+            assert resp.status == 200
+            await resp.read()
+        await settled(gw)
+        s = await scrape(gw)
+        nodes = "meshkit_node_duration_seconds_count"
+        assert value(s, nodes, pipeline="rag", node="prompt") == 2
+        assert value(s, nodes, pipeline="rag", node="llm") == 2
+        assert value(s, "meshkit_time_to_first_token_seconds_count", pipeline="rag") == 1
+        assert value(s, "meshkit_tokens_total", pipeline="rag", type="output") == 10
+        assert value(s, "meshkit_upstream_requests_total", service="llm", outcome="ok") == 2
+
     async def test_models_learned_from_answers_are_capped(self, fakes, aiohttp_client) -> None:
         names = tuple(f"m{i:02d}" for i in range(MAX_MODELS + 6))
         fake = await fakes(model_names=("llama3.2:1b", *names))
