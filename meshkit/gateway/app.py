@@ -14,7 +14,7 @@ from ..orchestrator import ServiceOrchestrator
 from . import ollama, openai
 from .admission import Admission
 from .auth import ApiKeys
-from .dialect import json_response, request_id
+from .dialect import SEND_TIMEOUT, json_response, request_id
 from .route import Route
 
 log = structlog.get_logger(__name__)
@@ -130,6 +130,7 @@ def build_app(
     )
     app[MESH] = mesh
     app[ADMISSION] = admission
+    app[SEND_TIMEOUT] = gw.send_timeout
     specs = list(mesh.spec.gateway.routes)
     routes: list[Route] = []
     if specs:
@@ -147,8 +148,10 @@ def build_app(
     observer.mount(app, routes)
 
     async def readyz(request: web.Request) -> web.Response:
+        # Ready when every required service can take a request now; an optional
+        # service's state is reported but does not hold the gateway back.
         status = await mesh.ready()
-        ok = all(status.values())
+        ok = all(up for name, up in status.items() if not mesh.spec.services[name].optional)
         return json_response(
             {"status": "ready" if ok else "unavailable", "services": status},
             status=200 if ok else 503,
