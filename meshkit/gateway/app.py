@@ -10,7 +10,7 @@ from aiohttp import web
 from ..errors import BadRequest, MeshError, MethodNotAllowed, NotFound, PayloadTooLarge
 from ..mesh import Mesh
 from ..orchestrator import ServiceOrchestrator
-from . import ollama, openai
+from . import ollama, openai, ui
 from .admission import Admission
 from .auth import ApiKeys
 from .dialect import json_response
@@ -136,6 +136,7 @@ def build_app(
         (only,) = mesh.pipelines.values()
         routes = [Route("openai", only), Route("ollama", only)]
     mount(app, routes)
+    ui.mount(app, routes, mesh.pipelines)
 
     async def readyz(request: web.Request) -> web.Response:
         status = await mesh.ready()
