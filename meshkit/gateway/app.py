@@ -10,11 +10,12 @@ from aiohttp import web
 from ..errors import BadRequest, MeshError, MethodNotAllowed, NotFound, PayloadTooLarge
 from ..mesh import Mesh
 from ..orchestrator import ServiceOrchestrator
-from . import ollama, openai, ui
+from . import ollama, openai
 from .admission import Admission
 from .auth import ApiKeys
 from .dialect import json_response
 from .route import Route
+from .ui import mount as mount_ui
 
 log = structlog.get_logger(__name__)
 
@@ -136,7 +137,6 @@ def build_app(
         (only,) = mesh.pipelines.values()
         routes = [Route("openai", only), Route("ollama", only)]
     mount(app, routes)
-    ui.mount(app, routes, mesh.pipelines)
 
     async def readyz(request: web.Request) -> web.Response:
         status = await mesh.ready()
@@ -148,6 +148,7 @@ def build_app(
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    mount_ui(app, routes, mesh.pipelines)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await mesh.open()
