@@ -351,6 +351,7 @@ class TestStatusPanel:
         async with gateway(mesh_yaml(slow.url)) as url:
             await open_ui(page, url)
             in_flight = page.locator("[data-stat=in_flight]")
+            await expect(page.locator("#metrics-state")).to_have_text("live")
             await expect(in_flight).to_have_text("0")
             await ask(page, "Count me.")
             await expect(page.get_by_role("log")).to_contain_text("Rivers")
@@ -358,7 +359,60 @@ class TestStatusPanel:
             slow.release()
             await expect(last_reply(page)).to_have_attribute("data-state", "done")
             await expect(in_flight).to_have_text("0")
-            await expect(page.locator("#metrics-state")).to_have_text("live")
+            # The stream's first token was timed, and the upstream replica is up.
+            await expect(page.locator("[data-stat=ttft_p50]")).to_have_text(re.compile(r"\d"))
+            await expect(page.get_by_role("list", name="Replicas")).to_have_text(
+                f"llm {slow.url}: up"
+            )
+            await expect(page.locator("[data-stat=errors]")).to_have_text("0")
+
+    async def test_without_metrics_it_says_so(self, page: Page, fake: FakeLLM) -> None:
+        async with gateway(mesh_yaml(fake.url), metrics=False) as url:
+            await open_ui(page, url)
+            await expect(page.locator("#metrics-state")).to_contain_text("metrics off")
+            await expect(page.locator("[data-stat=in_flight]")).to_have_text("off")
+
+    async def test_arithmetic(self, page: Page, fake: FakeLLM) -> None:
+        """Quantiles interpolate within a bucket; rates are per second between scrapes."""
+        text = "\n".join(
+            [
+                "# TYPE meshkit_time_to_first_token_seconds histogram",
+                'meshkit_time_to_first_token_seconds_bucket{pipeline="a",model="m",le="0.1"} 0',
+                'meshkit_time_to_first_token_seconds_bucket{pipeline="a",model="m",le="0.25"} 1',
+                'meshkit_time_to_first_token_seconds_bucket{pipeline="b",model="m",le="0.25"} 1',
+                'meshkit_time_to_first_token_seconds_bucket{pipeline="a",model="m",le="0.5"} 2',
+                'meshkit_time_to_first_token_seconds_bucket{pipeline="b",model="m",le="0.5"} 2',
+                'meshkit_time_to_first_token_seconds_bucket{pipeline="a",model="m",le="+Inf"} 2',
+                'meshkit_time_to_first_token_seconds_bucket{pipeline="b",model="m",le="+Inf"} 2',
+                'meshkit_requests_total{pipeline="a",dialect="openai",code="200"} 30',
+                'meshkit_requests_total{pipeline="a",dialect="openai",code="502"} 2',
+                'meshkit_requests_total{pipeline="other",dialect="other",code="404"} 1',
+                'meshkit_requests_in_flight{pipeline="a"} 2',
+                'meshkit_requests_in_flight{pipeline="b"} 1',
+                'meshkit_tokens_total{pipeline="a",model="m",type="input"} 500',
+                'meshkit_tokens_total{pipeline="a",model="m",type="output"} 120',
+                'meshkit_upstream_up{service="llm",replica="http://x:1"} 1',
+                'meshkit_upstream_up{service="llm",replica="http://y:1"} 0',
+            ]
+        )
+        async with gateway(mesh_yaml(fake.url)) as url:
+            await open_ui(page, url)
+            got = await page.evaluate(
+                """async (text) => {
+                    const m = await import("/ui/status.js");
+                    const before = {total: 13, tokens: 20};
+                    return m.summarise(m.parse(text), before, 2);
+                }""",
+                text,
+            )
+        assert got["in_flight"] == 3 and got["errors"] == 3 and got["total"] == 33
+        assert got["rate"] == 10 and got["tokens_rate"] == 50  # (33-13)/2, (120-20)/2
+        assert got["ttft_p50"] == pytest.approx(0.25)  # rank 2 of 4: top of (0.1, 0.25]
+        assert got["ttft_p99"] == pytest.approx(0.25 + 0.25 * 1.96 / 2)
+        assert got["replicas"] == [
+            {"service": "llm", "replica": "http://x:1", "up": True},
+            {"service": "llm", "replica": "http://y:1", "up": False},
+        ]
 
 
 class TestKeys:
