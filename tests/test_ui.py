@@ -332,6 +332,8 @@ class TestGraph:
             # Each node that ran shows its time.
             await expect(drawing.locator("g.node[data-state=taken] text.ms")).to_have_count(5)
             await expect(page.locator("#timing")).to_contain_text("first token")
+            # A scrape after the answer ("off" at once when the gateway has no /metrics).
+            await expect(page.locator("[data-stat=ttft_p50]")).not_to_have_text("–")
             await shot(page, "graph")
 
             await ask(page, "Why is the sky blue at noon and red at sunset?")
@@ -429,6 +431,7 @@ class TestKeys:
             await key.fill("not-the-key")
             await page.get_by_role("button", name="Use key").click()
             await expect(page.get_by_role("alert")).to_contain_text("Wrong key")
+            await shot(page, "key")
             await key.fill("s3cret-key")
             await page.get_by_role("button", name="Use key").click()
             await expect(page.get_by_label("Model")).to_have_value("llama3.2:1b")
