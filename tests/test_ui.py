@@ -332,8 +332,8 @@ class TestGraph:
             # Each node that ran shows its time.
             await expect(drawing.locator("g.node[data-state=taken] text.ms")).to_have_count(5)
             await expect(page.locator("#timing")).to_contain_text("first token")
-            # A scrape after the answer ("off" at once when the gateway has no /metrics).
-            await expect(page.locator("[data-stat=ttft_p50]")).not_to_have_text("–")
+            # A scrape after the answer replaced the placeholder dash ("off" without /metrics).
+            await expect(page.locator("[data-stat=ttft_p50]")).not_to_have_text("\u2013")
             await shot(page, "graph")
 
             await ask(page, "Why is the sky blue at noon and red at sunset?")
@@ -344,6 +344,30 @@ class TestGraph:
             await expect(
                 drawing.locator("g.edge.taken[data-from=retrieve][data-to=prompt]")
             ).to_have_count(0)
+
+    async def test_switching_routes(self, page: Page, fake: FakeLLM) -> None:
+        """Each route draws its own pipeline; a one-node pipeline marks its node too."""
+        spec = yaml.safe_load(mesh_yaml(fake.url))
+        spec["services"]["second"] = dict(spec["services"]["llm"])
+        spec["pipelines"]["other"] = {"nodes": ["second"]}
+        spec["gateway"]["routes"].append(
+            {"dialect": "openai", "pipeline": "other", "prefix": "/other"}
+        )
+        async with gateway(yaml.safe_dump(spec)) as url:
+            await open_ui(page, url)
+            await expect(page.get_by_role("img", name="Pipeline chat")).to_be_visible()
+            await page.get_by_label("Route").select_option(label="other (/other)")
+            drawing = page.get_by_role("img", name=re.compile(r"^Pipeline other"))
+            await expect(drawing.locator("g.node")).to_have_count(1)
+            await ask(page, "Which one?")
+            await expect(last_reply(page)).to_have_attribute("data-state", "done")
+            await expect(drawing.locator("g.node[data-node=second]")).to_have_attribute(
+                "data-state", "taken"
+            )
+            await expect(drawing).to_have_accessible_name(
+                "Pipeline other; last request took second"
+            )
+            assert fake.requests[-1]["messages"] == [{"role": "user", "content": "Which one?"}]
 
 
 class TestStatusPanel:
