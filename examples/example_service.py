@@ -3,7 +3,8 @@
 A megaservice on its own port: ``POST /v1/example-service`` (OpenAI dialect) and
 ``POST /api/generate`` (Ollama dialect) run the chain ``example -> llm``, where
 ``example`` formats the request and ``llm`` is a remote OpenAI-compatible server.
-The answer streams back chunk by chunk.
+The answer streams back chunk by chunk. ``examples/example_service.yaml`` declares the
+same chain in YAML.
 
 Run it (configured by environment, as in Compose)::
 
@@ -19,15 +20,14 @@ from typing import Any
 import attrs
 
 from meshkit import (
+    App,
     ChatRequest,
     Context,
-    HttpClient,
     Message,
     MicroService,
     RemoteLLM,
     ServiceOrchestrator,
     ServiceType,
-    pipeline_handler,
 )
 
 DEFAULT_MODEL = "llama3.2:1b"
@@ -47,45 +47,32 @@ class FormatRequest(MicroService):
         return request
 
 
-class ExampleService(MicroService):
-    """The seed's service: its own HTTP endpoint in front of a remote LLM."""
-
-    def __init__(
-        self,
-        *,
-        host: str = "0.0.0.0",
-        port: int = 8000,
-        llm_endpoint: str = "http://localhost:11434",
-        model: str = DEFAULT_MODEL,
-    ) -> None:
-        super().__init__("example-service", host=host, port=port)
-        self.orchestrator = ServiceOrchestrator("example")
-        example = FormatRequest("example", params={"model": model})
-        llm = RemoteLLM("llm", endpoint=llm_endpoint, model=model)
-        self.orchestrator.add(example).add(llm).flow_to(example, llm)
-        self.add_route("/v1/example-service", pipeline_handler(self.orchestrator))
-        self.add_route(
-            "/api/generate",
-            pipeline_handler(self.orchestrator, dialect="ollama", endpoint="generate"),
-        )
-
-    async def open(self, client: HttpClient) -> None:
-        """Open the pipeline on the server's shared client."""
-        await self.orchestrator.open(client)
-
-    async def close(self) -> None:
-        """Close the pipeline."""
-        await self.orchestrator.close()
+def example_service(
+    *,
+    host: str = "0.0.0.0",
+    port: int = 8000,
+    llm_endpoint: str = "http://localhost:11434",
+    model: str = DEFAULT_MODEL,
+) -> App:
+    """The seed's service: its own HTTP endpoints in front of a remote LLM."""
+    example = FormatRequest("example", params={"model": model})
+    llm = RemoteLLM("llm", endpoint=llm_endpoint, model=model)
+    pipeline = ServiceOrchestrator("example").add(example).add(llm).flow_to(example, llm)
+    return (
+        App(host=host, port=port)
+        .mount(pipeline, chat_path="/v1/example-service")
+        .mount(pipeline, dialect="ollama")
+    )
 
 
 def main() -> None:
     """Serve the example, configured by environment variables."""
-    ExampleService(
+    example_service(
         host=os.environ.get("EXAMPLE_HOST", "0.0.0.0"),
         port=int(os.environ.get("EXAMPLE_PORT", "8000")),
         llm_endpoint=os.environ.get("LLM_ENDPOINT", "http://localhost:11434"),
         model=os.environ.get("LLM_MODEL") or DEFAULT_MODEL,
-    ).start()
+    ).run()
 
 
 if __name__ == "__main__":

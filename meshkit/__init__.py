@@ -23,7 +23,7 @@ from .errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from .gateway import build_app, build_service_app, pipeline_handler
+from .gateway import App, build_app, build_service_app, pipeline_handler
 from .mesh import Mesh
 from .nodes import Context, MicroService, RemoteLLM, ServiceRegistry, ServiceType
 from .orchestrator import ServiceOrchestrator
@@ -48,6 +48,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
     __version__ = "0.0.0"
 
 __all__ = [
+    "App",
     "BadRequest",
     "ChatRequest",
     "Chunk",

@@ -12,7 +12,6 @@ from pathlib import Path
 import aiohttp
 
 from meshkit import build_app
-from meshkit.gateway import build_routes_app
 from meshkit.mesh import Mesh
 from meshkit.spec import load
 from meshkit.testing import FakeLLM
@@ -82,11 +81,10 @@ class TestExampleService:
     async def test_in_process(self, fake: FakeLLM, aiohttp_client) -> None:
         sys.path.insert(0, str(ROOT))
         try:
-            from examples.example_service import ExampleService
+            from examples.example_service import example_service
         finally:
             sys.path.remove(str(ROOT))
-        service = ExampleService(llm_endpoint=fake.url)
-        client = await aiohttp_client(build_routes_app(service))
+        client = await aiohttp_client(example_service(llm_endpoint=fake.url).application())
         resp = await client.post(
             "/v1/example-service", json={"messages": [{"role": "user", "content": "hi"}]}
         )

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from .app import MESH, build_app, pipeline_handler
-from .standalone import build_routes_app, build_service_app, run_service
+from .serve import App, build_service_app
 
 __all__ = [
     "MESH",
+    "App",
     "build_app",
-    "build_routes_app",
     "build_service_app",
     "pipeline_handler",
-    "run_service",
 ]

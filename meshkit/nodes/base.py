@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
@@ -52,22 +52,17 @@ class Context:
         return max(0.0, min(default, self.deadline - time.monotonic()))
 
 
-RouteHandler = Callable[..., Awaitable[Any]]
-
-
 class MicroService:
     """A typed node of a pipeline graph.
 
     Subclass it and override :meth:`process` for work done in this process; use a
-    built-in subclass (``RemoteLLM`` and friends) for a remote endpoint. The same
-    object can also be served on its own port with :meth:`start`, exposing its routes
-    (see :meth:`add_route`) and ``/healthz``.
+    built-in subclass (``RemoteLLM`` and friends) for a remote endpoint. A node knows
+    nothing about HTTP: to serve pipelines on a port, mount them on a
+    :class:`meshkit.App`.
 
     Args:
         name: Unique name of the node within a graph.
         service_type: What the node does; defaults to the class's ``service_type``.
-        host: Interface to bind when served on its own port.
-        port: Port to bind when served on its own port.
         params: Free-form node parameters from the YAML (``top_k``, templates, ...).
         timeout: Seconds this node may take before its first output; None for a
             node that enforces its own timeouts (remote services do).
@@ -80,19 +75,14 @@ class MicroService:
         name: str,
         *,
         service_type: ServiceType | str | None = None,
-        host: str = "0.0.0.0",
-        port: int = 8000,
         params: Mapping[str, Any] | None = None,
         timeout: float | None = 60.0,
     ) -> None:
         self.name = name
         if service_type is not None:
             self.service_type = ServiceType(service_type)  # type: ignore[misc]
-        self.host = host
-        self.port = port
         self.params: Mapping[str, Any] = dict(params or {})
         self.timeout = timeout
-        self.routes: list[tuple[str, RouteHandler, tuple[str, ...]]] = []
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} ({self.service_type.value})>"
@@ -120,20 +110,6 @@ class MicroService:
     async def models(self, client: HttpClient) -> Sequence[str]:
         """Model names this node can serve, for ``/v1/models`` and ``/api/tags``."""
         return ()
-
-    # -- serving on its own port -------------------------------------------------------
-
-    def add_route(
-        self, path: str, handler: RouteHandler, methods: Sequence[str] = ("POST",)
-    ) -> None:
-        """Expose ``handler`` (an aiohttp handler) at ``path`` when served with start()."""
-        self.routes.append((path, handler, tuple(methods)))
-
-    def start(self, *, handle_signals: bool = True) -> None:
-        """Serve this service's routes on ``host:port`` until interrupted (blocking)."""
-        from ..gateway.standalone import run_service
-
-        run_service(self, handle_signals=handle_signals)
 
 
 def base_urls(endpoint: str | Sequence[str]) -> tuple[str, ...]:

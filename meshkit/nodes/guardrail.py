@@ -17,7 +17,7 @@ from typing import Any
 import attrs
 
 from ..errors import BadRequest
-from ..protocol.types import ChatRequest, Chunk, ChunkStream, Completion, Message
+from ..protocol.types import ChatRequest, Chunk, ChunkStream, Completion
 from ..streams import aclose, is_stream
 from .base import Context, MicroService, ServiceType
 
