@@ -17,6 +17,7 @@ from typing import Any, TypeGuard
 import structlog
 
 from .errors import MeshError, NodeError
+from .protocol.content import LogprobsMerger, ToolCallMerger, as_deltas
 from .protocol.types import Chunk, ChunkStream, Completion, Usage
 
 log = structlog.get_logger(__name__)
@@ -38,17 +39,25 @@ async def aclose(stream: Any) -> None:
 
 
 async def single(completion: Completion) -> ChunkStream:
-    """A whole completion as a stream of one text chunk and one final chunk."""
-    if completion.text:
-        yield Chunk(completion.text, model=completion.model)
-    yield Chunk(
-        "", completion.finish_reason or "stop", completion.usage, completion.model, completion.meta
-    )
+    """A whole completion as a stream: its reasoning, its text (with its logprobs), its
+    tool calls (one whole fragment each), then a final chunk."""
+    model = completion.model
+    if completion.reasoning:
+        yield Chunk(reasoning=completion.reasoning, model=model)
+    if completion.text or completion.logprobs:
+        yield Chunk(completion.text, model=model, logprobs=completion.logprobs)
+    if completion.tool_calls:
+        yield Chunk(model=model, tool_calls=as_deltas(completion.tool_calls))
+    yield Chunk("", completion.finish_reason or "stop", completion.usage, model, completion.meta)
 
 
 async def aggregate(stream: AsyncIterator[Chunk]) -> Completion:
-    """Read ``stream`` to its end (closing it however that goes) into a Completion."""
+    """Read ``stream`` to its end (closing it however that goes) into a Completion:
+    text and reasoning joined, tool-call fragments merged, logprobs concatenated."""
     parts: list[str] = []
+    reasoning: list[str] = []
+    calls = ToolCallMerger()
+    logprobs = LogprobsMerger()
     finish: str | None = None
     usage: Usage | None = None
     model: str | None = None
@@ -61,9 +70,24 @@ async def aggregate(stream: AsyncIterator[Chunk]) -> Completion:
             model = chunk.model or model
             if chunk.meta:
                 meta.update(chunk.meta)
+            if chunk.reasoning:
+                reasoning.append(chunk.reasoning)
+            if chunk.tool_calls:
+                calls.add(chunk.tool_calls)
+            if chunk.logprobs:
+                logprobs.add(chunk.logprobs)
     finally:
         await aclose(stream)
-    return Completion("".join(parts), finish or "stop", usage, model, meta or None)
+    return Completion(
+        "".join(parts),
+        finish or "stop",
+        usage,
+        model,
+        meta or None,
+        reasoning="".join(reasoning),
+        tool_calls=calls.calls(),
+        logprobs=logprobs.result(),
+    )
 
 
 async def named(stream: AsyncIterator[Chunk], node: str) -> ChunkStream:

@@ -26,9 +26,23 @@ a stall holds it, a malformed or error fault sends a bad body instead.
 ``hold_last``          keep the last token until :meth:`release`
 =====================  =====================================================================
 
+Besides text it scripts what agent and reasoning models send, in both APIs:
+
+=====================  =====================================================================
+``reasoning``          reasoning pieces streamed before the text (OpenAI ``reasoning_content``
+                       or ``reasoning_field``; Ollama ``message.thinking``)
+``tool_calls``         calls (``{"id", "name", "arguments"}``) streamed after the text: OpenAI
+                       fragments (``tool_pieces`` argument pieces each), Ollama one record
+logprobs               sent with each text piece whenever the request asks for ``logprobs``
+=====================  =====================================================================
+
+Faults count every streamed piece (reasoning, text, tool-call fragments) in order, so
+``error_after`` can break a stream in the middle of a tool call.
+
 :meth:`crash` cuts every open connection at once, as a killed replica would.
 
-Every request is recorded (``requests``, ``headers``, ``paths``), as are the answers
+Every request is recorded as it arrived (``requests``, ``headers``), so a test asserts
+exactly what reached the upstream; so are the answers
 finished (``completed``) or abandoned by the client (``cancelled``), and the requests
 being answered right now (``in_flight``). ``python -m meshkit.testing --port 8000``
 serves one from the command line (for Compose files or other hosts).
@@ -38,15 +52,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 import attrs
 from aiohttp import web
+
+from .testing_wire import Script
 
 Send = Callable[[bytes], Awaitable[None]]
 
@@ -70,10 +85,15 @@ async def serve_app(
 
 @attrs.define
 class FakeLLM:
-    """A scripted OpenAI-compatible LLM server, for tests.
+    """A scripted LLM server speaking the OpenAI chat API and Ollama's ``/api/chat``.
 
     Attributes:
         tokens: Pieces of text streamed in order, one event each.
+        reasoning: Pieces of reasoning streamed before the text.
+        reasoning_field: The OpenAI delta field reasoning goes in.
+        tool_calls: Whole calls (``id``, ``name``, ``arguments`` JSON text) streamed
+            after the text; the answer then finishes with ``tool_calls``.
+        tool_pieces: Into how many fragments each call's arguments are cut (OpenAI).
         delay: Seconds between tokens (a slow trickle).
         first_delay: Seconds before the first token (or the whole non-streamed answer).
         status: If set, chat requests are answered with this HTTP status.
@@ -105,6 +125,10 @@ class FakeLLM:
     error_after: int | None = None
     malformed_after: int | None = None
     hold_last: bool = False
+    reasoning: Sequence[str] = ()
+    reasoning_field: str = "reasoning_content"
+    tool_calls: Sequence[Mapping[str, str]] = ()
+    tool_pieces: int = 3
     model_names: Sequence[str] = ("llama3.2:1b",)
     requests: list[dict[str, Any]] = attrs.field(factory=list)
     headers: list[dict[str, str]] = attrs.field(factory=list)
@@ -114,6 +138,7 @@ class FakeLLM:
     in_flight: int = 0
     url: str = ""
     _failed: int = 0
+    _lengths: list[int] = attrs.field(factory=list)
     _release: asyncio.Event = attrs.field(factory=asyncio.Event)
     _transports: set[asyncio.BaseTransport] = attrs.field(factory=set)
 
@@ -134,7 +159,7 @@ class FakeLLM:
     @property
     def finished(self) -> bool:
         """Whether the last token of the latest stream has left the server."""
-        return bool(self.sent) and len(self.sent[-1]) == len(self.tokens)
+        return bool(self.sent) and len(self.sent[-1]) == self._lengths[-1]
 
     def app(self) -> web.Application:
         """The aiohttp application (mount it with ``aiohttp_server`` or :meth:`serve`)."""
@@ -190,27 +215,39 @@ class FakeLLM:
             )
         return body, None
 
-    async def _pace(self, index: int) -> None:
+    async def _pace(self, index: int, count: int) -> None:
         if index == 0 and self.first_delay:
             await asyncio.sleep(self.first_delay)
         elif index and self.delay:
             await asyncio.sleep(self.delay)
-        if self.hold_last and index == len(self.tokens) - 1:
+        if self.hold_last and index == count - 1:
             await self._release.wait()
+
+    def _answer(self, body: Mapping[str, Any]) -> Script:
+        return Script(
+            body,
+            body.get("model") or self.model_names[0],
+            self.tokens,
+            self.reasoning,
+            self.reasoning_field,
+            self.tool_calls,
+            self.tool_pieces,
+        )
 
     async def _script(
         self,
         request: web.Request,
         write: Send,
-        token: Callable[[str], bytes],
+        steps: Sequence[bytes],
         error: bytes,
         malformed: bytes,
     ) -> bool:
-        """Send the tokens with the scripted faults; True when all were sent."""
+        """Send the pieces with the scripted faults; True when all were sent."""
         times: list[float] = []
         self.sent.append(times)
-        for i, text in enumerate(self.tokens):
-            await self._pace(i)
+        self._lengths.append(len(steps))
+        for i, piece in enumerate(steps):
+            await self._pace(i, len(steps))
             if self.drop_after is not None and i == self.drop_after:
                 assert request.transport is not None
                 request.transport.close()
@@ -223,14 +260,14 @@ class FakeLLM:
             if self.malformed_after is not None and i == self.malformed_after:
                 await write(malformed)
                 return False
-            await write(token(text))
+            await write(piece)
             times.append(time.monotonic())
         return True
 
     async def _whole(self, request: web.Request) -> bytes | None:
         """Faults of a non-streamed answer: None to answer normally, else what to send
         instead (b"" when the connection was dropped)."""
-        await self._pace(0)
+        await self._pace(0, 1)
         if self.drop_after is not None:
             assert request.transport is not None
             request.transport.close()
@@ -247,82 +284,26 @@ class FakeLLM:
         body, failure = await self._fault(request)
         if failure is not None:
             return failure
-        model = body.get("model") or self.model_names[0]
+        answer = self._answer(body)
         rid = "chatcmpl-" + uuid.uuid4().hex[:12]
         if not body.get("stream"):
             instead = await self._whole(request)
             if instead is not None:
                 return web.Response(body=instead, content_type="application/json")
             self.completed += 1
-            return web.json_response(
-                {
-                    "id": rid,
-                    "object": "chat.completion",
-                    "created": int(time.time()),
-                    "model": model,
-                    "choices": [
-                        {
-                            "index": 0,
-                            "finish_reason": "stop",
-                            "message": {"role": "assistant", "content": "".join(self.tokens)},
-                        }
-                    ],
-                    "usage": {
-                        "prompt_tokens": 3,
-                        "completion_tokens": len(self.tokens),
-                        "total_tokens": 3 + len(self.tokens),
-                    },
-                }
-            )
-
-        def event(delta: dict[str, Any], finish: str | None) -> bytes:
-            return (
-                b"data: "
-                + json.dumps(
-                    {
-                        "id": rid,
-                        "object": "chat.completion.chunk",
-                        "created": 0,
-                        "model": model,
-                        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-                    }
-                ).encode()
-                + b"\n\n"
-            )
+            return web.json_response(answer.openai_whole(rid, int(time.time())))
 
         async def send(response: web.StreamResponse) -> None:
-            await response.write(event({"role": "assistant", "content": ""}, None))
             done = await self._script(
                 request,
                 response.write,
-                lambda t: event({"content": t}, None),
+                answer.openai_steps(rid),
                 b'data: {"error": {"message": "scripted failure"}}\n\n',
                 b"data: {not json\n\n",
             )
-            if not done:
-                return
-            await response.write(event({}, "stop"))
-            if (body.get("stream_options") or {}).get("include_usage"):
-                await response.write(
-                    b"data: "
-                    + json.dumps(
-                        {
-                            "id": rid,
-                            "object": "chat.completion.chunk",
-                            "created": 0,
-                            "model": model,
-                            "choices": [],
-                            "usage": {
-                                "prompt_tokens": 3,
-                                "completion_tokens": len(self.tokens),
-                                "total_tokens": 3 + len(self.tokens),
-                            },
-                        }
-                    ).encode()
-                    + b"\n\n"
-                )
-            await response.write(b"data: [DONE]\n\n")
-            self.completed += 1
+            if done:
+                await response.write(answer.openai_end(rid))
+                self.completed += 1
 
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
@@ -338,38 +319,24 @@ class FakeLLM:
                 status=failure.status,
                 headers=retry,
             )
-        model = body.get("model") or self.model_names[0]
-
-        def line(content: str, done: bool) -> bytes:
-            obj: dict[str, Any] = {
-                "model": model,
-                "created_at": "2026-01-01T00:00:00Z",
-                "message": {"role": "assistant", "content": content},
-                "done": done,
-            }
-            if done:
-                obj.update(done_reason="stop", prompt_eval_count=3, eval_count=len(self.tokens))
-            return json.dumps(obj).encode() + b"\n"
-
+        answer = self._answer(body)
         if body.get("stream") is False:
             instead = await self._whole(request)
             if instead is not None:
                 return web.Response(body=instead, content_type="application/json")
             self.completed += 1
-            return web.Response(
-                body=line("".join(self.tokens), True), content_type="application/json"
-            )
+            return web.json_response(answer.ollama_whole())
 
         async def send(response: web.StreamResponse) -> None:
             done = await self._script(
                 request,
                 response.write,
-                lambda t: line(t, False),
+                answer.ollama_steps(),
                 b'{"error": "scripted failure"}\n',
                 b"{not json\n",
             )
             if done:
-                await response.write(line("", True))
+                await response.write(answer.ollama_end())
                 self.completed += 1
 
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})

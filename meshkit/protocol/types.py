@@ -189,7 +189,8 @@ class Chunk:
     them is the answer's first byte, for timeouts and time to first token.
 
     ``raw`` is the upstream's own OpenAI ``data:`` payload when the chunk came from an
-    OpenAI-compatible server unchanged; the OpenAI dialect may relay it byte for byte.
+    OpenAI-compatible server unchanged; the OpenAI dialect may relay it byte for byte
+    when its ``id`` is the id the answer goes out under.
     Any node that changes the chunk must drop ``raw`` (``attrs.evolve`` keeps it, so use
     :meth:`replace_text` or :meth:`replace`).
     """
@@ -203,6 +204,8 @@ class Chunk:
     reasoning: str = attrs.field(default="", kw_only=True)
     tool_calls: tuple[ToolCallDelta, ...] = attrs.field(default=(), kw_only=True)
     logprobs: Mapping[str, Any] | None = attrs.field(default=None, kw_only=True)
+    #: The upstream's completion id (OpenAI ``id``), when it sent one.
+    id: str | None = attrs.field(default=None, kw_only=True)
 
     @property
     def has_delta(self) -> bool:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 
+from .types import Chunk
+
 SSE_DONE = b"[DONE]"
 
 _random = random.Random()
@@ -26,3 +28,8 @@ def sse_event(data: bytes) -> bytes:
 def ndjson_line(data: bytes) -> bytes:
     """Frame one NDJSON record."""
     return data + b"\n"
+
+
+#: Marks the end of an upstream's stream in the chunks its line parser returns.
+END = Chunk("", "__done__")
+END_ONLY = (END,)

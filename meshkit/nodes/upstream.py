@@ -1,0 +1,299 @@
+"""The relay of an upstream LLM's open stream: pulled chunk by chunk, or spliced.
+
+:class:`UpstreamStream` holds one upstream response from its first chunk on and hands
+its chunks on, either to a reader (``async for``) or, on the gateway's fast path, to a
+function called straight from the connection's ``data_received``. :class:`LineParser`
+cuts the body into lines and has the dialect's line parser turn each into chunks.
+Per chunk it does nothing beyond parsing (one lazy idle timer per stream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
+
+from .. import h1
+from ..client import HttpClient, IdleWatch
+from ..errors import MeshError, ShuttingDown, UpstreamError
+from ..protocol.types import Chunk
+from ..protocol.wire import END
+from ..resilience.replicas import Replica
+
+if TYPE_CHECKING:
+    from .llm import RemoteLLM
+
+
+class UpstreamStream:
+    """An upstream's open stream of chunks, from its first one on.
+
+    Pull it chunk by chunk (``async for``), or have it pushed: :meth:`splice` hands each
+    chunk to a function straight from the connection's ``data_received``, with no task
+    wake-up per chunk (the gateway's fast path for a pipeline that is one LLM). Either
+    way the connection is released when the stream ends or is closed (:meth:`aclose`),
+    also when it was never read.
+    """
+
+    #: Every failure it raises is a MeshError naming this service already, so a graph
+    #: need not wrap it to name the node (one generator layer per chunk saved).
+    mesh_errors_only = True
+
+    __slots__ = (
+        "_client",
+        "_emit",
+        "_future",
+        "_gen",
+        "_head",
+        "_llm",
+        "_parser",
+        "_released",
+        "_replica",
+        "_response",
+        "_spliced",
+        "_watch",
+    )
+
+    def __init__(
+        self,
+        llm: RemoteLLM,
+        response: h1.Response,
+        parser: LineParser,
+        head: list[Chunk],
+        replica: Replica,
+        client: HttpClient,
+    ) -> None:
+        self._llm = llm
+        self._response = response
+        self._parser = parser
+        self._head = head
+        self._replica = replica
+        self._client = client
+        self._watch = IdleWatch(response, llm.timeouts.idle)
+        self._released = False
+        self._spliced = False
+        self._emit: Callable[[Chunk], bool] | None = None
+        self._future: asyncio.Future[None] | None = None
+        self._gen = self._pull()
+
+    async def prime(self) -> None:
+        """Start the pull side, so that closing it releases the connection even when
+        nothing was read."""
+        await anext(self._gen)
+
+    def __aiter__(self) -> UpstreamStream:
+        return self
+
+    def __anext__(self) -> Awaitable[Chunk]:
+        return self._gen.__anext__()  # type: ignore[return-value]
+
+    async def aclose(self) -> None:
+        """Stop reading; the upstream call is cancelled if it was still going."""
+        await self._gen.aclose()
+        if self._spliced:
+            self._release(ok=False)
+
+    def _release(self, *, ok: bool) -> None:
+        if self._released:
+            return
+        self._released = True
+        self._watch.cancel()
+        self._client.finish(self._response, ok=ok)
+        self._llm.replicas.release(self._replica)
+
+    def _broken(self, exc: BaseException) -> MeshError:
+        """The error that ends the stream for ``exc`` (the replica is told, unless the
+        gateway itself is cutting streams short)."""
+        if self._client.aborting:
+            return ShuttingDown("the gateway is shutting down; the answer was cut short")
+        err = self._llm._failure(exc, self._llm.timeouts, before_first=False)
+        assert err is not None
+        self._llm.replicas.failed(self._replica, err)
+        return err
+
+    async def _pull(self) -> AsyncGenerator[Chunk | None]:
+        # One async-generator layer per chunk: read, parse, yield. Each wait for data
+        # is bounded by the idle timeout (one lazy timer per stream, no per-read timer).
+        watch = self._watch
+        response = self._response
+        parser = self._parser
+        ok = False
+        try:
+            # Primed: from here on, closing the generator (even before the first chunk
+            # is read) runs the clean-up below and releases the connection.
+            yield None
+            head = self._head
+            for chunk in head:
+                yield chunk
+            if parser.error is not None:
+                raise parser.error
+            if head:
+                clock = asyncio.get_running_loop().time
+                while not parser.done:
+                    watch.reading = clock()
+                    data = await response.readany()
+                    watch.reading = None
+                    if not data:
+                        for chunk in parser.eof():
+                            yield chunk
+                        break
+                    for chunk in parser.feed(data):
+                        yield chunk
+                    if parser.error is not None:
+                        raise parser.error
+            ok = True
+        except (TimeoutError, h1.H1Error, UpstreamError) as exc:
+            raise self._broken(exc) from exc
+        finally:
+            if not self._spliced:
+                self._release(ok=ok)
+
+    # -- push ------------------------------------------------------------------------------
+
+    async def splice(self, emit: Callable[[Chunk], bool]) -> None:
+        """Push every chunk to ``emit`` as it arrives, returning when the stream ends.
+
+        ``emit`` returns False when its caller is gone: the upstream call is then
+        cancelled and ``ConnectionResetError`` raised. A broken stream raises its
+        meshkit error, as iterating would. Call it instead of iterating, never after.
+        """
+        self._spliced = True
+        await self._gen.aclose()  # the pull side is never used now
+        parser = self._parser
+        try:
+            for chunk in self._head:
+                if not emit(chunk):
+                    raise ConnectionResetError("the caller went away")
+            if parser.error is not None:
+                raise parser.error
+        except UpstreamError as exc:
+            self._release(ok=False)
+            raise self._broken(exc) from exc
+        except BaseException:
+            self._release(ok=False)
+            raise
+        if not self._head or parser.done:
+            self._release(ok=True)
+            return
+        loop = asyncio.get_running_loop()
+        self._future = loop.create_future()
+        self._emit = emit
+        self._watch.reading = loop.time()
+        self._response.pipe(self._on_data, self._on_end)
+        try:
+            await self._future
+        except BaseException:
+            self._release(ok=False)
+            raise
+
+    def pause(self) -> None:
+        """Stop reading from the upstream until :meth:`resume` (the caller is slow);
+        the idle timeout does not run meanwhile."""
+        self._watch.reading = None
+        self._response.pause()
+
+    def resume(self) -> None:
+        """Read from the upstream again."""
+        self._watch.reading = asyncio.get_running_loop().time()
+        self._response.resume()
+
+    def _on_data(self, data: bytes) -> None:
+        future = self._future
+        emit = self._emit
+        if future is None or emit is None or future.done():
+            return
+        parser = self._parser
+        self._watch.reading = future.get_loop().time()
+        for chunk in parser.feed(data):
+            if not emit(chunk):
+                self._abort(ConnectionResetError("the caller went away"))
+                return
+        if parser.error is not None:
+            self._abort(self._broken(parser.error))
+        elif parser.done:
+            # The end: the caller may finish now; the connection is released (and
+            # reused) once the body's own end has been read.
+            self._settle(None)
+
+    def _on_end(self, exc: BaseException | None) -> None:
+        future = self._future
+        if future is None or future.done():
+            self._release(ok=exc is None)
+            return
+        if exc is not None:
+            self._abort(self._broken(exc))
+            return
+        try:
+            chunks = self._parser.eof()
+        except UpstreamError as err:
+            self._abort(self._broken(err))
+            return
+        emit = self._emit
+        if emit is not None:
+            for chunk in chunks:
+                emit(chunk)
+        self._settle(None)
+        self._release(ok=True)
+
+    def _abort(self, exc: BaseException) -> None:
+        """End the push with ``exc`` and close the upstream connection."""
+        self._settle(exc)
+        self._release(ok=False)
+
+    def _settle(self, exc: BaseException | None) -> None:
+        future = self._future
+        if future is None or future.done():
+            return
+        if exc is None:
+            future.set_result(None)
+        else:
+            future.set_exception(exc)
+
+
+class LineParser:
+    """A streamed body, fed as it arrives: ``feed(bytes)`` gives the chunks it
+    completes, parsing each whole line with ``parse`` (:data:`~meshkit.protocol.wire.END`
+    marks the end). It
+    stops at the final record (``done``) or at a bad one (``error``, raised by the
+    reader once the chunks before it are relayed)."""
+
+    __slots__ = ("_name", "_parse", "_rest", "done", "error")
+
+    def __init__(self, name: str, parse: Callable[[bytes], Sequence[Chunk]]) -> None:
+        self._name = name
+        self._parse = parse
+        self._rest = b""
+        self.done = False
+        self.error: UpstreamError | None = None
+
+    def feed(self, data: bytes) -> list[Chunk]:
+        if self._rest:
+            data = self._rest + data
+        lines = data.split(b"\n")
+        self._rest = lines.pop()
+        out: list[Chunk] = []
+        parse = self._parse
+        for line in lines:
+            try:
+                chunks = parse(line)
+            except UpstreamError as err:
+                self.error = err
+                break
+            for chunk in chunks:
+                if chunk is END:
+                    self.done = True
+                    return out
+                out.append(chunk)
+        return out
+
+    def eof(self) -> list[Chunk]:
+        """The body ended: fine when its last line, even without a newline, was the
+        final record (whose chunks are returned)."""
+        out: list[Chunk] = []
+        for chunk in self._parse(self._rest):
+            if chunk is END:
+                self.done = True
+                return out
+            out.append(chunk)
+        raise UpstreamError(
+            f"{self._name}: stream ended before it was complete", service=self._name
+        )

@@ -1,0 +1,159 @@
+"""OpenAI answers to a client: ``chat.completion`` objects and ``chat.completion.chunk``
+server-sent events, and OpenAI's error object.
+
+An OpenAI-compatible upstream's own events are relayed byte for byte when they carry
+the id the answer goes out under; every other chunk is rendered here, with reasoning as
+``reasoning_content`` and tool calls as ``delta.tool_calls`` fragments.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .. import _json
+from ..errors import MeshError
+from .openai import render_call, usage_object
+from .types import ChatRequest, Chunk, Completion, ToolCallDelta, Usage
+from .wire import SSE_DONE, new_id, sse_event
+
+
+def error_body(err: MeshError) -> dict[str, Any]:
+    """OpenAI's error object."""
+    return {
+        "error": {"message": err.message, "type": err.kind, "param": err.param, "code": err.code}
+    }
+
+
+#: Never an upstream id: the answer's id before a first chunk has been seen.
+_UNSET = object()
+
+
+class ChatEncoder:
+    """Encodes one answer as ``chat.completion`` or ``chat.completion.chunk`` events.
+
+    Every event of one answer carries the same id: the upstream's, when its first
+    event is relayed as it came, else meshkit's own. An upstream event is relayed byte
+    for byte only when it carries that id.
+    """
+
+    content_type = "text/event-stream; charset=utf-8"
+
+    def __init__(self, chat: ChatRequest) -> None:
+        self.id = "chatcmpl-" + new_id()[:24]
+        self.created = int(time.time())
+        self.model = chat.model or ""
+        self.include_usage = chat.include_usage
+        self._first = True
+        self._relay: object = _UNSET  # the upstream id whose events are relayed as they came
+        self._usage: Usage | None = None
+        self._usage_relayed = False
+
+    def _event(self, delta: dict[str, Any], finish: str | None, logprobs: Any = None) -> bytes:
+        obj = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [
+                {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+            ],
+        }
+        return sse_event(_json.dumps(obj))
+
+    def _bare(self, **fields: Any) -> bytes:
+        """A chunk event with no choices, carrying ``fields`` (usage, meshkit)."""
+        obj = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [],
+            **fields,
+        }
+        return sse_event(_json.dumps(obj))
+
+    def chunk(self, chunk: Chunk) -> bytes | None:
+        if not self.model and chunk.model:
+            self.model = chunk.model
+        if chunk.raw is not None:
+            if self._first:
+                self._relay = chunk.id
+                if chunk.id:
+                    self.id = chunk.id
+            if chunk.id == self._relay:
+                # Relay the upstream's own event; drop the usage-only event unless asked.
+                if chunk.usage is not None and not chunk.text and chunk.finish_reason is None:
+                    self._usage = chunk.usage
+                    if not self.include_usage:
+                        return None
+                    self._usage_relayed = True
+                    return sse_event(chunk.raw)
+                self._first = False
+                return sse_event(chunk.raw)
+        if chunk.usage is not None:
+            self._usage = chunk.usage
+        out = b""
+        if chunk.meta:
+            out += self._bare(meshkit=dict(chunk.meta))
+        if chunk.text or chunk.finish_reason or self._first or chunk.has_delta:
+            delta: dict[str, Any] = {}
+            if self._first:
+                delta["role"] = "assistant"
+            if chunk.text or self._first:
+                delta["content"] = chunk.text
+            if chunk.reasoning:
+                delta["reasoning_content"] = chunk.reasoning
+            if chunk.tool_calls:
+                delta["tool_calls"] = [_render_delta(d) for d in chunk.tool_calls]
+            self._first = False
+            out += self._event(delta, chunk.finish_reason, chunk.logprobs)
+        return out or None
+
+    def end(self) -> bytes:
+        tail = b""
+        if self.include_usage and self._usage is not None and not self._usage_relayed:
+            tail = self._bare(usage=usage_object(self._usage))
+        return tail + sse_event(SSE_DONE)
+
+    def error(self, err: MeshError) -> bytes:
+        return sse_event(_json.dumps(error_body(err)))
+
+    def completion(self, completion: Completion) -> dict[str, Any]:
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": completion.text or (None if completion.tool_calls else ""),
+        }
+        if completion.reasoning:
+            message["reasoning_content"] = completion.reasoning
+        if completion.tool_calls:
+            message["tool_calls"] = [render_call(c) for c in completion.tool_calls]
+        obj: dict[str, Any] = {
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model or completion.model or "",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": message,
+                    "logprobs": completion.logprobs,
+                    "finish_reason": completion.finish_reason or "stop",
+                }
+            ],
+        }
+        if completion.usage is not None:
+            obj["usage"] = usage_object(completion.usage)
+        if completion.meta:
+            obj["meshkit"] = dict(completion.meta)
+        return obj
+
+
+def _render_delta(d: ToolCallDelta) -> dict[str, Any]:
+    if d.id is None and d.name is None:
+        return {"index": d.index, "function": {"arguments": d.arguments}}
+    out: dict[str, Any] = {"index": d.index, "type": "function"}
+    if d.id is not None:
+        out["id"] = d.id
+    out["function"] = {"name": d.name or "", "arguments": d.arguments}
+    return out
