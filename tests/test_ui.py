@@ -9,9 +9,8 @@ git); ``docs/playground.png`` is a copy of one of them.
 from __future__ import annotations
 
 import asyncio
-import json
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,6 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from aiohttp import web
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from meshkit import Mesh, build_app
@@ -214,71 +212,26 @@ class TestStop:
             ]
 
 
-class ThinkingLLM:
-    """An OpenAI-compatible upstream whose stream reasons, calls a tool, then answers."""
-
-    def __init__(self) -> None:
-        self.url = ""
-
-    @staticmethod
-    def _event(delta: dict[str, Any]) -> bytes:
-        chunk = {
-            "id": "chatcmpl-think",
-            "object": "chat.completion.chunk",
-            "created": 0,
-            "model": "thinker",
-            "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
-        }
-        return b"data: " + json.dumps(chunk).encode() + b"\n\n"
-
-    async def _chat(self, request: web.Request) -> web.StreamResponse:
-        await request.json()
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        deltas: Sequence[dict[str, Any]] = (
-            {"role": "assistant", "reasoning_content": "The user wants"},
-            {"reasoning_content": " the weather."},
-            {
-                "tool_calls": [
-                    {
-                        "index": 0,
-                        "id": "call_1",
-                        "type": "function",
-                        "function": {"name": "weather", "arguments": '{"city": '},
-                    }
-                ]
-            },
-            {"tool_calls": [{"index": 0, "function": {"arguments": '"Oslo"}'}}]},
-            {"content": "Checking Oslo."},
-        )
-        for delta in deltas:
-            await response.write(self._event(delta))
-        await response.write(b"data: [DONE]\n\n")
-        return response
-
-    async def _models(self, request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": "thinker"}]})
-
-    @asynccontextmanager
-    async def serve(self) -> AsyncIterator[str]:
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", self._chat)
-        app.router.add_get("/v1/models", self._models)
-        async with serve_app(app) as url:
-            self.url = url
-            yield url
+def guarded_yaml(endpoint: str) -> str:
+    """A two-node pipeline, llm -> guard: the answer is pulled through the graph."""
+    spec = yaml.safe_load(mesh_yaml(endpoint))
+    spec["services"]["guard"] = {"type": "guardrail", "params": {"words": ["password123"]}}
+    spec["pipelines"]["chat"] = {"edges": ["llm -> guard"]}
+    return yaml.safe_dump(spec)
 
 
 class TestReasoningAndTools:
     """Reasoning and tool calls are shown apart from the answer text."""
 
-    async def test_distinct_blocks(self, page: Page) -> None:
-        thinker = ThinkingLLM()
-        async with (
-            thinker.serve(),
-            gateway(mesh_yaml(thinker.url).replace("llama3.2:1b", "thinker")) as url,
-        ):
-            await open_ui(page, url, model="thinker")
+    @pytest.mark.parametrize("shape", [mesh_yaml, guarded_yaml], ids=["one-llm", "graph"])
+    async def test_distinct_blocks(self, page: Page, shape: Any) -> None:
+        thinker = FakeLLM(
+            tokens=("Checking", " Oslo."),
+            reasoning=("The user wants", " the weather."),
+            tool_calls=({"id": "call_1", "name": "weather", "arguments": '{"city": "Oslo"}'},),
+        )
+        async with thinker.serve(), gateway(shape(thinker.url)) as url:
+            await open_ui(page, url)
             await ask(page, "Weather in Oslo?")
             reply = last_reply(page)
             await expect(reply).to_have_attribute("data-state", "done")
