@@ -14,7 +14,7 @@ import structlog
 
 from . import spec as spec_mod
 from ._lifecycle import Resource
-from .client import HttpClient
+from .client import HttpClient, Limits
 from .errors import GraphError, MeshError, SpecError
 from .nodes.base import MicroService
 from .nodes.registry import ServiceRegistry
@@ -116,6 +116,8 @@ class Mesh(Resource):
                 await client.open()
                 stack.push_async_callback(client.close)
             self._client = client
+            for name, spec in self.spec.services.items():
+                client.set_limits(name, Limits(spec.max_connections, spec.max_response_body))
             for service in self._open_order():
                 await service.open(client)
                 stack.push_async_callback(service.close)

@@ -62,6 +62,8 @@ class ServiceSpec:
     fallback: str | None = None
     balancer: str = "least_inflight"
     health_interval: float = 5.0
+    max_connections: int = 1000
+    max_response_body: int = 64 * 1024 * 1024
 
 
 @attrs.frozen
@@ -104,6 +106,7 @@ class GatewaySpec:
     max_inflight: int = 0
     max_body: int = 8 * 1024 * 1024
     shutdown_grace: float = 10.0
+    send_timeout: float = 60.0
 
 
 @attrs.frozen
@@ -268,6 +271,8 @@ class _Checker:
                 "fallback",
                 "balancer",
                 "health_interval",
+                "max_connections",
+                "max_response_body",
             ),
         )
         kind = node.get("type")
@@ -330,6 +335,17 @@ class _Checker:
             5.0,
             "a number of seconds (0 turns probes off)",
         )
+        max_connections = self.get(
+            node, "max_connections", path, _positive_int, 1000, "a positive whole number"
+        )
+        max_response_body = self.get(
+            node,
+            "max_response_body",
+            path,
+            _size,
+            64 * 1024 * 1024,
+            "a size in bytes (such as 1048576, 512KiB or 64MiB)",
+        )
         fallback = str(node["fallback"]) if node.get("fallback") else None
         if fallback == name:
             self.fail(f"{path}.fallback", "a service cannot fall back to itself")
@@ -353,6 +369,8 @@ class _Checker:
             fallback=fallback,
             balancer=balancer,
             health_interval=health,
+            max_connections=max_connections,
+            max_response_body=max_response_body,
         )
 
     def endpoints(self, raw: Any, path: str) -> tuple[str, ...]:
@@ -445,6 +463,7 @@ class _Checker:
                 "max_inflight",
                 "max_body",
                 "shutdown_grace",
+                "send_timeout",
             ),
         )
         host = str(node.get("host") or "0.0.0.0")
@@ -491,9 +510,11 @@ class _Checker:
             seen.add((r.dialect, r.prefix))
         return GatewaySpec(host, port, tuple(routes), *self.gateway_limits(node))
 
-    def gateway_limits(self, node: Mapping[str, Any]) -> tuple[tuple[str, ...], int, int, float]:
+    def gateway_limits(
+        self, node: Mapping[str, Any]
+    ) -> tuple[tuple[str, ...], int, int, float, float]:
         """``api_keys`` (inline and from ``api_keys_file``), ``max_inflight``,
-        ``max_body``, ``shutdown_grace``."""
+        ``max_body``, ``shutdown_grace``, ``send_timeout``."""
         raw_keys = node.get("api_keys") or ()
         if isinstance(raw_keys, str):
             raw_keys = raw_keys.split(",")
@@ -524,7 +545,15 @@ class _Checker:
         grace = self.get(
             node, "shutdown_grace", "gateway", _seconds_or_zero, 10.0, "a number of seconds"
         )
-        return tuple(keys), inflight, max_body, grace
+        send_timeout = self.get(
+            node,
+            "send_timeout",
+            "gateway",
+            _seconds_or_zero,
+            60.0,
+            "a number of seconds (0: no limit)",
+        )
+        return tuple(keys), inflight, max_body, grace, send_timeout
 
     def fallbacks(self, services: Mapping[str, ServiceSpec]) -> None:
         """Every ``fallback`` names a service, and following them never loops."""

@@ -13,7 +13,7 @@ from ..orchestrator import ServiceOrchestrator
 from . import ollama, openai
 from .admission import Admission
 from .auth import ApiKeys
-from .dialect import json_response
+from .dialect import SEND_TIMEOUT, json_response
 from .route import Route
 from .ui import mount as mount_ui
 
@@ -123,6 +123,7 @@ def build_app(
     )
     app[MESH] = mesh
     app[ADMISSION] = admission
+    app[SEND_TIMEOUT] = gw.send_timeout
     specs = list(mesh.spec.gateway.routes)
     routes: list[Route] = []
     if specs:
@@ -139,8 +140,10 @@ def build_app(
     mount(app, routes)
 
     async def readyz(request: web.Request) -> web.Response:
+        # Ready when every required service can take a request now; an optional
+        # service's state is reported but does not hold the gateway back.
         status = await mesh.ready()
-        ok = all(status.values())
+        ok = all(up for name, up in status.items() if not mesh.spec.services[name].optional)
         return json_response(
             {"status": "ready" if ok else "unavailable", "services": status},
             status=200 if ok else 503,

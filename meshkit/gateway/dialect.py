@@ -144,6 +144,11 @@ async def serve_chat(
     return response
 
 
+#: App setting: seconds a stream waits for a caller that reads nothing before it ends
+#: the stream and closes the caller's connection (0: wait for ever).
+SEND_TIMEOUT = web.AppKey("meshkit.send_timeout", float)
+
+
 class Sink:
     """Writes a stream's encoded chunks straight to the caller's connection.
 
@@ -152,15 +157,34 @@ class Sink:
     (``splice``) calls :meth:`emit` from the upstream connection's own callback, and is
     paused while the caller's buffer is full; a pulled stream is written with
     :meth:`write`, and its reader waits for :meth:`drain` when :attr:`full`.
+
+    Both waits end when the transport says the caller has read its buffer down (the
+    protocol's resume-writing signal, through aiohttp's ``drain``), or after
+    ``send_timeout`` seconds without that: the caller's connection is then aborted, and
+    the stream ends as for a caller that left (the upstream call is cancelled).
     """
 
-    __slots__ = ("_chunked", "_encode", "_loop", "_paused", "_stream", "_transport")
+    __slots__ = (
+        "_chunked",
+        "_encode",
+        "_loop",
+        "_paused",
+        "_protocol",
+        "_resumer",
+        "_send_timeout",
+        "_stream",
+        "_transport",
+        "_writer",
+    )
 
-    #: Caller-side buffer sizes (bytes) at which the upstream is paused and resumed.
+    #: Caller-side buffer sizes (bytes) at which the upstream is paused and resumed
+    #: (also set as the transport's own limits, so its drain signal means the same).
     HIGH_WATER = 1 << 16
     LOW_WATER = 1 << 14
-    #: Seconds between looks at a full caller's buffer.
+    #: Seconds between looks at a full buffer, for a transport without flow control.
     POLL = 0.005
+    #: ``send_timeout`` when the app sets none.
+    SEND_TIMEOUT = 60.0
 
     def __init__(
         self, transport: asyncio.Transport, chunked: bool, encoder: Encoder, stream: Any
@@ -171,6 +195,10 @@ class Sink:
         self._stream = stream
         self._loop = asyncio.get_running_loop()
         self._paused = False
+        self._writer: Any = None
+        self._protocol: Any = None
+        self._send_timeout = self.SEND_TIMEOUT
+        self._resumer: asyncio.Task[None] | None = None
 
     @classmethod
     def open(
@@ -182,7 +210,12 @@ class Sink:
         if transport is None or transport.is_closing() or response.compression:
             return None
         chunked = "chunked" in response.headers.get("Transfer-Encoding", "").lower()
-        return cls(transport, chunked, encoder, stream)
+        sink = cls(transport, chunked, encoder, stream)
+        transport.set_write_buffer_limits(high=cls.HIGH_WATER, low=cls.LOW_WATER)
+        sink._writer = request.writer
+        sink._protocol = request.protocol
+        sink._send_timeout = request.app.get(SEND_TIMEOUT, cls.SEND_TIMEOUT)
+        return sink
 
     def write(self, chunk: Chunk) -> bool:
         """Write one chunk; False when the caller has gone away."""
@@ -201,10 +234,28 @@ class Sink:
         return self._transport.get_write_buffer_size() > self.HIGH_WATER
 
     async def drain(self) -> None:
-        """Wait until the caller has read its buffer down (or has gone)."""
-        # The transport has no "drained" event to await (aiohttp keeps its own private).
-        while not self._drained_enough():  # noqa: ASYNC110
-            await asyncio.sleep(self.POLL)
+        """Wait until the caller has read its buffer down (or has gone).
+
+        Raises:
+            ConnectionResetError: The caller read nothing for ``send_timeout`` seconds;
+                its connection has been aborted.
+        """
+        try:
+            async with asyncio.timeout(self._send_timeout or None):
+                while not self._drained_enough():
+                    if self._protocol is not None and self._protocol.writing_paused:
+                        await self._writer.drain()  # until the transport resumes writing
+                    else:
+                        await asyncio.sleep(self.POLL)
+        except TimeoutError:
+            size = self._transport.get_write_buffer_size()
+            log.warning(
+                "meshkit.stream.stalled", send_timeout=self._send_timeout, unsent_bytes=size
+            )
+            self._transport.abort()
+            raise ConnectionResetError(
+                f"the caller read nothing for {self._send_timeout:g} s"
+            ) from None
 
     def emit(self, chunk: Chunk) -> bool:
         """:meth:`write` for a pushed stream, pausing it while the caller's buffer is
@@ -214,7 +265,7 @@ class Sink:
         if not self._paused and self.full:
             self._paused = True
             self._stream.pause()
-            self._loop.call_later(self.POLL, self._drained)
+            self._resumer = self._loop.create_task(self._resume_when_drained())
         return True
 
     def _drained_enough(self) -> bool:
@@ -222,12 +273,15 @@ class Sink:
         transport = self._transport
         return transport.is_closing() or transport.get_write_buffer_size() <= self.LOW_WATER
 
-    def _drained(self) -> None:
-        if self._drained_enough():
+    async def _resume_when_drained(self) -> None:
+        try:
+            await self.drain()
+        except ConnectionError:
+            pass  # gone, or cut off: the next emit finds the transport closed
+        finally:
             self._paused = False
-            self._stream.resume()  # a gone caller is noticed by the next emit
-        else:
-            self._loop.call_later(self.POLL, self._drained)
+            self._resumer = None
+            self._stream.resume()
 
 
 def as_stream(result: Any) -> AsyncIterator[Chunk]:

@@ -285,7 +285,7 @@ class RemoteLLM(MicroService):
                         if parser.error is not None:
                             raise parser.error
                 else:
-                    raw = await response.read()
+                    raw = await client.read_whole(response, service=self.name)
                 response.in_time()
             finally:
                 if task is not None:
@@ -341,6 +341,8 @@ class RemoteLLM(MicroService):
 
     async def ready(self, client: HttpClient) -> bool:
         """True when some replica answers its model listing."""
+        if not self.replicas.serving():
+            return False  # requests would be refused: not ready, whatever answers
         for base in self._by_health():
             try:
                 await self._list_models(client, base, wait=2.0)
