@@ -65,7 +65,7 @@ class TestCompose:
     def test_dockerfile_builds_the_model_server_image_too(self) -> None:
         text = (ROOT / "compose" / "Dockerfile").read_text()
         assert "ARG BASE=python:3.11-slim" in text and "FROM ${BASE}" in text
-        assert "ARG EXTRAS=fast" in text and '".[$EXTRAS]"' in text
+        assert "ARG EXTRAS=fast,otel" in text and '".[$EXTRAS]"' in text
         assert "USER 10001:10001" in text  # numeric: runAsNonRoot can check it
 
 
@@ -77,7 +77,7 @@ class TestComposeWithoutRegistry:
         ollama = services["ollama"]
         assert ollama["command"][:3] == ["python", "-m", "meshkit.local"]
         assert ollama["command"][ollama["command"].index("--port") + 1] == "11434"
-        assert ollama["build"]["args"]["EXTRAS"] == "local,fast"
+        assert ollama["build"]["args"]["EXTRAS"] == "local,fast,otel"
         assert "11434/readyz" in ollama["healthcheck"]["test"][-1]
         assert "ollama/ollama" not in str(services)  # nothing left to pull
 

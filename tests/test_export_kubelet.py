@@ -255,8 +255,17 @@ class Kubelet:
             ) from None
 
     async def check_probes(self) -> None:
-        """Every probe a container declares answers 200 once it is ready."""
+        """Every probe a container declares, and the scrape path its pod announces,
+        answers 200 once it is ready."""
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+            for deployment in self.kinds("Deployment"):
+                notes = deployment["spec"]["template"]["metadata"].get("annotations", {})
+                if notes.get("prometheus.io/scrape") == "true":
+                    pod = self.pods[deployment["metadata"]["name"]]
+                    port = pod.host_port(int(notes["prometheus.io/port"]))
+                    url = f"http://{LOOPBACK}:{port}{notes['prometheus.io/path']}"
+                    async with session.get(url) as response:
+                        assert response.status == 200, f"{pod.name} scrape {url}"
             for pod in self.pods.values():
                 for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
                     get = pod.container[kind]["httpGet"]

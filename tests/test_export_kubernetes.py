@@ -341,6 +341,16 @@ class TestGateway:
         monitor = find(docs, "ServiceMonitor", "meshkit-gateway")["spec"]
         assert monitor["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "30s"}]
 
+    def test_no_scrape_annotations_when_metrics_are_off(
+        self, custom: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        custom.write_text(CUSTOM + "  metrics: false\n")
+        docs = export(capsys, str(custom))
+        template = find(docs, "Deployment", "meshkit-gateway")["spec"]["template"]
+        assert not any(k.startswith("prometheus.io/") for k in template["metadata"]["annotations"])
+        code, _, err = run(capsys, str(custom), "--service-monitor")
+        assert code == 1 and "--service-monitor" in err and "gateway.metrics" in err
+
     def test_namespace_and_labels_on_every_object(self, capsys: pytest.CaptureFixture[str]) -> None:
         docs = export(capsys, str(ROOT / "services.yaml"), "--namespace", "genai")
         for doc in docs:

@@ -68,6 +68,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         stack = plan(args.file, name=args.name, env=_pairs(args.env))
         replicas = getattr(args, "replicas", 2)
         ceiling = getattr(args, "max_replicas", None)
+        if getattr(args, "service_monitor", False) and not stack.spec.gateway.metrics:
+            raise ExportError(
+                "--service-monitor: gateway.metrics is off in the file: no /metrics to scrape",
+                param="service_monitor",
+            )
         if ceiling is not None and ceiling < replicas:
             raise ExportError(
                 f"--max-replicas {ceiling} is below --replicas {replicas}", param="max_replicas"

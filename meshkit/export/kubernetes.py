@@ -17,6 +17,7 @@ from typing import Any
 import attrs
 
 from .. import __version__
+from ..observability.observer import METRICS_PATH
 from ._yaml import dump
 from .plan import RUN_AS, Stack
 
@@ -29,7 +30,7 @@ class Options:
 
     Attributes:
         image: The gateway's image.
-        model_image: The model server's image (built with ``EXTRAS=local,fast``).
+        model_image: The model server's image (built with ``EXTRAS=local,fast,otel``).
         namespace: Namespace of every object; None leaves it to ``kubectl -n``.
         replicas: Gateway replicas, also the autoscaler's floor.
         max_replicas: The autoscaler's ceiling.
@@ -157,13 +158,15 @@ def _gateway(stack: Stack, options: Options, meta: _Meta) -> list[tuple[list[str
         "securityContext": _container_security(),
         "volumeMounts": [mount, {"name": "tmp", "mountPath": "/tmp"}],
     }
-    annotations = {
-        # A changed pipeline or variable changes the pod template: the pods roll.
-        "checksum/config": _checksum(stack),
-        "prometheus.io/scrape": "true",
-        "prometheus.io/port": str(port),
-        "prometheus.io/path": "/metrics",
-    }
+    # A changed pipeline or variable changes the pod template: the pods roll.
+    annotations = {"checksum/config": _checksum(stack)}
+    metrics = stack.spec.gateway.metrics
+    if metrics:
+        annotations |= {
+            "prometheus.io/scrape": "true",
+            "prometheus.io/port": str(port),
+            "prometheus.io/path": METRICS_PATH,
+        }
     grace = math.ceil(stack.spec.gateway.shutdown_grace) + 5
     pod = _pod(container, [config, _tmp()], grace)
     deployment = meta.object(
@@ -241,7 +244,7 @@ def _gateway(stack: Stack, options: Options, meta: _Meta) -> list[tuple[list[str
         (["Voluntary evictions (node drains) take one gateway pod at a time."], budget),
         (["Scale the gateway on CPU (it is stateless)."], scaler),
     ]
-    if options.service_monitor:
+    if options.service_monitor and metrics:
         monitor = meta.object(
             "monitoring.coreos.com/v1",
             "ServiceMonitor",
@@ -249,7 +252,7 @@ def _gateway(stack: Stack, options: Options, meta: _Meta) -> list[tuple[list[str
             "gateway",
             spec={
                 "selector": {"matchLabels": meta.selector("gateway")},
-                "endpoints": [{"port": "http", "path": "/metrics", "interval": "30s"}],
+                "endpoints": [{"port": "http", "path": METRICS_PATH, "interval": "30s"}],
             },
         )
         docs.append((["For the Prometheus Operator."], monitor))
