@@ -35,6 +35,7 @@ DOCKER=(/usr/bin/docker -H "unix://$SOCK")
 COMPOSE=(docker-compose -p "$PROJECT" -f "$ROOT/compose/docker-compose.yaml"
          -f "$ROOT/compose/docker-compose.ci.yaml")
 EXTRA="$ROOT/compose/build-extra"
+SERVICES=(ollama ollama-pull gateway example)
 STARTED=$(date +%s)
 
 say() { printf '[smoke %4ss] %s\n' "$(($(date +%s) - STARTED))" "$*" >&2; }
@@ -184,7 +185,9 @@ BUILD_SECONDS=$(($(date +%s) - build_started))
 say "built in ${BUILD_SECONDS} s; up"
 STACK_UP=yes
 up_started=$(date +%s)
-timeout "$HEALTH_BOUND" "${COMPOSE[@]}" up -d >"$WORK/up.log" 2>&1 \
+# The meshkit services only: Prometheus and Grafana come from a registry this machine
+# cannot reach (their config is validated offline by tests/test_compose.py).
+timeout "$HEALTH_BOUND" "${COMPOSE[@]}" up -d "${SERVICES[@]}" >"$WORK/up.log" 2>&1 \
   || die "up failed: $(tail -20 "$WORK/up.log"; "${COMPOSE[@]}" logs --tail 30 2>&1)"
 
 # -- 6. health, then stream ----------------------------------------------------------------
