@@ -23,6 +23,9 @@ test-deps:
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tinyproxy >/dev/null; }
 	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; }
+	@# The playground's browser tests drive Debian's Chromium (Playwright never downloads one).
+	@command -v chromium >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 test: test-deps
 	$(PYTHON) -m pytest

@@ -1,4 +1,5 @@
-"""The ``meshkit`` command: ``serve``, ``validate``, ``graph``. Only it configures logging."""
+"""The ``meshkit`` command: ``serve``, ``validate``, ``graph``, ``schema``. Only it configures
+logging."""
 
 from __future__ import annotations
 
@@ -99,6 +100,16 @@ def cmd_graph(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    """Print the JSON Schema of services.yaml (for editors and CI checks)."""
+    import json
+
+    from .spec import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the gateway until interrupted."""
     from aiohttp import web
@@ -172,6 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     graph.add_argument("--pipeline", help="only this pipeline (default: all)")
     graph.add_argument("--format", choices=["mermaid", "dot"], default="mermaid")
     graph.set_defaults(func=cmd_graph)
+    schema = sub.add_parser("schema", help="print the JSON Schema of services.yaml")
+    schema.set_defaults(func=cmd_schema)
     args = parser.parse_args(argv)
     # Like `python -m`, let services.yaml name classes of the project it runs in.
     if os.getcwd() not in sys.path:

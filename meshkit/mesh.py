@@ -95,8 +95,20 @@ class Mesh(Resource):
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Mesh:
-        """Load, validate and build ``path``."""
-        return cls(spec_mod.load(path, env))
+        """Load, validate and build ``path``, reporting every problem of the file at
+        once: the graph checks run on every pipeline whose services are sound even when
+        other parts of the file are broken."""
+        checked = spec_mod.read(path, env)
+        if checked.spec is None or not checked.problems:
+            return cls(checked.valid())
+        try:
+            cls(checked.spec)
+        except SpecError as exc:
+            # A node naming a broken service finds it missing; that one is reported.
+            missing = tuple(f"unknown service {name!r}" for name in checked.broken)
+            more = [p for p in exc.problems if not any(m in p for m in missing)]
+            raise SpecError([*checked.problems, *more]) from None
+        raise SpecError(list(checked.problems))
 
     @property
     def client(self) -> HttpClient:

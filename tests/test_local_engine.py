@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import re
 from collections.abc import Iterator
 
+import attrs
+import jsonschema
 import pytest
 import structlog
 
 from meshkit.errors import BadRequest, NotFound
 from meshkit.local import Generation, LlamaEngine, LocalLLM, TokenStream, resolve_model
 from meshkit.local.service import _fold_for_gemma
+from meshkit.local.transcript import STOPS
 from meshkit.nodes.base import Context
-from meshkit.protocol import ChatRequest, Chunk, Completion, EmbeddingRequest, Message
+from meshkit.protocol import ChatRequest, Chunk, Completion, EmbeddingRequest, Message, Part
 
 pytestmark = pytest.mark.slow
 
@@ -232,3 +236,88 @@ class TestGemmaTurns:
     )
     def test_fold(self, messages: list[tuple[str, str]], expected: list[tuple[str, str]]) -> None:
         assert _fold_for_gemma(messages) == expected
+
+
+CITY = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}, "country": {"type": "string"}},
+    "required": ["city", "country"],
+    "additionalProperties": False,
+}
+
+
+def structured(fmt: dict[str, object], *, stream: bool = False) -> ChatRequest:
+    return ChatRequest(
+        messages=(Message("user", "What is the capital of France?"),),
+        stream=stream,
+        max_tokens=80,
+        response_format=fmt,
+    )
+
+
+class TestTranscript:
+    """The base model answers the turn instead of echoing it (structure, not words)."""
+
+    async def test_answer_is_the_assistant_turn_only(self, llm: LocalLLM) -> None:
+        result = await llm.process(chat(40, stream=False), ctx())
+        assert isinstance(result, Completion)
+        assert result.text and result.text == result.text.strip()
+        assert not result.text.startswith("Why is the sky blue?")
+        assert not any(stop.strip() in result.text for stop in STOPS)
+        assert "<start_of_turn>" not in result.text
+
+
+class TestStructuredOutput:
+    """A JSON response format is enforced by a grammar: the answer parses and fits."""
+
+    async def test_json_schema_answer_is_valid_for_the_schema(self, llm: LocalLLM) -> None:
+        fmt = {"type": "json_schema", "json_schema": {"name": "city", "schema": CITY}}
+        result = await llm.process(structured(fmt), ctx())
+        assert isinstance(result, Completion) and result.finish_reason == "stop"
+        jsonschema.validate(json.loads(result.text), CITY)
+        assert result.text == result.text.strip()
+
+    async def test_streamed_json_schema_answer_is_valid_too(self, llm: LocalLLM) -> None:
+        fmt = {"type": "json_schema", "json_schema": {"name": "city", "schema": CITY}}
+        stream = await llm.process(structured(fmt, stream=True), ctx())
+        assert isinstance(stream, TokenStream)
+        chunks = await drain(stream)
+        assert chunks[-1].finish_reason == "stop"
+        jsonschema.validate(json.loads("".join(c.text for c in chunks)), CITY)
+
+    async def test_json_object_answer_is_an_object(self, llm: LocalLLM) -> None:
+        result = await llm.process(structured({"type": "json_object"}), ctx())
+        assert isinstance(result, Completion) and result.finish_reason == "stop"
+        assert isinstance(json.loads(result.text), dict)
+
+    async def test_schema_llama_cpp_cannot_compile_is_a_bad_request(self, llm: LocalLLM) -> None:
+        fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "foo"}}}
+        with pytest.raises(BadRequest) as caught:
+            await llm.process(structured(fmt), ctx())
+        assert caught.value.param == "response_format.json_schema.schema"
+
+
+class TestRefused:
+    """What the small text model cannot do is a 400 naming the field, never ignored."""
+
+    @pytest.mark.parametrize(
+        ("changes", "param"),
+        [
+            ({"tools": ({"type": "function", "function": {"name": "f"}},)}, "tools"),
+            ({"think": True}, "think"),
+            ({"logprobs": True}, "logprobs"),
+            (
+                {
+                    "messages": (
+                        Message("user", (Part("text", "What is it?"), Part.image("data:,"))),
+                    )
+                },
+                "messages[0].content",
+            ),
+        ],
+    )
+    async def test_refused(self, llm: LocalLLM, changes: dict[str, object], param: str) -> None:
+        request = attrs.evolve(chat(4, stream=False), **changes)
+        with pytest.raises(BadRequest) as caught:
+            await llm.process(request, ctx())
+        assert caught.value.param == param

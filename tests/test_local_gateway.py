@@ -15,8 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
+import jsonschema
 import ollama
 import openai
+import pydantic
 import pytest
 
 from .conftest import free_port
@@ -231,3 +233,37 @@ class TestOllama:
         with pytest.raises(ollama.ResponseError) as info:
             await ol.generate(model="llama3.2:1b", prompt="hi", stream=False)
         assert info.value.status_code == 404
+
+
+CAPITAL_QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+class Capital(pydantic.BaseModel):
+    city: str
+    country: str
+
+
+class TestStructuredOutput:
+    """`meshkit serve` with no endpoint answers a JSON schema with JSON valid for it."""
+
+    async def test_openai_parse_with_a_pydantic_model(self, oa: openai.AsyncOpenAI) -> None:
+        result = await oa.chat.completions.parse(
+            model="gemma-3-270m",
+            messages=CAPITAL_QUESTION,
+            response_format=Capital,
+            max_tokens=60,
+        )
+        assert result.choices[0].finish_reason == "stop"
+        assert isinstance(result.choices[0].message.parsed, Capital)
+
+    async def test_ollama_format_schema(self, ol: ollama.AsyncClient) -> None:
+        schema = Capital.model_json_schema()
+        answer = await ol.chat(
+            model="gemma-3-270m",
+            messages=CAPITAL_QUESTION,
+            format=schema,
+            stream=False,
+            options={"num_predict": 60},
+        )
+        assert answer.done_reason == "stop"
+        jsonschema.validate(json.loads(answer.message.content or ""), schema)

@@ -8,7 +8,16 @@ from typing import Any
 
 import pytest
 
-from meshkit import ChatRequest, Chunk, Completion, Context, HttpClient, Message
+from meshkit import (
+    ChatRequest,
+    Chunk,
+    Completion,
+    Context,
+    HttpClient,
+    Message,
+    ToolCall,
+    ToolCallDelta,
+)
 from meshkit.nodes.guardrail import Blocked, Guardrail, Scanner
 from meshkit.streams import Tee
 
@@ -79,12 +88,26 @@ class TestStreamingGuardrail:
         got.extend([c.text async for c in stream])
         assert "".join(got) == "Hello there, my number is [REDACTED]."
 
-    @pytest.mark.parametrize(("exact", "held"), [(True, "12"), (False, "umber is 12")])
-    def test_holds_back_only_a_possible_match(self, exact: bool, held: str) -> None:
-        scanner = Scanner(SSN, max_match=12, exact=exact)
+    def test_holds_back_only_a_possible_match(self) -> None:
+        scanner = Scanner(SSN)
         safe, found = scanner.feed("my number is 12")
         assert not found
-        assert scanner.pending == held and safe + held == "my number is 12"
+        assert scanner.pending == "12" and safe == "my number is "
+
+    async def test_short_safe_answer_is_released_at_once(self) -> None:
+        release = asyncio.Event()
+
+        async def upstream() -> AsyncIterator[Chunk]:
+            yield Chunk("Hi there.")
+            await release.wait()
+            yield Chunk("", "stop")
+
+        guard = Guardrail("guard", params={"patterns": [SSN]})
+        stream = await guard.process(upstream(), Context(client=HttpClient()))
+        # Nothing in "Hi there." can start a match, so none of it waits for the end.
+        assert (await anext(stream)).text == "Hi there."
+        release.set()
+        assert [c.finish_reason async for c in stream] == ["stop"]
 
     async def test_guards_completions_and_requests(self) -> None:
         ctx = Context(client=HttpClient())
@@ -113,6 +136,163 @@ class TestStreamingGuardrail:
         await anext(stream)
         await stream.aclose()
         assert closed.is_set()
+
+
+def calls_of(out: list[Chunk]) -> dict[int, str]:
+    """Each tool call's arguments as a client accumulates them, by index."""
+    args: dict[int, str] = {}
+    for chunk in out:
+        for delta in chunk.tool_calls:
+            args[delta.index] = args.get(delta.index, "") + delta.arguments
+    return args
+
+
+def tokens(text: str) -> list[dict[str, Any]]:
+    """OpenAI-style logprob entries, one per character of ``text``."""
+    return [{"token": ch, "logprob": -0.5, "top_logprobs": []} for ch in text]
+
+
+async def stream_of(chunks_in: list[Chunk]) -> AsyncIterator[Chunk]:
+    for chunk in chunks_in:
+        yield chunk
+
+
+async def guard_all(params: dict[str, Any], chunks_in: list[Chunk]) -> tuple[list[Chunk], Context]:
+    ctx = Context(client=HttpClient())
+    stream = await Guardrail("guard", params=params).process(stream_of(chunks_in), ctx)
+    return [c async for c in stream], ctx
+
+
+class TestChannels:
+    """Reasoning and tool-call arguments are scanned like content, each on its own."""
+
+    @pytest.mark.parametrize("pieces", splits(TEXT), ids=lambda p: "|".join(p)[:40])
+    async def test_redacts_split_reasoning(self, pieces: list[str]) -> None:
+        chunks_in = [Chunk(reasoning=p) for p in pieces] + [Chunk("ok", "stop")]
+        out, ctx = await guard_all({"patterns": [SSN]}, chunks_in)
+        assert "".join(c.reasoning for c in out) == TEXT.replace("123-45-6789", "[REDACTED]")
+        assert "".join(c.text for c in out) == "ok"
+        assert ctx.meta["guardrail"]["matches"] == 1
+
+    @pytest.mark.parametrize("cut", range(1, 30))
+    async def test_redacts_tool_arguments_split_across_fragments(self, cut: int) -> None:
+        args = '{"ssn": "123-45-6789", "n": 1}'
+        chunks_in = [
+            Chunk(tool_calls=(ToolCallDelta(0, id="call_1", name="lookup"),)),
+            Chunk(tool_calls=(ToolCallDelta(0, arguments=args[:cut]),)),
+            Chunk(tool_calls=(ToolCallDelta(0, arguments=args[cut:]),)),
+            Chunk(finish_reason="tool_calls"),
+        ]
+        out, _ = await guard_all({"patterns": [SSN]}, chunks_in)
+        assert calls_of(out) == {0: '{"ssn": "[REDACTED]", "n": 1}'}
+        first = out[0].tool_calls[0]
+        assert (first.id, first.name) == ("call_1", "lookup")
+        assert out[-1].finish_reason == "tool_calls"
+
+    async def test_each_tool_call_has_its_own_scanner(self) -> None:
+        # "123-45-" ends call 0 and "6789" starts call 1: no match across two calls.
+        chunks_in = [
+            Chunk(tool_calls=(ToolCallDelta(0, id="a", name="f", arguments="123-45-"),)),
+            Chunk(tool_calls=(ToolCallDelta(1, id="b", name="f", arguments="6789"),)),
+            Chunk(finish_reason="tool_calls"),
+        ]
+        out, ctx = await guard_all({"patterns": [r"\d{3}-\d{2}-\d{4}"]}, chunks_in)
+        assert calls_of(out) == {0: "123-45-", 1: "6789"}
+        assert "guardrail" not in ctx.meta
+
+    async def test_earlier_call_is_released_when_the_next_one_starts(self) -> None:
+        release = asyncio.Event()
+
+        async def upstream() -> AsyncIterator[Chunk]:
+            yield Chunk(tool_calls=(ToolCallDelta(0, id="a", name="f", arguments="id 123"),))
+            yield Chunk(tool_calls=(ToolCallDelta(1, id="b", name="g", arguments="{}"),))
+            await release.wait()
+            yield Chunk(finish_reason="tool_calls")
+
+        guard = Guardrail("guard", params={"patterns": [SSN]})
+        stream = await guard.process(upstream(), Context(client=HttpClient()))
+        first = await anext(stream)
+        assert first.tool_calls == (ToolCallDelta(0, id="a", name="f", arguments="id "),)
+        second = await anext(stream)
+        # Call 0's held "123" is whole once call 1 begins.
+        assert second.tool_calls == (
+            ToolCallDelta(0, arguments="123"),
+            ToolCallDelta(1, id="b", name="g", arguments="{}"),
+        )
+        release.set()
+        assert [c.finish_reason async for c in stream] == ["tool_calls"]
+
+    async def test_reasoning_hold_back_releases_safe_text_early(self) -> None:
+        release = asyncio.Event()
+
+        async def upstream() -> AsyncIterator[Chunk]:
+            yield Chunk(reasoning="Thinking about 12")
+            await release.wait()
+            yield Chunk(reasoning="3-45-6789 now")
+            yield Chunk("done", "stop")
+
+        guard = Guardrail("guard", params={"patterns": [SSN]})
+        stream = await guard.process(upstream(), Context(client=HttpClient()))
+        assert (await anext(stream)).reasoning == "Thinking about "
+        release.set()
+        rest = [c async for c in stream]
+        assert "".join(c.reasoning for c in rest) == "[REDACTED] now"
+
+    async def test_blocks_on_tool_arguments(self) -> None:
+        chunks_in = [
+            Chunk("Calling.", tool_calls=(ToolCallDelta(0, id="a", name="f", arguments='{"p": '),)),
+            Chunk(tool_calls=(ToolCallDelta(0, arguments='"password123"}'),)),
+            Chunk(finish_reason="tool_calls"),
+        ]
+        out, ctx = await guard_all(
+            {"words": ["password123"], "action": "block", "message": "[stopped]"}, chunks_in
+        )
+        assert "".join(c.text for c in out) == "Calling.[stopped]"
+        assert "password123" not in calls_of(out).get(0, "")
+        assert out[-1].finish_reason == "content_filter"
+        assert ctx.meta["guardrail"]["action"] == "blocked"
+
+    async def test_untouched_chunk_keeps_its_raw_payload(self) -> None:
+        chunk = Chunk("fine", raw=b'{"x": 1}', reasoning="calm")
+        out, _ = await guard_all({"patterns": [SSN]}, [chunk, Chunk("", "stop")])
+        assert out[0].raw == b'{"x": 1}'
+
+    async def test_logprobs_travel_with_their_held_text(self) -> None:
+        pieces = ["Call 12", "3 now", " please"]
+        chunks_in = [Chunk(p, logprobs={"content": tokens(p)}) for p in pieces]
+        out, _ = await guard_all({"patterns": [SSN]}, [*chunks_in, Chunk("", "stop")])
+        # "12" waits for the next chunk, and its logprobs wait with it.
+        assert [c.text for c in out][:2] == ["Call ", "123 now"]
+        assert out[0].logprobs is None
+        assert out[1].logprobs == {"content": tokens("Call 123 now")}
+        spelled = "".join(e["token"] for c in out if c.logprobs for e in c.logprobs["content"])
+        assert spelled == "".join(pieces) == "".join(c.text for c in out)
+
+    async def test_logprobs_of_redacted_text_are_dropped(self) -> None:
+        pieces = ["my id ", "123-45-6789", " ok"]
+        chunks_in = [Chunk(p, logprobs={"content": tokens(p)}) for p in pieces]
+        out, _ = await guard_all({"patterns": [SSN]}, [*chunks_in, Chunk("", "stop")])
+        assert "".join(c.text for c in out) == "my id [REDACTED] ok"
+        spelled = "".join(e["token"] for c in out if c.logprobs for e in c.logprobs["content"])
+        assert spelled == "my id "
+
+    async def test_completion_reasoning_and_tool_calls(self) -> None:
+        ctx = Context(client=HttpClient())
+        guard = Guardrail("g", params={"patterns": [SSN]})
+        done = Completion(
+            "ok",
+            reasoning="user 123-45-6789",
+            tool_calls=(ToolCall("a", "f", '{"ssn": "123-45-6789"}'),),
+            finish_reason="tool_calls",
+        )
+        out = await guard.process(done, ctx)
+        assert out.reasoning == "user [REDACTED]"
+        assert out.tool_calls == (ToolCall("a", "f", '{"ssn": "[REDACTED]"}'),)
+        assert ctx.meta["guardrail"]["matches"] == 2
+        blocker = Guardrail("b", params={"patterns": [SSN], "action": "block"})
+        blocked = await blocker.process(done, ctx)
+        assert blocked.finish_reason == "content_filter" and blocked.tool_calls == ()
+        assert "123-45-6789" not in blocked.reasoning
 
 
 class TestTee:

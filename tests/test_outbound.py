@@ -554,7 +554,7 @@ class TestSpecKeys:
         with pytest.raises(SpecError) as info:
             loads(text, env={})
         problems = "\n".join(info.value.problems)
-        assert "services.llm.max_connections: must be a positive whole number, not 0" in problems
+        assert "services.llm.max_connections: must be a positive integer, not 0" in problems
         assert "services.llm.max_response_body: must be a size in bytes" in problems
         assert "gateway.send_timeout: must be a number of seconds (0: no limit), not -1" in problems
 

@@ -16,6 +16,7 @@ from .admission import Admission
 from .auth import ApiKeys
 from .dialect import SEND_TIMEOUT, json_response, request_id
 from .route import Route
+from .ui import mount as mount_ui
 
 log = structlog.get_logger(__name__)
 
@@ -159,6 +160,7 @@ def build_app(
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    mount_ui(app, routes, mesh.pipelines)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await mesh.open()

@@ -14,6 +14,7 @@ from aiohttp import web
 from ..errors import MeshError
 from ..protocol.ollama import error_body, parse_chat, parse_generate
 from ..protocol.ollama_ndjson import ChatEncoder, GenerateEncoder
+from . import ollama_api
 from .dialect import Handler, error_json, json_response, request_id, serve_chat
 from .route import Route
 
@@ -79,3 +80,4 @@ def add_routes(router: web.UrlDispatcher, route: Route) -> None:
     router.add_post(prefix + "/api/generate", generate_handler(route))
     router.add_post(prefix + "/api/chat", chat_handler(route))
     router.add_get(prefix + "/api/tags", tags)
+    ollama_api.add_routes(router, route, error_response)

@@ -6,13 +6,15 @@ Imported only when a model is loaded, so ``meshkit.local`` imports without the
 
 from __future__ import annotations
 
+import json
 import threading
-from collections.abc import Generator
+from collections.abc import Generator, Mapping
 from typing import Any
 
 import llama_cpp
 import numpy as np
 import numpy.typing as npt
+from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
 
 
 class TokenWatch:
@@ -51,6 +53,8 @@ class WatchedLlama(llama_cpp.Llama):
 
     watch: TokenWatch | None = None
     turn_tokens: frozenset[int] = frozenset()
+    #: The file has no chat template: chats are written as a plain transcript.
+    transcript: bool = False
 
     def create_completion(self, prompt: str | list[int], *args: Any, **kwargs: Any) -> Any:
         watch = self.watch
@@ -67,7 +71,11 @@ class WatchedLlama(llama_cpp.Llama):
 
 
 def load_chat(path: str, *, n_ctx: int, n_threads: int, chat_format: str | None) -> WatchedLlama:
-    """Load a model for generation."""
+    """Load a model for generation.
+
+    With no ``chat_format`` and no template in the file (a base model), the model is
+    marked for plain transcripts; llama.cpp's fallback template would not suit it.
+    """
     llama = WatchedLlama(
         model_path=path,
         n_ctx=n_ctx,
@@ -76,11 +84,27 @@ def load_chat(path: str, *, n_ctx: int, n_threads: int, chat_format: str | None)
         chat_format=chat_format,
         verbose=False,
     )
-    if chat_format == "gemma":
+    llama.transcript = chat_format is None and "tokenizer.chat_template" not in llama.metadata
+    if chat_format == "gemma" or llama.transcript:
         tokens = llama.tokenize(b"<start_of_turn>", add_bos=False, special=True)
         if len(tokens) == 1:
             llama.turn_tokens = frozenset(tokens)
     return llama
+
+
+def json_grammar(schema: Mapping[str, Any] | None) -> LlamaGrammar:
+    """A grammar admitting only JSON valid for ``schema`` (None: any JSON object).
+
+    Raises:
+        ValueError: llama.cpp cannot compile ``schema``.
+    """
+    if schema is None:
+        return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+    try:
+        return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+    except (AssertionError, AttributeError, KeyError, TypeError, ValueError) as exc:
+        # The converter reports what it cannot handle with asserts and lookups.
+        raise ValueError(f"unsupported JSON Schema: {exc}") from exc
 
 
 def load_embedder(path: str, *, n_ctx: int, n_threads: int) -> llama_cpp.Llama:
@@ -111,6 +135,19 @@ def stream_chat(
         for part in parts:
             choice = part["choices"][0]
             yield str(choice["delta"].get("content") or ""), choice["finish_reason"]
+    finally:
+        parts.close()
+
+
+def stream_text(
+    llama: WatchedLlama, prompt: str, kwargs: dict[str, Any]
+) -> Generator[tuple[str, str | None], None, None]:
+    """Run a streamed plain completion of ``prompt``; yield (text delta, finish reason)."""
+    parts: Any = llama.create_completion(prompt, **kwargs)
+    try:
+        for part in parts:
+            choice = part["choices"][0]
+            yield str(choice.get("text") or ""), choice["finish_reason"]
     finally:
         parts.close()
 

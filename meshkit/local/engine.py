@@ -23,9 +23,13 @@ import structlog
 
 from ..errors import BadRequest, MeshError
 from ..protocol import Chunk, Usage
+from . import transcript
 from .model import ModelFile
+from .transcript import JsonOutput
 
 if TYPE_CHECKING:
+    from collections.abc import Generator
+
     import llama_cpp
 
     from ._llama import WatchedLlama
@@ -40,7 +44,8 @@ SAMPLING_OPTIONS = frozenset(
 
 @attrs.frozen
 class Generation:
-    """What to generate: chat messages (role, content) and sampling settings."""
+    """What to generate: chat messages (role, content), sampling settings, and the
+    JSON the answer must be (``output``; None for free text)."""
 
     messages: tuple[tuple[str, str], ...]
     max_tokens: int
@@ -49,6 +54,7 @@ class Generation:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     options: Mapping[str, Any] = attrs.field(factory=dict)
+    output: JsonOutput | None = None
 
 
 @attrs.define
@@ -283,8 +289,17 @@ class LlamaEngine:
         first: float | None = None
         finish: str | None = None
         try:
-            parts = _llama.stream_chat(chat, _chat_kwargs(generation))
+            parts = _stream(chat, generation)
+            # In a transcript the answer follows "Assistant: " and ends where the next
+            # turn would start; the blanks around it belong to the transcript (and a
+            # JSON grammar lets the model pad the end), so they are not the answer's.
+            trim = chat.transcript or generation.output is not None
+            blanks = ""
             for text, reason in parts:
+                if trim:
+                    text = blanks + (text.lstrip() if first is None else text)
+                    blanks = text[len(text.rstrip()) :]
+                    text = text.rstrip()
                 if text:
                     first = first or time.monotonic()
                     job.put(Chunk(text=text, model=self.name))
@@ -326,12 +341,27 @@ class LlamaEngine:
         job.put(_END)
 
 
-def _chat_kwargs(generation: Generation) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {
-        "messages": [{"role": role, "content": text} for role, text in generation.messages],
-        "stream": True,
-        "max_tokens": generation.max_tokens,
-    }
+def _stream(chat: WatchedLlama, generation: Generation) -> Generator[tuple[str, str | None]]:
+    """Start the generation: a plain transcript for a base model, else the file's chat
+    template; a JSON output is enforced by a grammar either way."""
+    from . import _llama
+
+    kwargs = _sampling_kwargs(generation)
+    if generation.output is not None:
+        try:
+            kwargs["grammar"] = _llama.json_grammar(generation.output.schema)
+        except ValueError as exc:
+            raise BadRequest(str(exc), param="response_format.json_schema.schema") from exc
+    if chat.transcript:
+        kwargs["stop"] = [*transcript.STOPS, *generation.stop]
+        prompt = transcript.render(generation.messages, generation.output)
+        return _llama.stream_text(chat, prompt, kwargs)
+    kwargs["messages"] = [{"role": role, "content": text} for role, text in generation.messages]
+    return _llama.stream_chat(chat, kwargs)
+
+
+def _sampling_kwargs(generation: Generation) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"stream": True, "max_tokens": generation.max_tokens}
     if generation.temperature is not None:
         kwargs["temperature"] = generation.temperature
     if generation.top_p is not None:
@@ -346,6 +376,8 @@ def _chat_kwargs(generation: Generation) -> dict[str, Any]:
 
 def _wrap(exc: Exception) -> MeshError:
     """llama.cpp signals an over-long prompt with a plain ValueError."""
+    if isinstance(exc, MeshError):
+        return exc
     if isinstance(exc, ValueError) and "context window" in str(exc):
         error: MeshError = BadRequest(str(exc), param="messages")
     else:

@@ -34,7 +34,8 @@ class ModelFile:
         path: The ``.gguf`` file.
         name: The model's public name (``/v1/models``, ``/api/tags``).
         aliases: Other names a request may use for it (the file stem).
-        chat_format: llama.cpp chat format to use; None means the file's own template.
+        chat_format: llama.cpp chat format to use; None means the file's own template,
+            or a plain transcript when the file has none (a base model).
     """
 
     path: Path
@@ -69,7 +70,8 @@ def resolve_model(
         path: A GGUF file; None for the bundled Gemma 3 270M.
         directory: Cache directory for the bundled model (default: :func:`model_dir`).
         chat_format: llama.cpp chat format for a GGUF given by path (default: its own
-            template); the bundled model always uses ``gemma``.
+            template, or a plain transcript for a base model without one, such as
+            the bundled Gemma).
         progress: Called with one human-readable line per step (the CLI prints them).
 
     Raises:
@@ -82,7 +84,8 @@ def resolve_model(
         _check_gguf(file)
         return ModelFile(file, file.stem, chat_format=chat_format)
     file = ensure_default_model(directory, progress=progress)
-    return ModelFile(file, DEFAULT_MODEL_NAME, aliases=frozenset({file.stem}), chat_format="gemma")
+    # A base model without a chat template: it answers best to a plain transcript.
+    return ModelFile(file, DEFAULT_MODEL_NAME, aliases=frozenset({file.stem}))
 
 
 def ensure_default_model(

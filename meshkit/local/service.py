@@ -16,6 +16,7 @@ from ..protocol import ChatRequest, Completion, EmbeddingRequest, Embeddings, Us
 from ..streams import aggregate
 from .engine import Generation, LlamaEngine, TokenStream
 from .model import Progress, resolve_model
+from .transcript import json_output
 
 if TYPE_CHECKING:
     from ..client import HttpClient
@@ -28,9 +29,13 @@ DEFAULT_MAX_TOKENS = 512
 class LocalLLM(MicroService):
     """An LLM node that runs a GGUF model in this process through llama.cpp.
 
-    Without ``model`` it serves the bundled Gemma 3 270M (assembled on first use).
-    Streams when the request asks to, answers ``/v1/embeddings`` with mean-pooled
-    vectors, and rejects a request naming another model with :class:`NotFound`.
+    Without ``model`` it serves the bundled Gemma 3 270M (assembled on first use), a
+    base model, so chats reach it as a plain transcript (see
+    :mod:`meshkit.local.transcript`). A ``response_format`` of ``json_object`` or
+    ``json_schema`` is enforced with a llama.cpp grammar: the answer is JSON valid for
+    the schema. Streams when the request asks to, answers ``/v1/embeddings`` with
+    mean-pooled vectors, and rejects a request naming another model with
+    :class:`NotFound`.
 
     Args:
         name: Node name in a graph.
@@ -138,6 +143,7 @@ class LocalLLM(MicroService):
             )
 
     def _generation(self, request: ChatRequest) -> Generation:
+        _refuse_unsupported(request)
         messages = [(m.role, m.text) for m in request.messages]
         if self.engine.model.chat_format == "gemma":
             messages = _fold_for_gemma(messages)
@@ -151,7 +157,25 @@ class LocalLLM(MicroService):
             stop=request.stop,
             seed=request.seed,
             options=request.extra,
+            output=json_output(request.response_format),
         )
+
+
+def _refuse_unsupported(request: ChatRequest) -> None:
+    """What a small local text model cannot do is a 400 naming the field, never ignored."""
+    if request.tools:
+        raise BadRequest("the local model cannot call tools", param="tools")
+    if request.think not in (None, False):
+        raise BadRequest("the local model does not reason before answering", param="think")
+    if request.logprobs or request.top_logprobs:
+        raise BadRequest("the local model does not return logprobs", param="logprobs")
+    for i, message in enumerate(request.messages):
+        for part in message.parts:
+            if part.type != "text":
+                raise BadRequest(
+                    f"the local model reads text only, not {part.type!r} parts",
+                    param=f"messages[{i}].content",
+                )
 
 
 def _fold_for_gemma(messages: list[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -31,10 +31,11 @@ class PromptBuilder(MicroService):
     """Builds the chat request an LLM answers from.
 
     Takes documents (from a retriever or reranker), the request, or a join of them.
-    The caller's earlier turns (and system messages) are kept; the last user message
-    becomes ``template`` filled with ``{question}`` and ``{context}`` (the documents,
-    each written with ``document``), and ``system`` goes first. The documents used
-    are reported to the client as ``sources`` (see
+    The caller's turns (and system messages) are kept in their order, with the
+    request's tools and response format; the last user message's text becomes
+    ``template`` filled with ``{question}`` and ``{context}`` (the documents, each
+    written with ``document``), in place and keeping its images, and ``system`` goes
+    first. The documents used are reported to the client as ``sources`` (see
     :class:`~meshkit.orchestrator.ServiceOrchestrator`).
 
     Params: ``system``, ``template``, ``document``, ``empty`` (template used when no
@@ -86,17 +87,17 @@ class PromptBuilder(MicroService):
             user = fill(str(self.empty), {"question": question, "context": ""})
         else:
             user = question
+        # The question is rewritten where it stands, keeping its images and the turns
+        # after it (a tool follow-up must still read assistant(tool_calls), tool, ...).
         turns = list(request.messages)
         for i in range(len(turns) - 1, -1, -1):
             if turns[i].role == "user":
-                del turns[i]
+                turns[i] = turns[i].with_text(user)
                 break
-        messages = (
-            ([Message("system", self.system)] if self.system else [])
-            + turns
-            + [Message("user", user)]
-        )
-        return attrs.evolve(request, messages=tuple(messages))
+        else:
+            turns.append(Message("user", user))
+        system = [Message("system", self.system)] if self.system else []
+        return attrs.evolve(request, messages=(*system, *turns))
 
     def _source(self, index: int, doc: Any) -> dict[str, Any]:
         text = doc.text if len(doc.text) <= self.excerpt else doc.text[: self.excerpt] + "…"
