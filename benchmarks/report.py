@@ -54,6 +54,33 @@ MAIN_ROWS: tuple[tuple[str, str, str, str, str], ...] = (
     ),
     ("peak RSS with 1000 streams, MiB", "3", "peak_rss_mib_1000", "raw", "32 · 148 · 483 · ≤ 80"),
     ("slow streams completed (of 1000)", "3", "completed_1000", "raw", ""),
+    (
+        "added TTFT p50, burst of {burst} new connections at once, ms",
+        "6",
+        "ttft_p50_ms_burst",
+        "added",
+        "",
+    ),
+    (
+        "added TTFT p99, burst of {burst} new connections at once, ms",
+        "6",
+        "ttft_p99_ms_burst",
+        "added",
+        "≈ +75 · — · — · ≤ +100",
+    ),
+    ("CPU µs per stream in the burst", "6", "cpu_us_per_stream_burst", "raw", ""),
+)
+
+# rows of the "meshkit vs <variant>" tables: (label, scenario, metric, kind)
+COMPARE_ROWS: tuple[tuple[str, str, str, str], ...] = (
+    ("CPU µs per relayed chunk", "2", "cpu_us_per_chunk_100", "raw"),
+    ("CPU µs per stream (100 streams)", "2", "cpu_us_per_stream_100", "raw"),
+    ("CPU µs per non-streaming request, c32", "1", "cpu_us_per_req_c32", "raw"),
+    ("added p50 latency at c1, ms", "1", "p50_ms_c1", "added"),
+    ("added TTFT p50, one stream, ms", "2", "ttft_p50_ms_1", "added"),
+    ("added TTFT p99, burst, ms", "6", "ttft_p99_ms_burst", "added"),
+    ("CPU µs per stream in the burst", "6", "cpu_us_per_stream_burst", "raw"),
+    ("peak RSS with 1000 streams, MiB", "3", "peak_rss_mib_1000", "raw"),
 )
 
 CORE_ROWS: tuple[tuple[str, str, str], ...] = (
@@ -65,6 +92,8 @@ CORE_ROWS: tuple[tuple[str, str, str], ...] = (
     ("other load on the machine (cores), c32", "1", "other_load_cores_c32"),
     ("other load on the machine (cores), single streams", "2", "other_load_cores_1"),
     ("other load on the machine (cores), 100 streams", "2", "other_load_cores_100"),
+    ("shared core busy (upstream + generator), burst", "6", "gen_core_busy_burst"),
+    ("other load on the machine (cores), burst", "6", "other_load_cores_burst"),
 )
 
 SATURATED = 0.9
@@ -151,8 +180,10 @@ def markdown(results: dict[str, Any]) -> str:
         "direct's. Issue figures: nginx · OPEA · LiteLLM · meshkit target.",
         "",
     ]
+    burst = meta.get("burst", 1000)
     rows = []
     for label, sc, metric, kind, ref in MAIN_ROWS:
+        label = label.format(burst=burst)
         base = _stats(results, "direct", sc, metric)
         offset = base["median"] if base else None
         cells = []
@@ -169,6 +200,12 @@ def markdown(results: dict[str, Any]) -> str:
     for label, sc, done, total in (
         ("streams complete and in order, 100 concurrent", "2", "complete_100", "streams_100"),
         ("slow streams complete and in order, 1000 concurrent", "3", "completed_1000", None),
+        (
+            f"burst streams complete and in order, {burst} at once",
+            "6",
+            "completed_burst",
+            "streams_burst",
+        ),
     ):
         cells = []
         for name in systems:
@@ -205,6 +242,8 @@ def markdown(results: dict[str, Any]) -> str:
         rows.append([label, *cells])
     out += _table(["core", *systems], rows)
 
+    out += _burst_section(results, systems, burst)
+    out += _comparisons(results, systems)
     out += _optional_sections(results, systems)
     notes = [
         f"- **{name}**: {info['status']}"
@@ -215,6 +254,93 @@ def markdown(results: dict[str, Any]) -> str:
     if notes:
         out += ["", "## Notes", "", *notes]
     return "\n".join(out) + "\n"
+
+
+def _burst_section(results: dict[str, Any], systems: list[str], burst: int) -> list[str]:
+    """Scenario 6 in absolute figures, with what the generator itself spent."""
+    ran = [s for s in systems if _stats(results, s, "6", "ttft_p99_ms_burst")]
+    if not ran:
+        return []
+    rows = [
+        [label, *(_cell(_stats(results, s, "6", metric), None, False) for s in ran)]
+        for label, metric in (
+            ("TTFT p50 from the client's connect, ms", "ttft_p50_ms_burst"),
+            ("TTFT p99 from the client's connect, ms", "ttft_p99_ms_burst"),
+            ("TTFT max, ms", "ttft_max_ms_burst"),
+            ("connect p99 (until the TCP handshake completed), ms", "connect_p99_ms_burst"),
+            ("first to last connect started, ms", "start_spread_ms_burst"),
+            ("load generator CPU for the whole burst, ms", "loadgen_cpu_ms_burst"),
+        )
+    ]
+    return [
+        "",
+        f"## Scenario 6: burst of {burst} streams, each on a new connection, opened together",
+        "",
+        "Absolute figures. direct's TTFT is the floor set by the load generator and the "
+        "upstream sharing one core; the generator's own CPU for the burst is shown so a "
+        "generator-bound run is visible.",
+        "",
+        *_table(["figure", *ran], rows),
+    ]
+
+
+def _median(stats: dict[str, float] | None, offset: float | None, added: bool) -> float | None:
+    """The median, minus direct's for an "added" figure; None when either is missing."""
+    if stats is None or (added and offset is None):
+        return None
+    return stats["median"] - (offset or 0.0) if added else stats["median"]
+
+
+def _ratio(ours: float | None, theirs: float | None) -> str:
+    if ours is None or theirs is None or ours <= 0 or theirs <= 0:
+        return "—"
+    return f"{ours / theirs:.2f}x"
+
+
+def _comparisons(results: dict[str, Any], systems: list[str]) -> list[str]:
+    """One table per meshkit variant in the run: meshkit beside it and their ratio."""
+    if "meshkit" not in systems:
+        return []
+    out: list[str] = []
+    baseline = results.get("baseline") or {}
+    for variant in systems:
+        if not variant.startswith("meshkit@") and variant != "meshkit-nometrics":
+            continue
+        if not results["systems"][variant].get("scenarios"):
+            continue
+        if variant.startswith("meshkit@"):
+            title = (
+                f"meshkit vs baseline {variant} ({baseline.get('ref', '?')}: "
+                f"{baseline.get('subject', '')})"
+            )
+        else:
+            title = "meshkit vs meshkit-nometrics (gateway.metrics off): what metrics cost"
+        rows = []
+        for label, sc, metric, kind in COMPARE_ROWS:
+            added = kind == "added"
+            base = _stats(results, "direct", sc, metric)
+            offset = base["median"] if base else None
+            ours = _stats(results, "meshkit", sc, metric)
+            theirs = _stats(results, variant, sc, metric)
+            if ours is None and theirs is None:
+                continue
+            rows.append(
+                [
+                    label,
+                    _cell(ours, offset, added),
+                    _cell(theirs, offset, added),
+                    _ratio(_median(ours, offset, added), _median(theirs, offset, added)),
+                ]
+            )
+        out += [
+            "",
+            f"## {title}",
+            "",
+            "Ratio = meshkit's median ÷ the variant's (below 1: meshkit costs less).",
+            "",
+            *_table(["metric", "meshkit", variant, f"meshkit ÷ {variant}"], rows),
+        ]
+    return out
 
 
 def _optional_sections(results: dict[str, Any], systems: list[str]) -> list[str]:

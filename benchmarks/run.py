@@ -4,6 +4,7 @@
     python benchmarks/run.py --quick            # a few minutes
     python benchmarks/run.py                    # full run: >= 3 repetitions everywhere
     python benchmarks/run.py --systems direct,nginx --scenarios 1,2
+    python benchmarks/run.py --systems direct,nginx,meshkit --baseline main   # before/after
 
 The system under test is pinned to CPU 0, the fake upstream, the load generators and
 this harness to CPU 1. Every system is started fresh for each scenario and stopped
@@ -26,6 +27,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import baseline
 import report
 import scenarios
 import systems
@@ -56,7 +58,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"comma-separated subset of {','.join(systems.ALL)} "
         "(direct is always added: the 'added' figures need it)",
     )
-    p.add_argument("--scenarios", default="1,2,3,4,5", help="comma-separated subset of 1-5")
+    p.add_argument("--scenarios", default="1,2,3,4,5,6", help="comma-separated subset of 1-6")
+    p.add_argument(
+        "--baseline",
+        metavar="REF",
+        default=None,
+        help="also run meshkit from git REF (a commit, branch or tag), checked out in a "
+        "temporary worktree, as system meshkit@<sha> beside meshkit: before/after in one run",
+    )
+    p.add_argument(
+        "--burst",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="scenario 6: streams opened at the same instant (default 1000)",
+    )
     p.add_argument(
         "--meshkit-yaml",
         type=Path,
@@ -234,11 +250,16 @@ def _brief(summary: report.Summary) -> str:
         "ttft_p99_ms_1000",
         "peak_rss_mib_1000",
         "ttft_p50_ms_real",
+        "completed_burst",
+        "ttft_p99_ms_burst",
+        "cpu_us_per_stream_burst",
     )
     return " ".join(f"{k}={summary[k]['median']:.3g}" for k in keys if k in summary)
 
 
-def plan_systems(args: argparse.Namespace, ids: list[str]) -> tuple[list[str], list[str]]:
+def plan_systems(
+    args: argparse.Namespace, ids: list[str], base: baseline.Baseline | None = None
+) -> tuple[list[str], list[str]]:
     """Names of the systems to run, and notes on what the run leaves out."""
     names = [n.strip() for n in args.systems.split(",") if n.strip()]
     unknown = [n for n in names if n not in (*systems.ALL, "meshkit-graph")]
@@ -246,6 +267,9 @@ def plan_systems(args: argparse.Namespace, ids: list[str]) -> tuple[list[str], l
         raise SystemExit(f"unknown systems: {unknown}; choose from {systems.ALL}")
     if "direct" not in names:
         names.insert(0, "direct")
+    if base is not None:  # right after meshkit, so the tables put them side by side
+        at = names.index("meshkit") + 1 if "meshkit" in names else len(names)
+        names.insert(at, base.system)
     notes = []
     if "5" in ids:
         if args.graph_yaml is None or not args.graph_yaml.exists():
@@ -266,14 +290,36 @@ def main(argv: list[str] | None = None) -> int:
     niceness = set_priority(args.nice)
     if args.check_upstream:
         return check_upstream()
+    if args.baseline is None:
+        return run(args, niceness, None)
+    with baseline.checkout(REPO, args.baseline) as base:
+        print(f"baseline {base.system}: {args.baseline} = {base.sha[:12]} {base.subject}")
+        print(f"  checked out in {base.tree} (removed at the end)", flush=True)
+        return run(args, niceness, base)
+
+
+def run(args: argparse.Namespace, niceness: int, base: baseline.Baseline | None) -> int:
+    """Run the chosen systems and scenarios, then write the report."""
     ids = [s.strip() for s in args.scenarios.split(",") if s.strip()]
-    names, notes = plan_systems(args, ids)
+    names, notes = plan_systems(args, ids, base)
     for note in notes:
         print(note, flush=True)
-    plan = Plan.make(args.quick, args.reps)
-    chosen = [systems.make(n, SUT_CPU, args.meshkit_yaml, args.graph_yaml) for n in names]
-    results: dict[str, Any] = {"order": names, "systems": {}, "notes": notes}
+    plan = Plan.make(args.quick, args.reps, args.burst)
     scratch = Path(tempfile.mkdtemp(prefix="bench-"))
+    chosen = [
+        systems.make(
+            n,
+            SUT_CPU,
+            args.meshkit_yaml,
+            args.graph_yaml,
+            scratch=scratch,
+            baseline=base.tree if base else None,
+        )
+        for n in names
+    ]
+    results: dict[str, Any] = {"order": names, "systems": {}, "notes": notes}
+    if base is not None:
+        results["baseline"] = {"ref": base.ref, "sha": base.sha, "subject": base.subject}
     upstream = start_upstream(scratch)
     started = time.monotonic()
     try:
@@ -287,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
             if system.name == "meshkit-graph":
                 todo = ["5"]
             else:
-                todo = [s for s in ids if s in ("1", "2", "3")]
+                todo = [s for s in ids if s in ("1", "2", "3", "6")]
             run_system(system, todo, bench, bench.upstream_url, results)
             if "4" in ids and args.llm_url:
                 system.model = args.llm_model
@@ -302,7 +348,8 @@ def main(argv: list[str] | None = None) -> int:
         "mode": "quick" if args.quick else "full",
         "plan": f"{plan.reps} reps (scenario 3: {plan.s3_reps}), non-streaming runs of "
         f"{plan.s1_seconds:.0f}s, {plan.s2_ttft_streams} single streams, "
-        f"{plan.s2_waves}x100 concurrent streams",
+        f"{plan.s2_waves}x100 concurrent streams, a burst of {plan.burst}",
+        "burst": plan.burst,
         "versions": versions(chosen),
         "duration_s": round(time.monotonic() - started),
         "cpus": {"sut": SUT_CPU, "upstream_and_generator": GEN_CPU},

@@ -1,4 +1,4 @@
-"""The measured scenarios of issue 6 and the load tools that drive them.
+"""The measured scenarios of issues 6 and 16 and the load tools that drive them.
 
 Each ``scenario_*`` function runs one repetition against a started system and returns
 flat ``metric -> value`` figures. CPU time of the system under test (SUT) is read from
@@ -37,13 +37,14 @@ class Plan:
     s2_waves: int
     s3_reps: int
     s4_streams: int
+    burst: int = 1000  # scenario 6: streams opened at the same instant
 
     @classmethod
-    def make(cls, quick: bool, reps: int | None) -> Plan:
-        """The full plan, or the quick one."""
+    def make(cls, quick: bool, reps: int | None, burst: int = 1000) -> Plan:
+        """The full plan, or the quick one (the burst keeps its size: it takes seconds)."""
         if quick:
-            return cls(reps or 2, 3.0, 20, 3, 1, 3)
-        return cls(reps or 3, 10.0, 60, 8, reps or 3, 10)
+            return cls(reps or 2, 3.0, 20, 3, 1, 3, burst)
+        return cls(reps or 3, 10.0, 60, 8, reps or 3, 10, burst)
 
 
 @dataclass
@@ -384,6 +385,58 @@ def scenario_3(system: System, bench: Bench) -> Figures:
     }
 
 
+#: scenario 6: a fast upstream, so a stream's cost is mostly its start
+BURST_CHUNKS, BURST_GAP_MS = 20, 2.0
+
+
+def scenario_6(system: System, bench: Bench) -> Figures:
+    """A burst: N streams opened at the same instant, each on its own new connection.
+
+    TTFT counts from each client's connect, so it holds the accept, the request's whole
+    path through the system and its upstream connect: a system that spends long on each
+    stream start makes the last of the burst wait for all the others.
+    """
+    n = bench.plan.burst
+    with Meter(system, bench) as meter:
+        res = loadgen(
+            bench,
+            system.chat_url,
+            system.model,
+            concurrency=n,
+            requests=n,
+            chunks=BURST_CHUNKS,
+            gap_ms=BURST_GAP_MS,
+            deadline=60,
+            timeout=120,
+            extra=["--burst"],
+        )
+    fig = meter.figures
+    sut = fig["sut_cpu_s"]
+    if res["errors"] or res["complete"] != res["requests"]:
+        print(
+            f"[{system.name}] burst: {res['complete']}/{res['requests']} complete, errors "
+            f"{res['errors']}, first bad answer: {str(res['first_bad'])[:200]!r}",
+            flush=True,
+        )
+    return {
+        "error_kinds_burst": res["errors"],  # kept in the JSON, not summarised
+        "first_bad_burst": res["first_bad"],
+        "streams_burst": res["requests"],
+        "completed_burst": res["complete"],
+        "in_order_burst": res["in_order"],
+        "errors_burst": sum(res["errors"].values()),
+        "ttft_p50_ms_burst": res["ttft_ms"]["p50"],
+        "ttft_p99_ms_burst": res["ttft_ms"]["p99"],
+        "ttft_max_ms_burst": res["ttft_ms"]["max"],
+        "connect_p99_ms_burst": res["connect_ms"]["p99"],
+        "start_spread_ms_burst": res["start_spread_ms"],
+        "cpu_us_per_stream_burst": sut * 1e6 / res["ok"] if sut is not None and res["ok"] else None,
+        "loadgen_cpu_ms_burst": res["cpu_s"] * 1000.0,
+        "gen_core_busy_burst": fig["gen_core_busy"],
+        "other_load_cores_burst": fig["other_load_cores"],
+    }
+
+
 REAL_PROMPT = "Write four short sentences about the sea."
 
 
@@ -420,4 +473,5 @@ SCENARIOS: dict[
     "3": (warm_streams, scenario_3),
     "4": (None, scenario_4),
     "5": (warm_streams, scenario_2),
+    "6": (warm_streams, scenario_6),
 }

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+import yaml
 from aiohttp import __version__ as aiohttp_version
 
 HERE = Path(__file__).resolve().parent
@@ -290,55 +291,123 @@ class AiohttpFloor(System):
         wait_http(self.url + "/v1/models", self.startup_timeout, proc.alive)
 
 
-def meshkit_command() -> list[str] | None:
-    """How to run ``meshkit`` from the main environment, or None if it is missing."""
-    script = Path(sys.executable).with_name("meshkit")
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("meshkit")
-    return [found] if found else None
-
-
 class Meshkit(System):
-    """``meshkit serve <yaml>`` with the lead's env contract."""
+    """``meshkit serve <yaml>`` with the lead's env contract, run from a source tree.
+
+    ``python -m meshkit`` with ``PYTHONPATH`` and the working folder set to ``code``,
+    so each system imports exactly the tree it names: this checkout for ``meshkit``,
+    a temporary worktree of another commit for ``meshkit@<sha>``. (The ``meshkit``
+    console script would import whatever tree is installed editable instead.)
+    """
 
     name = "meshkit"
 
-    def __init__(self, cpu: int, yaml_path: Path, name: str = "meshkit") -> None:
+    def __init__(
+        self,
+        cpu: int,
+        yaml_path: Path,
+        name: str = "meshkit",
+        code: Path = REPO,
+        needs: str = "",
+    ) -> None:
         super().__init__(cpu)
         self.yaml_path = yaml_path
         self.name = name
+        self.code = code
+        self.needs = needs  # the spec feature the YAML relies on, named when it is refused
+
+    def command(self) -> list[str]:
+        """The ``meshkit`` command, importing ``self.code``."""
+        if (self.code / "meshkit" / "__main__.py").exists():
+            return [sys.executable, "-m", "meshkit"]
+        # older trees without __main__.py still have the cli module
+        return [sys.executable, "-c", "import sys; from meshkit.cli import main; sys.exit(main())"]
+
+    def env(self) -> dict[str, str]:
+        """Environment that makes Python import ``self.code`` first."""
+        path = os.environ.get("PYTHONPATH")
+        return {"PYTHONPATH": str(self.code) + (os.pathsep + path if path else "")}
+
+    def _run(
+        self, *args: str, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*self.command(), *args],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+            env={**os.environ, **self.env(), **(env or {})},
+            cwd=self.code,
+        )
 
     def unavailable(self) -> str | None:
-        if meshkit_command() is None:
-            return "meshkit command not found (pip install -e .)"
         if not self.yaml_path.exists():
             return f"{self.yaml_path} does not exist"
-        probe = subprocess.run(
-            [*(meshkit_command() or []), "--help"],
+        where = subprocess.run(
+            [sys.executable, "-c", "import meshkit; print(meshkit.__file__)"],
             capture_output=True,
             text=True,
             check=False,
             timeout=60,
+            env={**os.environ, **self.env()},
+            cwd=self.code,
         )
-        if probe.returncode != 0 or "serve" not in probe.stdout:
-            return "`meshkit --help` fails or lists no `serve`: " + probe.stderr.strip()[-200:]
+        found = Path(where.stdout.strip() or "/nonexistent").resolve()
+        if where.returncode != 0 or not found.is_relative_to(self.code.resolve()):
+            why = where.stderr.strip().splitlines()[-1:] or [f"imports {found}"]
+            return f"cannot import meshkit from {self.code}: {why[0]}"
+        # the spec of this very tree must accept the YAML (same env as `serve`)
+        check = self._run(
+            "validate",
+            str(self.yaml_path),
+            env={"LLM_ENDPOINT": "http://127.0.0.1:9", "LLM_MODEL": MODEL, "MESHKIT_PORT": "8008"},
+        )
+        if check.returncode != 0:
+            problems = " ".join(line.strip() for line in check.stderr.splitlines()[-3:])
+            what = f"this meshkit's spec does not accept {self.needs}" if self.needs else ""
+            return f"{what or 'the spec refuses the YAML'} (`meshkit validate`: {problems[-300:]})"
         return None
 
     def version(self) -> str:
         try:
-            return metadata.version("meshkit")
+            release = metadata.version("meshkit")
         except metadata.PackageNotFoundError:
-            return "not installed"
+            release = "?"
+        described = subprocess.run(
+            ["git", "-C", str(self.code), "describe", "--always", "--dirty", "--abbrev=7"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+        return f"{release} ({described or 'no git'})"
 
     def _start(self, upstream: str, work: Path) -> None:
         port = free_port()
-        env = {"LLM_ENDPOINT": upstream, "LLM_MODEL": self.model, "MESHKIT_PORT": str(port)}
-        proc = self._spawn(
-            [*(meshkit_command() or []), "serve", str(self.yaml_path)], env=env, cwd=REPO
-        )
+        env = {
+            **self.env(),
+            "LLM_ENDPOINT": upstream,
+            "LLM_MODEL": self.model,
+            "MESHKIT_PORT": str(port),
+        }
+        proc = self._spawn([*self.command(), "serve", str(self.yaml_path)], env=env, cwd=self.code)
         self.url = f"http://127.0.0.1:{port}"
         wait_http(self.url + "/readyz", self.startup_timeout, proc.alive)
+
+
+def yaml_variant(source: Path, target: Path, gateway: dict[str, object]) -> Path:
+    """Write a copy of ``source`` with ``gateway`` keys set; return ``target``.
+
+    ``${VAR}`` references are plain strings to YAML and survive the round trip; the
+    comments do not (the copy is only for the benchmark).
+    """
+    raw = yaml.safe_load(source.read_text())
+    raw.setdefault("gateway", {}).update(gateway)
+    target.write_text(
+        f"# generated by benchmarks/systems.py from {source}: gateway {gateway}\n"
+        + yaml.safe_dump(raw, sort_keys=False)
+    )
+    return target
 
 
 class Opea(System):
@@ -437,9 +506,18 @@ def default_meshkit_yaml() -> Path:
 
 
 def make(
-    name: str, cpu: int, meshkit_yaml: Path | None = None, graph_yaml: Path | None = None
+    name: str,
+    cpu: int,
+    meshkit_yaml: Path | None = None,
+    graph_yaml: Path | None = None,
+    scratch: Path | None = None,
+    baseline: Path | None = None,
 ) -> System:
-    """Build the system called ``name``."""
+    """Build the system called ``name``.
+
+    ``scratch`` holds generated files (the ``meshkit-nometrics`` YAML); ``baseline``
+    is the source tree behind a ``meshkit@<sha>`` system.
+    """
     if name == "direct":
         return Direct(cpu)
     if name == "nginx":
@@ -454,7 +532,17 @@ def make(
         return Meshkit(cpu, meshkit_yaml or default_meshkit_yaml())
     if name == "meshkit-graph":
         return Meshkit(cpu, graph_yaml or HERE / "meshkit-graph.yaml", name="meshkit-graph")
+    if name == "meshkit-nometrics":
+        source = meshkit_yaml or default_meshkit_yaml()
+        folder = scratch or Path(tempfile.mkdtemp(prefix="bench-yaml-"))
+        target = folder / f"{source.stem}-nometrics.yaml"
+        yaml_path = yaml_variant(source, target, {"metrics": False})
+        return Meshkit(cpu, yaml_path, name=name, needs="gateway.metrics")
+    if name.startswith("meshkit@"):
+        if baseline is None:
+            raise ValueError(f"{name}: no baseline source tree (use --baseline REF)")
+        return Meshkit(cpu, meshkit_yaml or default_meshkit_yaml(), name=name, code=baseline)
     raise ValueError(f"unknown system {name!r}")
 
 
-ALL = ("direct", "nginx", "aiohttp", "meshkit", "opea", "litellm")
+ALL = ("direct", "nginx", "aiohttp", "meshkit", "meshkit-nometrics", "opea", "litellm")

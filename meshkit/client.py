@@ -1,39 +1,49 @@
 """The outbound layer: the only code in meshkit that opens connections.
 
-One pool of keep-alive connections (:mod:`meshkit.h1`) per process, owned by whoever
-serves (the gateway's ``cleanup_ctx`` or an orchestrator used as a library), with a
-timeout on every call and upstream failures turned into :mod:`meshkit.errors`.
+One pool of keep-alive connections (:mod:`meshkit.pool`, :mod:`meshkit.h1`) per
+process, owned by whoever serves (the gateway's ``cleanup_ctx`` or an orchestrator used
+as a library), with a timeout on every call and upstream failures turned into
+:mod:`meshkit.errors`. Per service it bounds the connections in use and the size of an
+answer read whole (:class:`Limits`); a request written on a pooled connection the
+upstream had just closed is sent again once on a new one, unseen by the caller.
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import ssl
-import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
-import attrs
 import structlog
 
-from . import _json, h1
+from . import _json, dial, h1
 from ._lifecycle import Resource
 from .errors import (
-    MeshError,
     UpstreamConnectError,
     UpstreamError,
-    UpstreamOverloaded,
-    UpstreamRejected,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from .limits import ConnectionsBusy, Gate, IdleWatch, Limits, Timeouts
+from .pool import Key, Pool, Route
+from .proxy import Proxies
+from .upstream import redact, retry_after, status_error, too_large
 
 log = structlog.get_logger(__name__)
 
-#: Longest upstream error body we read to build a message.
-_ERROR_BODY_LIMIT = 4096
+__all__ = [
+    "HOP_BY_HOP",
+    "ConnectionsBusy",
+    "HttpClient",
+    "IdleWatch",
+    "Limits",
+    "Timeouts",
+    "forwardable",
+    "redact",
+    "retry_after",
+]
 
 #: Headers that describe one connection, never forwarded to another hop (RFC 9110 7.6.1),
 #: plus the caller's own credentials and the headers meshkit sets itself.
@@ -72,53 +82,82 @@ def forwardable(headers: Mapping[str, str], names: Iterable[str]) -> dict[str, s
     return out
 
 
-@attrs.frozen
-class Timeouts:
-    """How long one outbound call may take, in seconds.
-
-    ``first_byte`` bounds everything up to the first piece of the answer (for a
-    non-streaming call, the whole answer); ``idle`` bounds each gap between chunks
-    after that; ``total`` bounds the whole call when set.
-    """
-
-    connect: float = 5.0
-    first_byte: float = 60.0
-    idle: float = 60.0
-    total: float | None = None
-
-    def within(self, seconds: float) -> Timeouts:
-        """These timeouts shrunk so that none outlasts ``seconds`` (a deadline's rest)."""
-        seconds = max(seconds, 0.001)
-        total = seconds if self.total is None else min(self.total, seconds)
-        return Timeouts(min(self.connect, seconds), min(self.first_byte, seconds), self.idle, total)
-
-
 class HttpClient(Resource):
     """A pooled HTTP client with meshkit's error mapping.
 
-    Use ``async with HttpClient() as client`` or :meth:`open`/:meth:`close`; ``tls`` is
-    the context ``https`` upstreams are verified with (default: the system's CAs). It keeps
-    one :class:`~meshkit.h1.Pool` of keep-alive connections (health probes use fresh
+    Use ``async with HttpClient() as client`` or :meth:`open`/:meth:`close`. It keeps
+    one :class:`~meshkit.pool.Pool` of keep-alive connections (health probes use fresh
     connections instead: a probe must tell a dead host from a live pooled socket) and
-    the set of responses being streamed, so a shutting-down gateway can end them
+    the responses being read, so a shutting-down gateway can end them
     (:meth:`abort_streams`).
+
+    Args:
+        limit: Idle connections kept per upstream.
+        keepalive: Seconds an idle connection is kept.
+        tls: Context ``https`` upstreams are verified with (default: the system's CAs).
+        proxies: Which upstreams are reached through a proxy (default: what
+            ``HTTP_PROXY``/``HTTPS_PROXY``/``NO_PROXY`` say when the client opens).
+        resolver: Turns a host name into addresses (default: the system's).
+        limits: Each service's :class:`Limits` unless :meth:`set_limits` says otherwise.
     """
 
     def __init__(
-        self, *, limit: int = 1024, keepalive: float = 30.0, tls: ssl.SSLContext | None = None
+        self,
+        *,
+        limit: int = 1024,
+        keepalive: float = 30.0,
+        tls: ssl.SSLContext | None = None,
+        proxies: Proxies | None = None,
+        resolver: dial.Resolver = dial.resolve,
+        limits: Limits | None = None,
     ) -> None:
         self._limit = limit
         self._keepalive = keepalive
         self._tls = tls
-        self._pool: h1.Pool | None = None
-        self._live: set[h1.Response] = set()
+        self._proxies = proxies
+        self._resolver = resolver
+        self._default_limits = limits or Limits()
+        self._limits: dict[str, Limits] = {}
+        self._gates: dict[str, Gate] = {}
+        self._pool: Pool | None = None
+        self._live: dict[h1.Response, Gate] = {}
         self.aborting = False
 
     async def open(self) -> None:
-        """Create the connection pool (idempotent)."""
+        """Create the connection pool (idempotent).
+
+        Raises:
+            ValueError: A proxy variable in the environment is not an http:// URL.
+        """
         if self._pool is None or self._pool.closed:
-            self._pool = h1.Pool(keepalive=self._keepalive, max_idle=self._limit, tls=self._tls)
+            proxies = Proxies.from_env() if self._proxies is None else self._proxies
+            if proxies:
+                log.info(
+                    "meshkit.client.proxies",
+                    http=proxies.http.name if proxies.http else None,
+                    https=proxies.https.name if proxies.https else None,
+                    no_proxy=",".join(proxies.no_proxy),
+                )
+            self._pool = Pool(
+                keepalive=self._keepalive,
+                max_idle=self._limit,
+                tls=self._tls,
+                proxies=proxies,
+                resolver=self._resolver,
+            )
             self.aborting = False
+
+    def set_limits(self, service: str, limits: Limits) -> None:
+        """Bound what ``service`` may take (before its first request)."""
+        self._limits[service] = limits
+        self._gates.pop(service, None)
+
+    def _gate(self, service: str) -> Gate:
+        gate = self._gates[service] = Gate(self._limits_of(service).max_connections)
+        return gate
+
+    def _limits_of(self, service: str) -> Limits:
+        return self._limits.get(service, self._default_limits)
 
     async def close(self) -> None:
         """Close the pool and every connection in it."""
@@ -127,7 +166,7 @@ class HttpClient(Resource):
             self._pool = None
 
     @property
-    def pool(self) -> h1.Pool:
+    def pool(self) -> Pool:
         """The underlying connection pool; opened on first use."""
         if self._pool is None or self._pool.closed:
             raise RuntimeError("HttpClient is not open; use 'async with' or open()")
@@ -190,11 +229,27 @@ class HttpClient(Resource):
                 ) as response:
                     return await response.read()
         except TimeoutError as exc:
+            if isinstance(exc, ConnectionsBusy):
+                raise
             raise UpstreamTimeout(
                 f"{service}: no {what} within {timeouts.first_byte:g} s", service=service
             ) from exc
+        except h1.BodyTooLarge as exc:
+            raise too_large(service, exc) from exc
         except h1.H1Error as exc:
             raise UpstreamError(f"{service}: {type(exc).__name__}", service=service) from exc
+
+    async def read_whole(self, response: h1.Response, *, service: str) -> bytes:
+        """``response``'s whole body, within the service's ``max_body``.
+
+        Raises:
+            UpstreamError: The body is over ``max_body`` (other failures are the
+                :class:`~meshkit.h1.H1Error` reading raised).
+        """
+        try:
+            return await response.read()
+        except h1.BodyTooLarge as exc:
+            raise too_large(service, exc) from exc
 
     async def start(
         self,
@@ -215,10 +270,12 @@ class HttpClient(Resource):
         (``try``/``finally``); :meth:`request` does that as a context manager.
 
         Raises ``UpstreamConnectError`` when no connection could be used (refused,
-        unreachable, connect timeout, a pooled socket the peer had closed),
-        ``UpstreamTimeout`` when headers do not arrive within ``timeouts.first_byte``,
-        ``UpstreamOverloaded`` for 429/503 (with the upstream's ``Retry-After``),
-        ``UpstreamRejected`` for another 4xx and ``UpstreamError`` for a 5xx.
+        unreachable, connect timeout, a proxy that would not connect us),
+        ``UpstreamTimeout`` when headers do not arrive within ``timeouts.first_byte``
+        (``ConnectionsBusy`` when the service's ``max_connections`` stayed in use that
+        long), ``UpstreamOverloaded`` for 429/503 (with the upstream's ``Retry-After``),
+        ``UpstreamRejected`` for another 4xx and ``UpstreamError`` for a 5xx, a redirect
+        (never followed) or a head that is malformed or over 64 KiB.
         ``timeouts.total`` bounds the whole call, body included. Gaps between reads are
         left to the caller (a whole-body read is bounded by :meth:`fetch`, a stream by
         :class:`IdleWatch`). Any of ``secrets``
@@ -226,6 +283,8 @@ class HttpClient(Resource):
         already bounds the wait for headers (one timer per call instead of two).
         ``answer_by`` (loop time) bounds the wait for headers and whatever the caller
         reads after them until it calls ``response.in_time()``; it implies ``bounded``.
+        A request written on a reused connection that ends before any byte of an answer
+        (the upstream closed it while idle) is sent again at once on a new connection.
         """
         if self._pool is None:
             await self.open()
@@ -235,78 +294,126 @@ class HttpClient(Resource):
         if headers:
             all_headers.update(headers)
         key, path, host = h1.target(url)
-        wire = h1.encode_request(method, path, host, all_headers, data)
+        route = pool.route(key)
+        wire = _encode(route, method, path, host, all_headers, data)
+        gate = self._gates.get(service) or self._gate(service)
+        if not gate.take():
+            await self._queue(gate, service, timeouts, answer_by)
         try:
-            if bounded or answer_by is not None:
-                response = await self._send(pool, key, wire, timeouts.connect, answer_by)
-            else:
-                async with asyncio.timeout(timeouts.first_byte):
-                    response = await self._send(pool, key, wire, timeouts.connect, None)
-        except _ConnectTimeout as exc:
-            raise UpstreamConnectError(
-                f"{service}: no connection within {timeouts.connect:g} s", service=service
-            ) from exc
-        except TimeoutError as exc:
-            raise UpstreamTimeout(
-                f"{service}: no answer within {timeouts.first_byte:g} s", service=service
-            ) from exc
-        except h1.ConnectFailed as exc:
-            raise UpstreamConnectError(
-                f"{service}: cannot connect to {exc.host}:{exc.port}", service=service
-            ) from exc
-        except h1.ClosedEarly as exc:
-            # The connection died before any answer: a pooled socket the peer had
-            # closed, or a reset. No response means the request was not served.
-            raise UpstreamConnectError(
-                f"{service}: connection lost before an answer ({type(exc).__name__})",
-                service=service,
-            ) from exc
-        except h1.H1Error as exc:
-            raise UpstreamUnavailable(
-                f"{service}: connection failed ({type(exc).__name__})", service=service
-            ) from exc
-        self._live.add(response)
+            try:
+                if bounded or answer_by is not None:
+                    response = await self._send(pool, key, wire, timeouts.connect, answer_by)
+                else:
+                    async with asyncio.timeout(timeouts.first_byte):
+                        response = await self._send(pool, key, wire, timeouts.connect, None)
+            except _ConnectTimeout as exc:
+                raise UpstreamConnectError(
+                    f"{service}: no connection within {timeouts.connect:g} s", service=service
+                ) from exc
+            except TimeoutError as exc:
+                raise UpstreamTimeout(
+                    f"{service}: no answer within {timeouts.first_byte:g} s", service=service
+                ) from exc
+            except h1.ConnectFailed as exc:
+                raise UpstreamConnectError(f"{service}: {exc}", service=service) from exc
+            except h1.ClosedEarly as exc:
+                # The connection died before any answer: a reset, or a new connection
+                # closed at once. No response means the request was not served.
+                raise UpstreamConnectError(
+                    f"{service}: connection lost before an answer ({type(exc).__name__})",
+                    service=service,
+                ) from exc
+            except h1.BrokenBody as exc:
+                raise UpstreamUnavailable(f"{service}: {exc}", service=service) from exc
+            except h1.H1Error as exc:
+                raise UpstreamUnavailable(
+                    f"{service}: connection failed ({type(exc).__name__})", service=service
+                ) from exc
+        except BaseException:
+            gate.give()
+            raise
+        self._live[response] = gate
+        response.max_size = self._limits_of(service).max_body
         if timeouts.total is not None:
             response.timer = asyncio.get_running_loop().call_later(
                 timeouts.total,
                 response.fail,
                 TimeoutError(f"{service}: the call took longer than {timeouts.total:g} s"),
             )
-        if response.status >= 400:
+        if response.status >= 300:
             try:
-                err = await _status_error(response, service, secrets)
+                err = await status_error(response, service, secrets, route)
             finally:
                 self.finish(response, ok=False)
             raise err
         return response
 
+    async def _queue(
+        self, gate: Gate, service: str, timeouts: Timeouts, answer_by: float | None
+    ) -> None:
+        """Wait for one of the service's connections, within the first-token budget."""
+        loop = asyncio.get_running_loop()
+        when = loop.time() + timeouts.first_byte if answer_by is None else answer_by
+        try:
+            async with asyncio.timeout_at(when):
+                await gate.wait()
+        except TimeoutError as exc:
+            raise ConnectionsBusy(
+                f"{service}: all {gate.limit} connections (max_connections) stayed busy "
+                f"for the whole {timeouts.first_byte:g} s budget",
+                service=service,
+            ) from exc
+
     @staticmethod
     async def _send(
-        pool: h1.Pool,
-        key: tuple[str, str, int],
+        pool: Pool,
+        key: Key,
         wire: bytes,
         connect: float,
         answer_by: float | None,
     ) -> h1.Response:
-        """Write ``wire`` on a pooled (or new) connection and wait for the answer's head."""
-        try:
-            conn = await pool.connection(key, within=connect)
-        except TimeoutError as exc:
-            raise _ConnectTimeout from exc
-        response = conn.send(wire)
-        if answer_by is not None:
-            response.expire_at(answer_by, TimeoutError("no answer in time"))
-        try:
-            await response.head()
-        except BaseException:
-            response.close()
-            raise
-        return response
+        """Write ``wire`` on a pooled (or new) connection and wait for the answer's head.
+
+        A reused connection that ends before any byte of the answer (the upstream
+        closed it while it sat idle, as servers with a short keep-alive do) is
+        replaced once, at once, by a new one: the upstream never answered.
+        """
+        reuse = True
+        while True:
+            try:
+                conn = await pool.connection(key, within=connect, reuse=reuse)
+            except TimeoutError as exc:
+                raise _ConnectTimeout from exc
+            try:
+                response = conn.send(wire)
+            except h1.ClosedEarly:
+                pool.forget(conn)  # closed before a byte was written: nothing to wait for
+                if not (reuse and conn.reused):
+                    raise
+                reuse = False
+                continue
+            if answer_by is not None:
+                response.expire_at(answer_by, TimeoutError("no answer in time"))
+            try:
+                await response.head()
+            except h1.ClosedEarly:
+                response.close()
+                if not (reuse and conn.reused) or response.begun:
+                    raise
+                log.debug("meshkit.upstream.stale_connection", upstream=f"{key[1]}:{key[2]}")
+                reuse = False
+                continue
+            except BaseException:
+                response.close()
+                raise
+            return response
 
     def finish(self, response: h1.Response, *, ok: bool) -> None:
         """Done with a response from :meth:`start`: back to the pool when ``ok`` (and
-        read whole), else its connection is closed."""
-        self._live.discard(response)
+        read whole), else its connection is closed. Its connection slot is given back."""
+        gate = self._live.pop(response, None)
+        if gate is not None:
+            gate.give()
         if ok:
             response.release()
         else:
@@ -316,14 +423,16 @@ class HttpClient(Resource):
         """Probe ``GET url`` on a fresh connection: None when it answers 2xx within
         ``within`` seconds, else why not."""
         key, path, host = h1.target(url)
+        pool = self.pool
+        wire = _encode(pool.route(key), "GET", path, host, headers, None)
         response: h1.Response | None = None
         try:
             async with asyncio.timeout(within):
-                conn = await self.pool.connection(key, within=within, fresh=True)
-                response = conn.send(h1.encode_request("GET", path, host, headers, None))
+                conn = await pool.connection(key, within=within, fresh=True)
+                response = conn.send(wire)
                 await response.head()
                 await response.read()
-                return None if response.status < 400 else f"answered {response.status}"
+                return None if response.status < 300 else f"answered {response.status}"
         except TimeoutError:
             return f"no answer within {within:g} s"
         except h1.ConnectFailed as exc:
@@ -339,111 +448,18 @@ class _ConnectTimeout(Exception):
     """No connection within the connect timeout (told apart from the head's timeout)."""
 
 
-class IdleWatch:
-    """Bounds each wait for data on a streamed response by ``idle`` seconds.
-
-    The reader marks the wait (``reading = loop.time()`` before it, ``None`` after):
-    two stores per read. One timer per stream checks the mark and re-arms itself only
-    when it fires, instead of a read timer being cancelled and re-created on every
-    read. A wait found older than ``idle`` fails the response with
-    :class:`TimeoutError`. Time the reader spends elsewhere (writing to a slow caller)
-    never counts. A response relayed by callbacks marks ``reading`` with the time of
-    its last piece of data instead.
-    """
-
-    __slots__ = ("_handle", "_idle", "_loop", "_response", "reading")
-
-    def __init__(self, response: h1.Response, idle: float | None) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._response = response
-        self._idle = idle
-        #: Loop time the current wait for data began; None while not waiting.
-        self.reading: float | None = None
-        self._handle: asyncio.TimerHandle | None = None
-        if idle:
-            self._handle = self._loop.call_at(self._loop.time() + idle, self._check)
-
-    def _check(self) -> None:
-        idle = self._idle
-        assert idle
-        started = self.reading
-        now = self._loop.time()
-        if started is not None and now - started >= idle:
-            self._handle = None
-            self._response.fail(TimeoutError("Timeout on reading data from socket"))
-            return
-        self._handle = self._loop.call_at((now if started is None else started) + idle, self._check)
-
-    def cancel(self) -> None:
-        """Stop watching (the stream ended)."""
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-
-
-def retry_after(value: str | None) -> float | None:
-    """Seconds a ``Retry-After`` header asks for (delta-seconds or an HTTP date)."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        seconds = when.timestamp() - time.time()
-    if seconds != seconds:  # NaN
-        return None
-    return max(0.0, min(seconds, 86_400.0))
-
-
-def redact(text: str, secrets: tuple[str, ...]) -> str:
-    """``text`` with every secret (of four characters or more) masked."""
-    for secret in secrets:
-        if secret and len(secret) >= 4 and secret in text:
-            text = text.replace(secret, "***")
-    return text
-
-
-async def _status_error(
-    response: h1.Response, service: str, secrets: tuple[str, ...] = ()
-) -> MeshError:
-    """Build the error for an upstream 4xx/5xx, with the upstream's own message."""
-    try:
-        raw = await asyncio.wait_for(response.read(_ERROR_BODY_LIMIT), 2.0)
-    except (TimeoutError, h1.H1Error):
-        raw = b""
-    detail = redact(_error_message(raw) or response.reason or "error", secrets)
-    status = response.status
-    log.info("meshkit.upstream.status", service=service, status=status)
-    if status in (429, 503):
-        return UpstreamOverloaded(
-            f"{service}: upstream answered {status}: {detail}",
-            service=service,
-            upstream_status=status,
-            retry_after=retry_after(response.headers.get("Retry-After")),
-        )
-    if 400 <= status < 500 and status != 408:
-        return UpstreamRejected(f"{service}: {detail}", service=service, upstream_status=status)
-    return UpstreamError(
-        f"{service}: upstream answered {status}: {detail}",
-        service=service,
-        upstream_status=status,
-    )
-
-
-def _error_message(raw: bytes) -> str:
-    """Pull a human message out of an upstream error body in any common shape."""
-    try:
-        body = _json.loads(raw)
-    except (ValueError, TypeError):
-        return raw.decode("utf-8", "replace").strip()[:500]
-    if isinstance(body, dict):
-        err = body.get("error", body.get("detail", body.get("message")))
-        if isinstance(err, dict):
-            err = err.get("message", err)
-        if err is not None:
-            return str(err)[:500]
-    return raw.decode("utf-8", "replace")[:500]
+def _encode(
+    route: Route,
+    method: str,
+    path: bytes,
+    host: bytes,
+    headers: Mapping[str, str],
+    body: bytes | None,
+) -> bytes:
+    """A request's bytes for ``route``: a forwarding proxy gets the absolute URL and
+    the proxy's credentials."""
+    if route.forward:
+        path = b"http://" + host + path
+        if route.authorization:
+            headers = {**headers, "Proxy-Authorization": route.authorization}
+    return h1.encode_request(method, path, host, headers, body)

@@ -9,6 +9,7 @@ run opens is recorded, so that closing the result (or a failure) closes all of t
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +54,11 @@ class GraphRun:
         self.opened: list[Any] = []
         self.skipped: list[str] = []
         self.failed: dict[str, str] = {}
+        #: Milliseconds from each node's start until its output was ready (for a
+        #: stream: until it was open), reported in the result's meta as ``node_ms``.
+        self.node_ms: dict[str, float] = {}
+        #: The edges a value went over, in the order they were taken.
+        self.taken: list[tuple[str, str]] = []
         graph_.last_tees = []
 
     async def run(self, data: Any) -> Any:
@@ -83,6 +89,8 @@ class GraphRun:
         report: dict[str, Any] = dict(self.ctx.meta)
         report["path"] = [n for n in self.ctx.trace if n in self.g.services]
         report["skipped"] = list(self.skipped)
+        report["node_ms"] = dict(self.node_ms)
+        report["edges"] = [list(edge) for edge in self.taken]
         if self.failed:
             report["failed"] = dict(self.failed)
         return report
@@ -109,7 +117,9 @@ class GraphRun:
                     k: await self.adapt(v, ports.get((k, name), Port.ANY)) for k, v in live.items()
                 }
                 value = next(iter(adapted.values())) if len(incoming) == 1 else Inputs(adapted)
+            started = time.perf_counter()
             out = await self.g.call_node(service, value, self.ctx)
+            self.node_ms[name] = round((time.perf_counter() - started) * 1000, 3)
         except Exception as exc:
             if not self.g.is_optional(name):
                 raise
@@ -139,6 +149,7 @@ class GraphRun:
                 continue
             if out is not SKIPPED and (e.when is None or self.holds(e, out)):
                 taken.append(e)
+                self.taken.append((e.src, e.dst))
             else:
                 self.inbox[(e.src, e.dst)].set_result(SKIPPED)
         if is_stream(out) and len(taken) != 1:

@@ -2,7 +2,8 @@
 
 :func:`analyse` is what :meth:`ServiceOrchestrator.plan` runs: it orders the nodes,
 finds the final one, and works out the port on every edge, reporting every problem
-at once with both ends named. :func:`to_mermaid` and :func:`to_dot` draw a graph with
+at once with both ends named (a join into a node that takes one value names both
+edges). :func:`to_mermaid` and :func:`to_dot` draw a graph with
 node types and edge conditions (``meshkit graph services.yaml``).
 """
 
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import attrs
 
 from .nodes.base import MicroService
-from .nodes.ports import Port, arrival, connects, gives, takes
+from .nodes.ports import Port, arrival, connects, gives, joins, takes
 
 if TYPE_CHECKING:
     from .orchestrator import ServiceOrchestrator
@@ -91,6 +92,13 @@ def analyse(services: Mapping[str, MicroService], edges: Sequence[EdgeLike]) -> 
     for node in order:
         accepts = takes(services[node])
         incoming: list[Port] = []
+        if len(preds[node]) > 1 and not joins(services[node]):
+            first, second = preds[node][:2]
+            problems.append(
+                f"edges {first.src} -> {node} and {second.src} -> {node}: {node!r} takes one "
+                f"{_port_names(accepts)}, not the inputs of several nodes; join them in a node "
+                "that takes several (a prompt, a custom node) or keep one edge"
+            )
         if not preds[node]:
             if not connects(Port.REQUEST, accepts):
                 problems.append(

@@ -1,15 +1,21 @@
-"""A lean HTTP/1.1 client: pooled keep-alive connections over asyncio, parsed by llhttp.
+"""A lean HTTP/1.1 client's protocol: requests encoded, responses parsed by llhttp.
 
 Every outbound call meshkit makes is one small request and one response that may be
 long and streamed, to a handful of upstreams. This module does just that, and no more:
-a :class:`Connection` is an :class:`asyncio.Protocol` whose responses are parsed by
-``httptools`` (the llhttp parser); a :class:`Pool` keeps idle connections per host.
+a :class:`Response` is parsed by ``httptools`` (the llhttp parser) as its
+:class:`~meshkit.pool.Connection` receives bytes; :mod:`meshkit.pool` keeps the
+connections and opens them.
 
 A :class:`Response`'s body is read either by awaiting (:meth:`Response.readany`,
 :meth:`Response.read`) or, for a relay, by callbacks (:meth:`Response.pipe`): each piece
 of body is handed to a function from the protocol's own ``data_received``, so relaying
 a chunk costs no task wake-up at all. That is what keeps meshkit's cost per relayed
 chunk near a C proxy's (see ``benchmarks/results/optimisations.md``).
+
+What it accepts from an upstream is bounded: a head (status line and headers) of at
+most :data:`HEAD_LIMIT` bytes, a body read whole of at most :attr:`Response.max_size`.
+Interim answers (``100``, ``103``) are skipped, trailers ignored; a ``101`` is an
+error, since meshkit never asks to switch protocols.
 
 Failures are :class:`H1Error` subclasses; :mod:`meshkit.client` maps them to
 :mod:`meshkit.errors`.
@@ -19,15 +25,21 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import ssl
 from collections.abc import Callable, Mapping
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httptools
 
+if TYPE_CHECKING:
+    from .pool import Connection
+
 #: Buffered body bytes past which an awaited response stops reading from the socket.
 READ_LIMIT = 1 << 16
+#: Longest answer head (status line and headers) accepted from an upstream.
+HEAD_LIMIT = 1 << 16
+#: Default bound on a body read whole (:meth:`Response.read`).
+WHOLE_LIMIT = 64 << 20
 
 
 class H1Error(Exception):
@@ -49,6 +61,22 @@ class ClosedEarly(H1Error):
 
 class BrokenBody(H1Error):
     """The response was malformed, or its body was cut short."""
+
+
+class HeadTooLarge(BrokenBody):
+    """The answer's status line and headers are over :data:`HEAD_LIMIT`."""
+
+
+class BodyTooLarge(H1Error):
+    """A body read whole is over its bound (:attr:`Response.max_size`)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the body is over the limit of {limit} bytes")
+        self.limit = limit
+
+
+class UnexpectedAnswer(BrokenBody):
+    """A head no request of meshkit's can be answered with (``101 Switching Protocols``)."""
 
 
 @functools.lru_cache(maxsize=256)
@@ -113,7 +141,8 @@ class Response:
         "_conn",
         "_error",
         "_head",
-        "_header",
+        "_head_bytes",
+        "_head_size",
         "_headers",
         "_on_data",
         "_on_end",
@@ -121,8 +150,10 @@ class Response:
         "_raw_headers",
         "_size",
         "_waiter",
+        "begun",
         "complete",
         "head_timer",
+        "max_size",
         "parser",
         "reason",
         "status",
@@ -133,7 +164,8 @@ class Response:
         self._conn = conn
         self.parser = httptools.HttpResponseParser(self)
         self._head: asyncio.Future[None] = conn.loop.create_future()
-        self._header = b""
+        self._head_size = 0
+        self._head_bytes = 0
         self._buffer: list[bytes] = []
         self._size = 0
         self._waiter: asyncio.Future[None] | None = None
@@ -142,6 +174,11 @@ class Response:
         self._on_end: Callable[[BaseException | None], None] | None = None
         self._paused = False
         self.complete = False
+        #: Some byte of the answer has arrived (a request that failed before is safe
+        #: to send again on another connection: the upstream never answered it).
+        self.begun = False
+        #: Bound on a body read whole with :meth:`read`.
+        self.max_size = WHOLE_LIMIT
         self.status = 0
         self.reason = ""
         self._raw_headers: list[tuple[bytes, bytes]] = []
@@ -154,6 +191,7 @@ class Response:
     # -- parser callbacks (called by httptools from Connection.data_received) -------------
 
     def on_message_begin(self) -> None:
+        self.begun = True
         if self.complete:
             # A second answer in the packet that ended this one: bytes nobody asked
             # for (see Connection.data_received). Stop parsing before it rewrites this
@@ -162,10 +200,26 @@ class Response:
             raise BrokenBody("an answer nobody asked for followed the response")
 
     def on_status(self, status: bytes) -> None:
+        self._count_head(len(status))
         self.reason += status.decode("latin-1")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.status:
+            return  # a trailer, after a chunked body: nothing meshkit reads
+        self._count_head(len(name) + len(value) + 4)
         self._raw_headers.append((name, value))  # decoded only if someone looks
+
+    def _count_head(self, size: int) -> None:
+        """Bound the head's complete lines (one check per header, none per body chunk)."""
+        self._head_size += size
+        if self._head_size > HEAD_LIMIT:
+            raise HeadTooLarge(f"the answer's head is over {HEAD_LIMIT} bytes")
+
+    def head_pending(self, size: int) -> bool:
+        """``size`` more bytes arrived and the head is still not complete: whether the
+        head is now over :data:`HEAD_LIMIT` (a line that never ends counts too)."""
+        self._head_bytes += size
+        return self._head_bytes > HEAD_LIMIT
 
     @property
     def headers(self) -> Headers:
@@ -189,7 +243,11 @@ class Response:
             self._raw_headers = []
             self._headers = None
             return
+        if status == 101:
+            # meshkit never asks to switch protocols: what follows is not HTTP.
+            raise UnexpectedAnswer(f"the upstream answered 101 {self.reason}".rstrip())
         self.status = status
+        self._conn.streaming = self
         if not self._head.done():
             self._head.set_result(None)
 
@@ -298,15 +356,23 @@ class Response:
             await self._waiter
 
     async def read(self, limit: int = -1) -> bytes:
-        """The rest of the body (at most ``limit`` bytes when given)."""
+        """The rest of the body: at most ``limit`` bytes when given, else all of it.
+
+        Raises:
+            BodyTooLarge: With no ``limit``, the body is over :attr:`max_size`.
+        """
         parts: list[bytes] = []
         size = 0
+        most = self.max_size
         while limit < 0 or size < limit:
             data = await self.readany()
             if not data:
                 break
             parts.append(data)
             size += len(data)
+            if limit < 0 and size > most:
+                self.close()
+                raise BodyTooLarge(most)
         body = b"".join(parts)
         return body if limit < 0 else body[:limit]
 
@@ -374,187 +440,3 @@ def _interim(status: int) -> bool:
 
 def _why(exc: BaseException | None) -> str:
     return f" ({type(exc).__name__}: {exc})" if exc is not None else ""
-
-
-class Connection(asyncio.Protocol):
-    """One keep-alive connection to one upstream, carrying one response at a time."""
-
-    def __init__(self, pool: Pool, key: tuple[str, str, int]) -> None:
-        self.loop = asyncio.get_running_loop()
-        self.pool = pool
-        self.key = key
-        self.transport: asyncio.Transport | None = None
-        self.response: Response | None = None
-        self.keep = False
-        self.idle_since = 0.0
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-
-    def data_received(self, data: bytes) -> None:
-        response = self.response
-        if response is None or response.complete:
-            self.close()  # bytes nobody asked for: the connection cannot be trusted
-            return
-        try:
-            response.parser.feed_data(data)
-        except httptools.HttpParserCallbackError as exc:
-            response.fail(BrokenBody(f"relaying the body failed: {exc.__context__!r}"))
-        except httptools.HttpParserError as exc:
-            response.fail(BrokenBody(f"malformed response: {exc}"))
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        self.transport = None
-        response = self.response
-        if response is not None:
-            response.lost(exc)
-        self.pool.forget(self)
-
-    def pause_reading(self) -> None:
-        if self.transport is not None:
-            self.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        if self.transport is not None:
-            self.transport.resume_reading()
-
-    def send(self, data: bytes) -> Response:
-        """Write one request; the response to read is returned."""
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            raise ClosedEarly("the connection closed before the request was sent")
-        response = Response(self)
-        self.response = response
-        transport.write(data)
-        return response
-
-    def finished(self, response: Response) -> None:
-        """The response's body is complete: note whether the connection may be reused."""
-        self.keep = response.parser.should_keep_alive()
-
-    def reuse(self, response: Response) -> None:
-        if self.response is response:
-            self.response = None
-            if self.keep and self.transport is not None and not self.transport.is_closing():
-                self.pool.put_back(self)
-            else:
-                self.pool.forget(self)
-                self.close()
-
-    def abandon(self, response: Response) -> None:
-        if self.response is response:
-            self.response = None
-            self.pool.forget(self)
-            self.close()
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-
-class Pool:
-    """Idle keep-alive connections per ``(scheme, host, port)``.
-
-    ``keepalive`` is how long an idle connection is kept; one sweeper per pool closes
-    the older ones, armed only while some connection is idle. ``https`` upstreams are
-    verified with ``tls``, by default the system's trusted CAs
-    (:func:`ssl.create_default_context`, which honours ``SSL_CERT_FILE``).
-    """
-
-    def __init__(
-        self, *, keepalive: float = 30.0, max_idle: int = 256, tls: ssl.SSLContext | None = None
-    ) -> None:
-        self.keepalive = keepalive
-        self.max_idle = max_idle
-        self._idle: dict[tuple[str, str, int], list[Connection]] = {}
-        self._busy: set[Connection] = set()
-        self._sweeper: asyncio.TimerHandle | None = None
-        self._tls = tls
-        self.closed = False
-
-    @property
-    def in_use(self) -> int:
-        """Connections carrying a request now."""
-        return len(self._busy)
-
-    async def connection(
-        self, key: tuple[str, str, int], *, within: float, fresh: bool = False
-    ) -> Connection:
-        """An idle pooled connection to ``key``, or a new one opened within ``within`` s."""
-        if self.closed:
-            raise RuntimeError("the connection pool is closed")
-        idle = None if fresh else self._idle.get(key)
-        while idle:
-            conn = idle.pop()
-            if conn.transport is not None and not conn.transport.is_closing():
-                self._busy.add(conn)
-                return conn
-        scheme, host, port = key
-        loop = asyncio.get_running_loop()
-        tls: ssl.SSLContext | None = None
-        if scheme == "https":
-            if self._tls is None:
-                self._tls = ssl.create_default_context()
-            tls = self._tls
-        try:
-            async with asyncio.timeout(within):
-                _, conn = await loop.create_connection(
-                    lambda: Connection(self, key),
-                    host,
-                    port,
-                    ssl=tls,
-                    server_hostname=host if tls else None,
-                )
-        except TimeoutError:
-            raise
-        except (OSError, ssl.SSLError) as exc:
-            raise ConnectFailed(host, port, exc.strerror or str(exc) or type(exc).__name__) from exc
-        if not fresh:
-            self._busy.add(conn)
-        return conn
-
-    def put_back(self, conn: Connection) -> None:
-        self._busy.discard(conn)
-        idle = self._idle.setdefault(conn.key, [])
-        if self.closed or len(idle) >= self.max_idle:
-            conn.close()
-            return
-        conn.idle_since = conn.loop.time()
-        idle.append(conn)
-        if self._sweeper is None:
-            self._sweeper = conn.loop.call_later(self.keepalive / 2, self._sweep)
-
-    def forget(self, conn: Connection) -> None:
-        self._busy.discard(conn)
-        idle = self._idle.get(conn.key)
-        if idle and conn in idle:
-            idle.remove(conn)
-
-    def _sweep(self) -> None:
-        self._sweeper = None
-        loop = asyncio.get_running_loop()
-        oldest = loop.time() - self.keepalive
-        left = False
-        for idle in self._idle.values():
-            for conn in [c for c in idle if c.idle_since <= oldest]:
-                idle.remove(conn)
-                conn.close()
-            left = left or bool(idle)
-        if left:
-            self._sweeper = loop.call_later(self.keepalive / 2, self._sweep)
-
-    def close(self) -> None:
-        """Close every connection, idle or busy."""
-        self.closed = True
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
-        for idle in self._idle.values():
-            for conn in idle:
-                conn.close()
-        self._idle.clear()
-        for conn in list(self._busy):
-            if conn.response is not None:
-                conn.response.close()
-            conn.close()
-        self._busy.clear()

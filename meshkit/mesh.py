@@ -14,7 +14,7 @@ import structlog
 
 from . import spec as spec_mod
 from ._lifecycle import Resource
-from .client import HttpClient
+from .client import HttpClient, Limits
 from .errors import GraphError, MeshError, SpecError
 from .nodes.base import MicroService
 from .nodes.registry import ServiceRegistry
@@ -95,8 +95,20 @@ class Mesh(Resource):
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Mesh:
-        """Load, validate and build ``path``."""
-        return cls(spec_mod.load(path, env))
+        """Load, validate and build ``path``, reporting every problem of the file at
+        once: the graph checks run on every pipeline whose services are sound even when
+        other parts of the file are broken."""
+        checked = spec_mod.read(path, env)
+        if checked.spec is None or not checked.problems:
+            return cls(checked.valid())
+        try:
+            cls(checked.spec)
+        except SpecError as exc:
+            # A node naming a broken service finds it missing; that one is reported.
+            missing = tuple(f"unknown service {name!r}" for name in checked.broken)
+            more = [p for p in exc.problems if not any(m in p for m in missing)]
+            raise SpecError([*checked.problems, *more]) from None
+        raise SpecError(list(checked.problems))
 
     @property
     def client(self) -> HttpClient:
@@ -116,6 +128,8 @@ class Mesh(Resource):
                 await client.open()
                 stack.push_async_callback(client.close)
             self._client = client
+            for name, spec in self.spec.services.items():
+                client.set_limits(name, Limits(spec.max_connections, spec.max_response_body))
             for service in self._open_order():
                 await service.open(client)
                 stack.push_async_callback(service.close)

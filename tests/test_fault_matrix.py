@@ -2,7 +2,11 @@
 
 Each case states what the client must see: a status (the failure came before any
 output) or a 200 whose stream ends with a final error event in the dialect's shape.
-After each case no connection is left checked out of the pool and nothing is in flight.
+After each case no connection is left checked out of the pool and nothing is in flight,
+and ``/metrics`` says so: in-flight exactly 0, the one request counted with its status.
+Two faults need more than a scripted upstream and have their own tests below: a stale
+keep-alive socket (the client sees nothing at all) and a caller that stops reading
+(its stream is ended after ``send_timeout``).
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import pytest
 
 from meshkit.testing import FakeLLM
 
+from .test_metrics import scrape, value
+from .test_outbound import BIG_TOKENS, StaleRelay, raw_stream_request, read_to_end
 from .test_resilience import (
     CHAT,
     _instant,
@@ -95,7 +101,56 @@ async def test_fault(
                 assert resp.headers["Retry-After"] == str(case.fault["retry_after"])
     fake.release()
     await settled(gw)
+    samples = await scrape(gw)
+    assert value(samples, "meshkit_requests_in_flight") == 0
+    assert value(samples, "meshkit_requests_total", code=str(resp.status)) == 1
     await until(lambda: fake.in_flight == 0)  # the upstream saw its call end too
+
+
+@pytest.mark.parametrize("upstream_api", ["openai", "ollama"])
+@pytest.mark.parametrize("dialect", ["openai", "ollama"])
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "whole"])
+async def test_stale_socket(
+    fakes, aiohttp_client, stream: bool, dialect: str, upstream_api: str
+) -> None:
+    """Fault: each idle connection is closed as the next request is written. Seen: none."""
+    fake: FakeLLM = await fakes()
+    async with StaleRelay(fake.url) as relay:
+        gw = await start(aiohttp_client, mesh_text(relay.url, api=upstream_api, retries=0))
+        for _ in range(3):
+            resp = await gw.post(PATHS[dialect], json={**CHAT, "stream": stream})
+            raw = await resp.read()
+            assert resp.status == OK, raw
+            if stream and dialect == "openai":
+                assert sse_events(raw)[-1] == "[DONE]"
+            elif stream:
+                assert ndjson(raw)[-1]["done"] is True
+            await settled(gw)
+        assert relay.dropped == 2 and len(fake.requests) == 3
+    samples = await scrape(gw)  # one attempt each, none failed; nothing in flight
+    assert value(samples, "meshkit_upstream_requests_total", outcome="ok") == 3
+    assert value(samples, "meshkit_upstream_requests_total") == 3
+    assert value(samples, "meshkit_requests_in_flight") == 0
+
+
+@pytest.mark.parametrize("upstream_api", ["openai", "ollama"])
+@pytest.mark.parametrize("dialect", ["openai", "ollama"])
+async def test_stalled_caller(fakes, aiohttp_client, dialect: str, upstream_api: str) -> None:
+    """Fault: the caller stops reading. Seen: its stream ends after ``send_timeout``."""
+    fake: FakeLLM = await fakes(tokens=BIG_TOKENS)
+    text = mesh_text(fake.url, api=upstream_api, gateway={"send_timeout": 0.3})
+    gw = await start(aiohttp_client, text)
+    sock = await raw_stream_request(gw.server.host, gw.server.port, PATHS[dialect])
+    try:
+        await until(fake.cancelled.is_set, within=30)
+        await settled(gw)
+        raw, _ = await read_to_end(sock, within=30)
+    finally:
+        sock.close()
+    assert raw.startswith(b"HTTP/1.1 200") and not raw.endswith(b"\r\n0\r\n\r\n")
+    samples = await scrape(gw)  # counted as a caller that left, and nothing in flight
+    assert value(samples, "meshkit_client_disconnects_total") == 1
+    assert value(samples, "meshkit_requests_in_flight") == 0
 
 
 def assert_error_shape(body: Any, dialect: str) -> None:

@@ -18,6 +18,7 @@ from aiohttp import web
 from meshkit import h1
 from meshkit.client import HttpClient, Timeouts
 from meshkit.errors import UpstreamConnectError, UpstreamError
+from meshkit.pool import Connection, Pool
 from meshkit.testing import serve_app
 
 from .conftest import free_port, until
@@ -97,7 +98,7 @@ def answering(*parts: bytes, then_close: bool = False) -> Script:
 
 
 def send(
-    conn: h1.Connection,
+    conn: Connection,
     url: str,
     method: str = "GET",
     headers: dict[str, str] | None = None,
@@ -107,12 +108,12 @@ def send(
     return conn.send(h1.encode_request(method, path, host, headers or {}, body))
 
 
-async def connect(pool: h1.Pool, url: str) -> h1.Connection:
+async def connect(pool: Pool, url: str) -> Connection:
     key, _, _ = h1.target(url)
     return await pool.connection(key, within=5.0)
 
 
-async def get(pool: h1.Pool, url: str, **options: Any) -> tuple[h1.Connection, h1.Response]:
+async def get(pool: Pool, url: str, **options: Any) -> tuple[Connection, h1.Response]:
     """Send a request on a pooled connection and wait for the answer's head."""
     conn = await connect(pool, url)
     response = send(conn, url, **options)
@@ -120,12 +121,12 @@ async def get(pool: h1.Pool, url: str, **options: Any) -> tuple[h1.Connection, h
     return conn, response
 
 
-def idle(pool: h1.Pool) -> int:
+def idle(pool: Pool) -> int:
     """Idle pooled connections (the pool exposes only ``in_use`` publicly)."""
     return sum(len(conns) for conns in pool._idle.values())
 
 
-def closed(conn: h1.Connection) -> bool:
+def closed(conn: Connection) -> bool:
     """The client side saw the connection end."""
     return conn.transport is None
 
@@ -154,7 +155,7 @@ class Recorder:
 
 @pytest.fixture
 async def pool() -> Any:
-    made = h1.Pool()
+    made = Pool()
     yield made
     made.close()
 
@@ -170,7 +171,7 @@ def app_with(**routes: Callable[[web.Request], Awaitable[web.StreamResponse]]) -
 
 
 class TestKeepAlive:
-    async def test_sequential_requests_reuse_one_connection(self, pool: h1.Pool) -> None:
+    async def test_sequential_requests_reuse_one_connection(self, pool: Pool) -> None:
         ports: list[int] = []
 
         async def hello(request: web.Request) -> web.Response:
@@ -193,7 +194,7 @@ class TestKeepAlive:
             assert len(ports) == 2 and ports[0] == ports[1]
             assert (pool.in_use, idle(pool)) == (0, 1)
 
-    async def test_connection_close_is_not_reused(self, pool: h1.Pool) -> None:
+    async def test_connection_close_is_not_reused(self, pool: Pool) -> None:
         ports: list[int] = []
 
         async def bye(request: web.Request) -> web.Response:
@@ -222,7 +223,7 @@ class TestKeepAlive:
 
 
 class TestBodies:
-    async def test_content_length(self, pool: h1.Pool) -> None:
+    async def test_content_length(self, pool: Pool) -> None:
         async def fixed(request: web.Request) -> web.Response:
             return web.Response(body=b"0123456789", headers={"X-Kind": "fixed"})
 
@@ -237,7 +238,7 @@ class TestBodies:
             response.release()
             assert idle(pool) == 1
 
-    async def test_read_with_limit(self, pool: h1.Pool) -> None:
+    async def test_read_with_limit(self, pool: Pool) -> None:
         async def fixed(request: web.Request) -> web.Response:
             return web.Response(body=b"0123456789")
 
@@ -246,7 +247,7 @@ class TestBodies:
             assert await response.read(4) == b"0123"
             response.close()
 
-    async def test_chunked(self, pool: h1.Pool) -> None:
+    async def test_chunked(self, pool: Pool) -> None:
         pieces = [b"alpha ", b"beta ", b"gamma"]
 
         async def chunked(request: web.Request) -> web.StreamResponse:
@@ -266,7 +267,7 @@ class TestBodies:
             response.release()
             assert (pool.in_use, idle(pool)) == (0, 1)  # a chunked body ends the message
 
-    async def test_close_delimited(self, pool: h1.Pool) -> None:
+    async def test_close_delimited(self, pool: Pool) -> None:
         script = answering(b"HTTP/1.1 200 OK\r\n\r\nfirst ", b"second", then_close=True)
         async with Raw(script) as raw:
             conn, response = await get(pool, raw.url)
@@ -277,7 +278,7 @@ class TestBodies:
             assert (pool.in_use, idle(pool)) == (0, 0)
             assert closed(conn)
 
-    async def test_204_has_no_body(self, pool: h1.Pool) -> None:
+    async def test_204_has_no_body(self, pool: Pool) -> None:
         async def empty(request: web.Request) -> web.Response:
             return web.Response(status=204)
 
@@ -292,7 +293,7 @@ class TestBodies:
             assert again is conn and second.status == 204
             second.release()
 
-    async def test_one_mebibyte_read_whole(self, pool: h1.Pool) -> None:
+    async def test_one_mebibyte_read_whole(self, pool: Pool) -> None:
         big = random.Random(1).randbytes(1 << 20)
 
         async def large(request: web.Request) -> web.Response:
@@ -333,7 +334,7 @@ def gated_stream(pieces: list[bytes], gate: asyncio.Queue[None]) -> Callable[...
 
 
 class TestPipe:
-    async def test_pieces_in_order_then_one_end(self, pool: h1.Pool) -> None:
+    async def test_pieces_in_order_then_one_end(self, pool: Pool) -> None:
         pieces = [b"one ", b"two ", b"three ", b"four"]
         gate: asyncio.Queue[None] = asyncio.Queue()
         async with serve_app(app_with(s=gated_stream(pieces, gate))) as url:
@@ -365,7 +366,7 @@ class TestPipe:
             second.release()
             assert rec.ends == [None]  # still exactly once
 
-    async def test_buffered_data_is_handed_over_first(self, pool: h1.Pool) -> None:
+    async def test_buffered_data_is_handed_over_first(self, pool: Pool) -> None:
         pieces = [b"early ", b"late"]
         gate: asyncio.Queue[None] = asyncio.Queue()
         async with serve_app(app_with(s=gated_stream(pieces, gate))) as url:
@@ -383,7 +384,7 @@ class TestPipe:
             response.release()
             assert idle(pool) == 1
 
-    async def test_pipe_after_the_end_ends_at_once(self, pool: h1.Pool) -> None:
+    async def test_pipe_after_the_end_ends_at_once(self, pool: Pool) -> None:
         async def fixed(request: web.Request) -> web.Response:
             return web.Response(body=b"all of it")
 
@@ -396,7 +397,7 @@ class TestPipe:
             response.release()
             assert idle(pool) == 1
 
-    async def test_pipe_resumes_a_paused_socket(self, pool: h1.Pool) -> None:
+    async def test_pipe_resumes_a_paused_socket(self, pool: Pool) -> None:
         big = random.Random(2).randbytes(1 << 20)
 
         async def large(request: web.Request) -> web.Response:
@@ -414,7 +415,7 @@ class TestPipe:
             response.release()
             assert idle(pool) == 1
 
-    async def test_pause_and_resume(self, pool: h1.Pool) -> None:
+    async def test_pause_and_resume(self, pool: Pool) -> None:
         pieces = [b"a", b"b"]
         gate: asyncio.Queue[None] = asyncio.Queue()
         async with serve_app(app_with(s=gated_stream(pieces, gate))) as url:
@@ -443,7 +444,7 @@ CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
 
 
 class TestFailures:
-    async def test_connection_refused(self, pool: h1.Pool) -> None:
+    async def test_connection_refused(self, pool: Pool) -> None:
         port = free_port()
         with pytest.raises(h1.ConnectFailed) as info:
             await connect(pool, f"http://127.0.0.1:{port}/")
@@ -451,7 +452,7 @@ class TestFailures:
         assert f"127.0.0.1:{port}" in str(info.value)
         assert pool.in_use == 0
 
-    async def test_closed_before_any_answer(self, pool: h1.Pool) -> None:
+    async def test_closed_before_any_answer(self, pool: Pool) -> None:
         async with Raw(answering(then_close=True)) as raw:
             conn = await connect(pool, raw.url)
             response = send(conn, raw.url)
@@ -462,7 +463,7 @@ class TestFailures:
             assert pool.in_use == 0 and idle(pool) == 0
             await until(lambda: closed(conn))
 
-    async def test_closed_mid_chunked_body(self, pool: h1.Pool) -> None:
+    async def test_closed_mid_chunked_body(self, pool: Pool) -> None:
         script = answering(CHUNKED_HEAD + b"5\r\nhello\r\n", then_close=True)
         async with Raw(script) as raw:
             _, response = await get(pool, raw.url)
@@ -473,7 +474,7 @@ class TestFailures:
                 await response.read()  # and it stays broken
             assert pool.in_use == 0 and idle(pool) == 0
 
-    async def test_short_content_length(self, pool: h1.Pool) -> None:
+    async def test_short_content_length(self, pool: Pool) -> None:
         script = answering(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello", then_close=True)
         async with Raw(script) as raw:
             _, response = await get(pool, raw.url)
@@ -482,7 +483,7 @@ class TestFailures:
             response.release()  # a broken response is closed, never pooled
             assert pool.in_use == 0 and idle(pool) == 0
 
-    async def test_closed_mid_body_ends_a_pipe_with_the_error(self, pool: h1.Pool) -> None:
+    async def test_closed_mid_body_ends_a_pipe_with_the_error(self, pool: Pool) -> None:
         gate = asyncio.Event()
 
         async def script(raw: Raw, reader: asyncio.StreamReader, writer: Any) -> None:
@@ -512,7 +513,7 @@ class TestFailures:
         ],
         ids=["protocol", "status", "length"],
     )
-    async def test_malformed_answer(self, pool: h1.Pool, answer: bytes) -> None:
+    async def test_malformed_answer(self, pool: Pool, answer: bytes) -> None:
         async with Raw(answering(answer)) as raw:
             conn = await connect(pool, raw.url)
             response = send(conn, raw.url)
@@ -521,14 +522,14 @@ class TestFailures:
             await until(lambda: raw.eofs == 1)  # the client dropped the connection
             assert pool.in_use == 0 and idle(pool) == 0
 
-    async def test_malformed_chunk_mid_body(self, pool: h1.Pool) -> None:
+    async def test_malformed_chunk_mid_body(self, pool: Pool) -> None:
         async with Raw(answering(CHUNKED_HEAD + b"2\r\nok\r\nzz\r\n")) as raw:
             _, response = await get(pool, raw.url)
             with pytest.raises(h1.BrokenBody, match="malformed"):
                 await response.read()
             await until(lambda: raw.eofs == 1)
 
-    async def test_close_ends_a_pipe_with_an_error(self, pool: h1.Pool) -> None:
+    async def test_close_ends_a_pipe_with_an_error(self, pool: Pool) -> None:
         async with Raw(answering(CHUNKED_HEAD + b"3\r\nabc\r\n")) as raw:
             _, response = await get(pool, raw.url)
             rec = Recorder()
@@ -541,7 +542,7 @@ class TestFailures:
             await until(lambda: raw.eofs == 1)
             assert pool.in_use == 0 and idle(pool) == 0
 
-    async def test_a_failing_on_data_breaks_the_body(self, pool: h1.Pool) -> None:
+    async def test_a_failing_on_data_breaks_the_body(self, pool: Pool) -> None:
         gate = asyncio.Event()
 
         async def script(raw: Raw, reader: asyncio.StreamReader, writer: Any) -> None:
@@ -571,7 +572,7 @@ class TestFailures:
             await until(lambda: raw.eofs == 1)
             assert pool.in_use == 0 and idle(pool) == 0
 
-    async def test_unasked_bytes_close_an_idle_connection(self, pool: h1.Pool) -> None:
+    async def test_unasked_bytes_close_an_idle_connection(self, pool: Pool) -> None:
         gate = asyncio.Event()
 
         async def script(raw: Raw, reader: asyncio.StreamReader, writer: Any) -> None:
@@ -596,7 +597,7 @@ class TestFailures:
         [b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n", b"JUNK"],
         ids=["second-answer", "junk"],
     )
-    async def test_unasked_bytes_in_the_same_packet(self, pool: h1.Pool, extra: bytes) -> None:
+    async def test_unasked_bytes_in_the_same_packet(self, pool: Pool, extra: bytes) -> None:
         answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" + extra
         async with Raw(answering(answer)) as raw:
             conn, response = await get(pool, raw.url)
@@ -614,7 +615,7 @@ class TestFailures:
 class TestInterim:
     """A client must parse 1xx answers it did not ask for (RFC 9110 15.2)."""
 
-    async def test_early_hints_in_the_same_packet(self, pool: h1.Pool) -> None:
+    async def test_early_hints_in_the_same_packet(self, pool: Pool) -> None:
         answer = (
             b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>\r\n\r\n"
             b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
@@ -627,7 +628,7 @@ class TestInterim:
             response.release()
             assert idle(pool) == 1
 
-    async def test_early_hints_then_the_answer(self, pool: h1.Pool) -> None:
+    async def test_early_hints_then_the_answer(self, pool: Pool) -> None:
         gate = asyncio.Event()
 
         async def script(raw: Raw, reader: asyncio.StreamReader, writer: Any) -> None:
@@ -657,7 +658,7 @@ class TestInterim:
             response.release()
             assert idle(pool) == 1
 
-    async def test_interim_then_close_is_closed_early(self, pool: h1.Pool) -> None:
+    async def test_interim_then_close_is_closed_early(self, pool: Pool) -> None:
         script = answering(b"HTTP/1.1 103 Early Hints\r\n\r\n", then_close=True)
         async with Raw(script) as raw:
             conn = await connect(pool, raw.url)
@@ -730,7 +731,7 @@ class TestEncoding:
         with pytest.raises(KeyError):
             headers["X-Missing"]
 
-    async def test_repeated_headers_join(self, pool: h1.Pool) -> None:
+    async def test_repeated_headers_join(self, pool: Pool) -> None:
         answer = (
             b"HTTP/1.1 200 Fine Thanks\r\nX-Dup: a\r\nContent-Length: 0\r\n"
             b"x-dup: b\r\nX-DUP: c\r\nServer: raw\r\n\r\n"
@@ -763,7 +764,7 @@ def keep_alive_answers(raw: Raw) -> Script:
 
 class TestPool:
     async def test_idle_connections_are_swept(self) -> None:
-        pool = h1.Pool(keepalive=0.2)
+        pool = Pool(keepalive=0.2)
         raw = Raw(answering())
         raw.script = keep_alive_answers(raw)
         try:
@@ -785,7 +786,7 @@ class TestPool:
             pool.close()
 
     async def test_a_busy_connection_is_not_swept(self) -> None:
-        pool = h1.Pool(keepalive=0.2)
+        pool = Pool(keepalive=0.2)
         async with Raw(answering(CHUNKED_HEAD + b"1\r\na\r\n")) as busy_raw:
             raw = Raw(answering())
             raw.script = keep_alive_answers(raw)
@@ -803,7 +804,7 @@ class TestPool:
                     pool.close()
 
     async def test_close_closes_idle_and_busy(self) -> None:
-        pool = h1.Pool()
+        pool = Pool()
         async with Raw(answering(CHUNKED_HEAD + b"4\r\nbusy\r\n")) as busy_raw:
             raw = Raw(answering())
             raw.script = keep_alive_answers(raw)
@@ -826,7 +827,7 @@ class TestPool:
                     await connect(pool, raw.url)
 
     async def test_max_idle(self) -> None:
-        pool = h1.Pool(max_idle=1)
+        pool = Pool(max_idle=1)
         raw = Raw(answering())
         raw.script = keep_alive_answers(raw)
         try:
@@ -927,3 +928,246 @@ class TestHttpClient:
             assert dead == f"cannot connect to 127.0.0.1:{port}"
             # Probes use fresh connections and keep none.
             assert client.connections_in_use == 0 and idle(client.pool) == 0
+
+
+# -- conformance: one edge case each, with the behaviour meshkit gives it ---------------------
+
+
+def answer_once_then(then: bytes = b"") -> Script:
+    """A script: answer the first request (keep-alive); on the next request on the same
+    connection, write ``then`` (often nothing) and close, as a server whose keep-alive
+    ran out just as the request arrived."""
+
+    async def script(raw: Raw, reader: asyncio.StreamReader, writer: Any) -> None:
+        await request_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst")
+        await writer.drain()
+        await request_head(reader)
+        raw.eofs += 1  # counts requests dropped unanswered
+        if then:
+            writer.write(then)
+            await writer.drain()
+
+    return script
+
+
+def big_head(size: int) -> bytes:
+    return b"HTTP/1.1 200 OK\r\nX-Big: %s\r\nContent-Length: 2\r\n\r\nok" % (b"a" * size)
+
+
+class TestConformance:
+    """RFC 9112 edge cases an upstream may send, each with meshkit's stated behaviour."""
+
+    @pytest.mark.parametrize(
+        "head",
+        [
+            b"Content-Length: 5\r\nTransfer-Encoding: chunked",
+            b"Transfer-Encoding: chunked\r\nContent-Length: 5",
+        ],
+        ids=["cl-first", "te-first"],
+    )
+    async def test_content_length_with_transfer_encoding_is_malformed(
+        self, pool: Pool, head: bytes
+    ) -> None:
+        """Both framings at once (a smuggling shape): refused, connection closed."""
+        answer = b"HTTP/1.1 200 OK\r\n%s\r\n\r\n3\r\nabc\r\n0\r\n\r\n" % head
+        async with Raw(answering(answer)) as raw:
+            conn = await connect(pool, raw.url)
+            with pytest.raises(h1.BrokenBody, match="Transfer-Encoding"):
+                await send(conn, raw.url).head()
+            await until(lambda: raw.eofs == 1)
+            assert closed(conn) and idle(pool) == 0
+
+    @pytest.mark.parametrize("second", [b"3", b"5"], ids=["same", "different"])
+    async def test_duplicate_content_length_is_malformed(self, pool: Pool, second: bytes) -> None:
+        """Two Content-Length fields, even equal: refused (no guessing which framing)."""
+        answer = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: %s\r\n\r\nabc" % second
+        async with Raw(answering(answer)) as raw:
+            conn = await connect(pool, raw.url)
+            with pytest.raises(h1.BrokenBody, match="Duplicate Content-Length"):
+                await send(conn, raw.url).head()
+            await until(lambda: closed(conn))
+
+    async def test_trailers_are_ignored_and_the_connection_kept(self, pool: Pool) -> None:
+        """Trailer fields after a chunked body are read past, never become headers."""
+        answer = CHUNKED_HEAD + b"3\r\nabc\r\n0\r\nX-Trailer: late\r\n\r\n"
+        raw = Raw(answering())
+
+        async def twice(_: Raw, reader: asyncio.StreamReader, writer: Any) -> None:
+            for _ in range(2):
+                await request_head(reader)
+                writer.write(answer)
+                await writer.drain()
+            await raw.wait_eof(reader)
+
+        raw.script = twice
+        async with raw:
+            conn, response = await get(pool, raw.url)
+            assert await response.read() == b"abc"
+            assert "x-trailer" not in response.headers
+            response.release()
+            again, second = await get(pool, raw.url)
+            assert again is conn and await second.read() == b"abc"
+            second.release()
+
+    @pytest.mark.parametrize("interim", [b"100 Continue", b"102 Processing", b"103 Early Hints"])
+    async def test_interim_answers_are_skipped(self, pool: Pool, interim: bytes) -> None:
+        """1xx other than 101: skipped, the final answer is the response."""
+        answer = b"HTTP/1.1 %s\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi" % interim
+        async with Raw(answering(answer)) as raw:
+            _, response = await get(pool, raw.url)
+            assert response.status == 200 and await response.read() == b"hi"
+            response.release()
+
+    async def test_101_is_an_unexpected_answer(self, pool: Pool) -> None:
+        """meshkit never asks to switch protocols: a 101 fails the response cleanly."""
+        answer = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n\x00\x00\x12\x04"
+        async with Raw(answering(answer)) as raw:
+            conn = await connect(pool, raw.url)
+            with pytest.raises(h1.UnexpectedAnswer, match="101 Switching Protocols"):
+                await send(conn, raw.url).head()
+            await until(lambda: raw.eofs == 1)
+            assert closed(conn) and pool.in_use == 0
+
+    async def test_101_through_the_client_is_a_502(self) -> None:
+        """Through HttpClient, the 101 is an upstream error (502), not a success."""
+        answer = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n"
+        async with Raw(answering(answer)) as raw, HttpClient() as client:
+            with pytest.raises(UpstreamError, match="101") as info:
+                await client.fetch("GET", raw.url, service="llm", timeouts=Timeouts())
+            assert info.value.status == 502
+            assert client.connections_in_use == 0 and client.live_responses == 0
+
+    @pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+    async def test_redirect_is_never_followed(self, status: int) -> None:
+        """A 3xx is a 502 saying the upstream redirected and where (without credentials)."""
+        answer = (
+            b"HTTP/1.1 %d Moved\r\nLocation: http://user:hunter22@elsewhere.example/v1\r\n"
+            b"Content-Length: 0\r\n\r\n" % status
+        )
+        async with Raw(answering(answer)) as raw, HttpClient() as client:
+            with pytest.raises(UpstreamError) as info:
+                await client.fetch("GET", raw.url, service="llm", timeouts=Timeouts())
+            err = info.value
+            assert (err.status, err.upstream_status) == (502, status)
+            assert f"redirected ({status}) to http://elsewhere.example/v1" in err.message
+            assert "hunter22" not in err.message and "user" not in err.message
+            assert len(raw.peers) == 1  # nothing was asked of "elsewhere"
+
+    async def test_stale_socket_fails_before_any_byte(self, pool: Pool) -> None:
+        """h1 itself: the request on the reused connection ends closed-early, unanswered."""
+        async with Raw(answer_once_then()) as raw:
+            conn, first = await get(pool, raw.url)
+            assert await first.read() == b"first"
+            first.release()
+            again = await connect(pool, raw.url)
+            assert again is conn and again.reused
+            response = send(again, raw.url)
+            with pytest.raises(h1.ClosedEarly):
+                await response.head()
+            assert not response.begun
+            assert raw.eofs == 1
+
+    async def test_stale_socket_is_retried_once_unseen(self) -> None:
+        """HttpClient: a reused connection closed before any byte is replaced at once."""
+        async with Raw(answer_once_then()) as raw, HttpClient() as client:
+            for _ in range(3):
+                body = await client.fetch("GET", raw.url, service="llm", timeouts=Timeouts())
+                assert body == b"first"
+            # Requests 2 and 3 each met a stale socket and went out again on a new one.
+            assert raw.eofs == 2 and len(raw.peers) == 3
+            assert client.connections_in_use == 0
+
+    async def test_a_partial_answer_is_not_retried(self) -> None:
+        """Once any byte of the answer arrived, the upstream did answer: no second try."""
+        async with Raw(answer_once_then(b"HTTP/1.1 2")) as raw, HttpClient() as client:
+            assert await client.fetch("GET", raw.url, service="llm", timeouts=Timeouts())
+            with pytest.raises(UpstreamConnectError, match="connection lost before an answer"):
+                await client.fetch("GET", raw.url, service="llm", timeouts=Timeouts())
+            assert len(raw.peers) == 1
+
+    async def test_a_new_connection_closed_early_is_not_retried(self) -> None:
+        """Only a reused connection is presumed stale; a new one failing is an error."""
+        async with Raw(answering(then_close=True)) as raw, HttpClient() as client:
+            with pytest.raises(UpstreamConnectError):
+                await client.fetch("GET", raw.url, service="llm", timeouts=Timeouts())
+            assert len(raw.peers) == 1
+
+    async def test_cancel_then_reuse(self) -> None:
+        """A call cancelled before its answer closes its connection (so no late answer
+        can reach a later call); the next call gets a new connection and its own answer."""
+
+        async def script(raw: Raw, reader: asyncio.StreamReader, writer: Any) -> None:
+            path = (await request_head(reader)).split(b" ")[1]
+            if path == b"/slow":
+                await raw.wait_eof(reader)  # never answers; sees the caller leave
+                return
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(path), path))
+            await writer.drain()
+            await raw.wait_eof(reader)
+
+        async with Raw(script) as raw, HttpClient() as client:
+            slow = asyncio.ensure_future(
+                client.fetch("GET", raw.url + "/slow", service="llm", timeouts=Timeouts())
+            )
+            await until(lambda: len(raw.peers) == 1)
+            slow.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await slow
+            assert client.connections_in_use == 0
+            await until(lambda: raw.eofs == 1)  # that connection was closed, not pooled
+            fast = await client.fetch("GET", raw.url + "/fast", service="llm", timeouts=Timeouts())
+            assert fast == b"/fast" and len(raw.peers) == 2
+
+    async def test_oversized_head_in_one_packet(self, pool: Pool) -> None:
+        """A head over 64 KiB is refused, connection closed; just under it is fine."""
+        async with Raw(answering(big_head(h1.HEAD_LIMIT + 1))) as raw:
+            conn = await connect(pool, raw.url)
+            with pytest.raises(h1.HeadTooLarge, match=str(h1.HEAD_LIMIT)):
+                await send(conn, raw.url).head()
+            await until(lambda: raw.eofs == 1)
+        async with Raw(answering(big_head(h1.HEAD_LIMIT - 100))) as raw:
+            _, response = await get(pool, raw.url)
+            assert await response.read() == b"ok"
+            response.release()
+
+    async def test_a_head_line_that_never_ends(self, pool: Pool) -> None:
+        """A header line sent forever without its end is cut off at the limit."""
+
+        async def dribble(raw: Raw, reader: asyncio.StreamReader, writer: Any) -> None:
+            await request_head(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nX-Endless: ")
+            for _ in range(64):  # 1 MiB at most, far past the limit
+                writer.write(b"a" * 16384)
+                await writer.drain()
+            await raw.wait_eof(reader)
+
+        async with Raw(dribble) as raw:
+            conn = await connect(pool, raw.url)
+            with pytest.raises(h1.HeadTooLarge):
+                await send(conn, raw.url).head()
+            await until(lambda: closed(conn))
+
+    async def test_oversized_head_through_the_client_is_a_502(self) -> None:
+        """Through HttpClient, an oversized head is a 502 naming the limit."""
+        async with Raw(answering(big_head(h1.HEAD_LIMIT * 2))) as raw, HttpClient() as client:
+            with pytest.raises(UpstreamError, match="head is over 65536 bytes") as info:
+                await client.fetch("GET", raw.url, service="llm", timeouts=Timeouts())
+            assert info.value.status == 502
+            assert client.connections_in_use == 0
+
+    async def test_ipv6_literal(self, pool: Pool) -> None:
+        """``http://[::1]:port``: connects over IPv6, sends ``Host: [::1]:port``."""
+        hosts: list[str] = []
+
+        async def where(request: web.Request) -> web.Response:
+            hosts.append(request.headers["Host"])
+            return web.Response(body=b"v6")
+
+        async with serve_app(app_with(where=where), host="::1") as url:
+            assert url.startswith("http://::1:")
+            port = url.rsplit(":", 1)[1]
+            _, response = await get(pool, f"http://[::1]:{port}/where")
+            assert await response.read() == b"v6"
+            response.release()
+        assert hosts == [f"[::1]:{port}"]

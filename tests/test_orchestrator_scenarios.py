@@ -229,7 +229,12 @@ class TestReport:
             result, _ = await run(g, chat())
         assert isinstance(result, Completion)
         assert result.text == "The sky appears blue."
+        timings = result.meta.pop("node_ms")
+        edges = result.meta.pop("edges")
         assert result.meta == {"path": ["gate", "llm", "final"], "skipped": ["never"]}
+        assert sorted(edges) == [["gate", "llm"], ["llm", "final"]]
+        assert sorted(timings) == ["final", "gate", "llm"]
+        assert all(isinstance(ms, float) and ms >= 0 for ms in timings.values())
 
 
 class Cancellable(MicroService):

@@ -2,7 +2,8 @@
 
 Keys come from the YAML (``gateway.api_keys``, usually ``${MESHKIT_API_KEYS}``) or a
 file (``gateway.api_keys_file``, one key per line, ``#`` comments). With no key set,
-auth is off. ``/healthz`` and ``/readyz`` are always open. The caller's
+auth is off. ``/healthz``, ``/readyz`` and the playground's own files (not its API) are
+always open. The caller's
 ``Authorization`` header is checked here and never passed on: outbound calls carry
 only the credentials configured for each upstream.
 """
@@ -17,6 +18,7 @@ from aiohttp import web
 
 from ..errors import Unauthorized
 from .admission import EXEMPT
+from .ui import is_public
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -68,6 +70,10 @@ class ApiKeys:
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """aiohttp middleware: 401 unless the request carries a valid key."""
-        if request.path in EXEMPT or self.accepts(request.headers.get("Authorization")):
+        if (
+            request.path in EXEMPT
+            or is_public(request.path)
+            or self.accepts(request.headers.get("Authorization"))
+        ):
             return await handler(request)
         raise Unauthorized("missing or invalid API key: send 'Authorization: Bearer <key>'")

@@ -19,13 +19,14 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 
-import aiohttp
 import attrs
 import structlog
 import yarl
 
 from .._lifecycle import Resource
+from ..client import HttpClient
 from ..errors import MeshError
+from ..proxy import Proxies
 
 log = structlog.get_logger(__name__)
 
@@ -189,13 +190,11 @@ class LocalServer(Resource):
     async def _poll_health(self) -> None:
         assert self._url is not None
         base = await self._url
-        timeout = aiohttp.ClientTimeout(total=5)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        # meshkit's one outbound client; the child is ours, never reached via a proxy.
+        async with HttpClient(proxies=Proxies()) as client:
             while True:
-                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                    async with session.get(f"{base}/healthz") as response:
-                        if response.status == 200:
-                            return
+                if await client.probe(f"{base}/healthz", within=5.0, headers={}) is None:
+                    return
                 await asyncio.sleep(0.2)
 
 

@@ -221,6 +221,7 @@ class RemoteLLM(MicroService):
                     error=err.code,
                     request_id=ctx.request_id,
                 )
+                ctx.observer.retried(self.name)
                 attempt += 1
                 if wait:
                     await asyncio.sleep(wait)
@@ -252,6 +253,7 @@ class RemoteLLM(MicroService):
         replicas.acquire(replica)
         task = asyncio.current_task()
         url = replica.url + self.path
+        probe = ctx.observer.attempt(self.name, replica.name, url, request.model, headers)
         head: list[Chunk] = []
         response: h1.Response | None = None
         if task is not None:
@@ -285,7 +287,7 @@ class RemoteLLM(MicroService):
                         if parser.error is not None:
                             raise parser.error
                 else:
-                    raw = await response.read()
+                    raw = await client.read_whole(response, service=self.name)
                 response.in_time()
             finally:
                 if task is not None:
@@ -299,18 +301,20 @@ class RemoteLLM(MicroService):
                 err = UpstreamConnectError(
                     f"{self.name}: replica went down before answering", service=self.name
                 )
+            probe.failed(exc if err is None else err)
             if err is None:
                 raise
             replicas.failed(replica, err)
             raise err from exc
         replicas.succeeded(replica)
+        probe.answered()
         if request.stream:
             relay = UpstreamStream(self, response, parser, head, replica, client)
             await relay.prime()
             return relay
         client.finish(response, ok=True)
         replicas.release(replica)
-        return self._codec.completion(raw, request)
+        return probe.completed(self._codec.completion(raw, request))
 
     def _failure(
         self, exc: BaseException, timeouts: Timeouts, *, before_first: bool
@@ -340,13 +344,19 @@ class RemoteLLM(MicroService):
         return None
 
     async def ready(self, client: HttpClient) -> bool:
-        """True when some replica answers its model listing."""
-        for base in self._by_health():
+        """True when some replica answers its model listing and requests would be taken.
+
+        That answer also counts as a passed health probe: a replica that was out (not
+        up yet when the gateway started) takes traffic as soon as readiness says so.
+        """
+        now = self.replicas.clock()
+        for replica in sorted(self.replicas, key=lambda r: not r.available(now)):
             try:
-                await self._list_models(client, base, wait=2.0)
+                await self._list_models(client, replica.url, wait=2.0)
             except MeshError:
                 continue
-            return True
+            self.replicas.probed(replica, None)
+            return self.replicas.serving()
         return False
 
     def _by_health(self) -> list[str]:

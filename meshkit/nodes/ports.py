@@ -69,6 +69,16 @@ def gives(service: MicroService) -> Port | None:
     return _DEFAULTS[service.service_type][1]
 
 
+#: Built-in types whose nodes read an :class:`Inputs` of several predecessors (the
+#: documents in it); the others take one value, so a join into them could never serve.
+_JOINS = frozenset({ServiceType.PROMPT, ServiceType.RERANKER})
+
+
+def joins(service: MicroService) -> bool:
+    """Whether ``service`` can take the :class:`Inputs` of several predecessors."""
+    return Port.ANY in takes(service) or service.service_type in _JOINS
+
+
 def connects(src: Port, dst: frozenset[Port]) -> bool:
     """Whether a value on port ``src`` can feed a node taking ``dst``."""
     if src is Port.ANY or Port.ANY in dst or src in dst:

@@ -66,7 +66,10 @@ def load_class(path: str) -> Any:
 def _custom(spec: ServiceSpec) -> MicroService:
     if spec.class_path is None:
         raise SpecError([f"services.{spec.name}: a custom service needs 'class'"])
-    cls = load_class(spec.class_path)
+    try:
+        cls = load_class(spec.class_path)
+    except SpecError as exc:
+        raise SpecError([f"services.{spec.name}.class: {p}" for p in exc.problems]) from exc
     if hasattr(cls, "from_spec"):
         service = cls.from_spec(spec)
     else:

@@ -77,10 +77,10 @@ class ChatEncoder:
         if not self.model and chunk.model:
             self.model = chunk.model
         if chunk.raw is not None:
-            if self._first:
-                self._relay = chunk.id
-                if chunk.id:
-                    self.id = chunk.id
+            if self._first and chunk.id:
+                # The answer goes out under the upstream's id (an upstream that sends
+                # none gets every event rebuilt under meshkit's).
+                self.id = self._relay = chunk.id
             if chunk.id == self._relay:
                 # Relay the upstream's own event; drop the usage-only event unless asked.
                 if chunk.usage is not None and not chunk.text and chunk.finish_reason is None:

@@ -9,7 +9,10 @@ Each :class:`Replica` is a small state machine:
 * **half-open** — once the cool-down is over it takes one trial request at a time; a
   success closes it, a failure opens it again.
 
-A replica found unreachable while health probes run stays out until a probe succeeds.
+A replica found unreachable while health probes run stays out until a probe succeeds;
+then it takes traffic at once, its breaker closed. Until a replica has answered a probe
+once (a model server still starting), it is probed every :data:`STARTUP_PROBE` seconds
+rather than every interval, so it takes traffic as soon as it is up.
 Requests still waiting for a first byte from a replica that is found unreachable are
 *evicted* (their task is cancelled with :data:`EVICTED`) so the caller can retry them
 elsewhere within the same budget.
@@ -27,6 +30,7 @@ import attrs
 import structlog
 
 from ..errors import MeshError, UpstreamConnectError, UpstreamRejected
+from ..limits import ConnectionsBusy
 
 log = structlog.get_logger(__name__)
 
@@ -34,6 +38,9 @@ BALANCERS = ("least_inflight", "round_robin")
 
 #: Cancel message given to a request task evicted from a replica that went down.
 EVICTED = "meshkit.replica.evicted"
+
+#: Seconds between probes of a replica that has never answered one yet.
+STARTUP_PROBE = 0.5
 
 Clock = Callable[[], float]
 
@@ -58,6 +65,7 @@ class Replica:
         trips: Consecutive times the breaker opened (grows the cool-down).
         open_until: Monotonic time the cool-down ends (0 when closed).
         unreachable: Out until a health probe succeeds.
+        probed_ok: A health probe has succeeded at least once.
     """
 
     url: str
@@ -67,6 +75,7 @@ class Replica:
     trips: int = 0
     open_until: float = 0.0
     unreachable: bool = False
+    probed_ok: bool = False
     last_error: str | None = None
     waiting: set[asyncio.Task[Any]] = attrs.field(factory=set, repr=False)
     evicted: set[asyncio.Task[Any]] = attrs.field(factory=set, repr=False)
@@ -157,6 +166,13 @@ class ReplicaSet:
                 best = replica
         return best
 
+    def serving(self) -> bool:
+        """Whether some replica can take traffic now (or as a half-open trial)."""
+        now = self.clock()
+        return any(
+            not r.unreachable and (not r.open_until or now >= r.open_until) for r in self.replicas
+        )
+
     def retry_in(self) -> float:
         """Seconds until some replica may take traffic again (a hint for Retry-After)."""
         now = self.clock()
@@ -192,8 +208,10 @@ class ReplicaSet:
 
     def failed(self, replica: Replica, err: BaseException) -> None:
         """A request failed on ``replica``; maybe open its breaker."""
-        if isinstance(err, UpstreamRejected) or not isinstance(err, MeshError):
-            return  # the caller's fault, or not the replica's (a client leaving)
+        if isinstance(err, UpstreamRejected | ConnectionsBusy) or not isinstance(err, MeshError):
+            # The caller's fault, the gateway's own bound, or not the replica's at all
+            # (a client leaving).
+            return
         replica.failures += 1
         replica.last_error = err.message
         unreachable = isinstance(err, UpstreamConnectError)
@@ -229,9 +247,14 @@ class ReplicaSet:
 
     def probed(self, replica: Replica, problem: str | None) -> None:
         """Record a health probe's outcome (``problem`` is None when it succeeded)."""
+        if problem is None:
+            replica.probed_ok = True
         if problem is None and replica.unreachable:
+            # It answers: it takes traffic at once, not as a half-open trial, so that a
+            # gateway that found /readyz green never refuses requests for it.
             replica.unreachable = False
-            replica.open_until = min(replica.open_until, self.clock())
+            replica.open_until = 0.0
+            replica.failures = 0
             log.info("meshkit.replica.back", service=self.service, replica=replica.name)
         elif problem is not None and not replica.unreachable:
             replica.unreachable = True
@@ -247,14 +270,16 @@ class ReplicaSet:
     async def probe_forever(
         self, probe: Callable[[Replica], Awaitable[str | None]], interval: float
     ) -> None:
-        """Probe every replica each ``interval`` seconds until cancelled."""
+        """Probe every replica each ``interval`` seconds until cancelled (every
+        :data:`STARTUP_PROBE` seconds while one has never answered)."""
         self.probing = True
         try:
             while True:
                 results = await asyncio.gather(*(probe(r) for r in self.replicas))
                 for replica, problem in zip(self.replicas, results, strict=True):
                     self.probed(replica, problem)
-                await asyncio.sleep(interval)
+                starting = not all(r.probed_ok for r in self.replicas)
+                await asyncio.sleep(min(interval, STARTUP_PROBE) if starting else interval)
         finally:
             self.probing = False
             for replica in self.replicas:

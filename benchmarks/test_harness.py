@@ -1,0 +1,304 @@
+"""Checks of the harness's own machinery: token scan, burst client, baseline, report.
+
+Not collected by the main suite (``testpaths = tests``); run it on purpose:
+``python -m pytest -q benchmarks/test_harness.py``. Real servers throughout: the
+benchmark's own fake upstream in a subprocess, aiohttp servers for failures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import baseline
+import burst
+import loadgen
+import pytest
+import report
+import systems
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from hypothesis import given
+from hypothesis import strategies as st
+
+HERE = Path(__file__).resolve().parent
+REGEX = re.compile(rb"[A-Za-z]+(\d{5})\|")  # the token definition the byte scan replaces
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[str]:
+    """The benchmark's fake upstream, started for this module and stopped after it."""
+    port = systems.free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(HERE / "upstream.py"), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        systems.wait_http(f"http://127.0.0.1:{port}/health", 30, lambda: proc.poll() is None)
+        yield f"http://127.0.0.1:{port}/v1/chat/completions"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+async def run_burst(
+    url: str, n: int, chunks: int = 20, limit_s: float = 30, resume_after: float = 10
+) -> list[loadgen.Outcome]:
+    """One burst of ``n`` streams with the bare-socket client, decoded."""
+    body = (
+        b'{"model":"bench","stream":true,"messages":[{"role":"user","content":"chunks=%d'
+        b' gap_ms=1"}]}' % chunks
+    )
+    outcomes = [loadgen.Outcome() for _ in range(n)]
+    await burst.run(
+        url,
+        body,
+        {"Content-Type": "application/json"},
+        list(outcomes),
+        limit_s,
+        loadgen.has_token,
+        resume_after,
+    )
+    burst.decode(list(outcomes), loadgen.has_token)
+    return outcomes
+
+
+class TestTokenScan:
+    """The byte scan finds exactly what the regular expression found."""
+
+    @given(
+        st.lists(
+            st.sampled_from([b"a", b"Z", b"0", b"7", b"|", b" ", b"s00017| ", b"12345|", b"\n"])
+        )
+    )
+    def test_matches_regex(self, pieces: list[bytes]) -> None:
+        """Sequences and presence agree with ``[A-Za-z]+(\\d{5})\\|`` on any mix."""
+        raw = b"".join(pieces)
+        assert loadgen.sequences(raw) == [int(m) for m in REGEX.findall(raw)]
+        assert loadgen.has_token(raw) == bool(REGEX.search(raw))
+
+    def test_digits_without_letter(self) -> None:
+        """Five digits and a bar with no letter before them are no token."""
+        assert not loadgen.has_token(b' "12345| "')
+        assert loadgen.sequences(b" 12345| x1234| a00001|b00002|") == [1, 2]
+
+
+class TestDecodeHttp:
+    """Raw responses are split into body and error after the burst."""
+
+    def test_chunked(self) -> None:
+        """Chunked framing is removed, whatever the chunk boundaries."""
+        raw = (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+        )
+        assert burst.decode_http(raw) == (None, b"abcde")
+
+    def test_truncated(self) -> None:
+        """A chunked body without its last chunk is an error, not a short answer."""
+        raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"
+        assert burst.decode_http(raw)[0] == "truncated chunked body"
+
+    def test_status(self) -> None:
+        """A non-200 status is named."""
+        assert burst.decode_http(b"HTTP/1.1 503 Busy\r\n\r\nno")[0] == "status 503"
+
+
+class TestBurst:
+    """All streams of a burst arrive complete and in order, and failures are counted."""
+
+    async def test_complete(self, upstream: str) -> None:
+        """300 streams at once against the fake upstream: every one verified."""
+        outcomes = await run_burst(upstream, 300)
+        assert [o.error for o in outcomes] == [None] * 300
+        for out in outcomes:
+            assert loadgen.verify(out.raw, 20, 20) == (True, True, 20)
+            assert out.connect is not None and out.ttft is not None and out.total is not None
+            assert out.connect <= out.ttft <= out.total
+
+    async def test_loadgen_summary(self, upstream: str) -> None:
+        """``loadgen.py --burst`` reports the burst's own figures."""
+        out = await asyncio.to_thread(
+            subprocess.run,
+            [
+                sys.executable,
+                str(HERE / "loadgen.py"),
+                "--url",
+                upstream,
+                "--burst",
+                "--requests",
+                "200",
+                "--chunks",
+                "20",
+                "--gap-ms",
+                "1",
+                "--timeout",
+                "30",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        summary = loadgen_json(out.stdout)
+        assert (summary["complete"], summary["in_order"], summary["errors"]) == (200, 200, {})
+        assert summary["ttft_ms"]["n"] == 200 and summary["connect_ms"]["p99"] is not None
+        assert summary["start_spread_ms"] >= 0
+
+    async def test_failures_counted(self) -> None:
+        """A server that refuses, and one that cuts the stream, give errors, not passes."""
+
+        async def refuse(request: web.Request) -> web.Response:
+            return web.Response(status=503, text="busy")
+
+        async def cut(request: web.Request) -> web.StreamResponse:
+            resp = web.StreamResponse()
+            await resp.prepare(request)
+            await resp.write(b"data: s00000| \n\n")
+            assert request.transport is not None
+            request.transport.close()  # no last chunk
+            return resp
+
+        for handler, error in ((refuse, "status 503"), (cut, "truncated chunked body")):
+            app = web.Application()
+            app.router.add_post("/v1/chat/completions", handler)
+            async with TestServer(app) as server:
+                outcomes = await run_burst(str(server.make_url("/v1/chat/completions")), 20)
+            assert [o.error for o in outcomes] == [error] * 20
+
+    async def test_stalled_stream_alone(self) -> None:
+        """One stream that never answers fails alone; the paused others still finish."""
+        release = asyncio.Event()
+        seen = 0
+
+        async def handler(request: web.Request) -> web.StreamResponse:
+            nonlocal seen
+            seen += 1
+            if seen == 1:  # the first request stalls until the test ends (bounded)
+                await asyncio.wait_for(release.wait(), 20)
+            resp = web.StreamResponse()
+            await resp.prepare(request)
+            for i in range(5):
+                await resp.write(b"data: s%05d| \n\n" % i)
+            await resp.write_eof()
+            return resp
+
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", handler)
+        async with TestServer(app) as server:
+            try:
+                url = str(server.make_url("/v1/chat/completions"))
+                outcomes = await run_burst(url, 20, chunks=5, limit_s=3, resume_after=0.5)
+            finally:
+                release.set()
+        errors = [o.error for o in outcomes]
+        assert sorted(errors, key=str) == [None] * 19 + ["TimeoutError"]
+        done = [o for o in outcomes if o.error is None]
+        assert all(loadgen.verify(o.raw, 5, 5)[0] for o in done)
+
+
+def loadgen_json(stdout: str) -> dict[str, Any]:
+    """The summary loadgen printed."""
+    import json
+
+    return dict(json.loads(stdout))
+
+
+@pytest.fixture(scope="module")
+def head_tree() -> Iterator[baseline.Baseline]:
+    """This repository's HEAD checked out as a baseline for the module."""
+    with baseline.checkout(systems.REPO, "HEAD") as base:
+        yield base
+
+
+class TestBaseline:
+    """``--baseline``: a temporary worktree that meshkit is really imported from."""
+
+    def test_worktree_lifecycle(self) -> None:
+        """The worktree holds the code while the block runs and is gone after it."""
+        with baseline.checkout(systems.REPO, "HEAD") as base:
+            assert (base.tree / "meshkit" / "__main__.py").exists()
+            assert base.system == f"meshkit@{base.short}"
+            listed = subprocess.run(
+                ["git", "-C", str(systems.REPO), "worktree", "list"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            assert str(base.tree) in listed
+        assert not base.tree.exists()
+        listed = subprocess.run(
+            ["git", "-C", str(systems.REPO), "worktree", "list"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert str(base.tree) not in listed
+
+    def test_bad_ref(self) -> None:
+        """An unknown ref stops the run with its name."""
+        with pytest.raises(SystemExit, match="no-such-ref-xyz"):
+            with baseline.checkout(systems.REPO, "no-such-ref-xyz"):
+                pass
+
+    def test_imports_the_tree(self, head_tree: baseline.Baseline, tmp_path: Path) -> None:
+        """A meshkit system runs from its tree; a tree without meshkit is refused."""
+        yaml_path = HERE / "meshkit-chat.yaml"
+        ok = systems.Meshkit(0, yaml_path, name=head_tree.system, code=head_tree.tree)
+        assert ok.unavailable() is None
+        empty = systems.Meshkit(0, yaml_path, name="meshkit@none", code=tmp_path)
+        why = empty.unavailable()
+        assert why is not None and why.startswith(f"cannot import meshkit from {tmp_path}")
+
+    def test_refused_yaml_skipped(self, tmp_path: Path) -> None:
+        """A YAML variant the spec refuses is skipped with the key named."""
+        target = systems.yaml_variant(
+            HERE / "meshkit-chat.yaml", tmp_path / "v.yaml", {"no_such_key": True}
+        )
+        variant = systems.Meshkit(0, target, name="v", needs="gateway.no_such_key")
+        why = variant.unavailable()
+        assert why is not None
+        assert "does not accept gateway.no_such_key" in why and "gateway.no_such_key" in why
+
+
+class TestReport:
+    """The report puts a baseline beside meshkit with the ratio of each cost."""
+
+    def test_ratio_table(self) -> None:
+        """CPU per chunk 10 vs 20 reads 0.50x; added latency uses direct's median."""
+
+        def sc(**figures: float) -> dict[str, Any]:
+            return {"summary": report.summarise([figures]), "reps": [figures]}
+
+        results: dict[str, Any] = {
+            "order": ["direct", "meshkit", "meshkit@abc1234"],
+            "baseline": {"ref": "main", "sha": "abc1234" * 5, "subject": "before"},
+            "systems": {
+                "direct": {"status": "ok", "scenarios": {"1": sc(p50_ms_c1=1.0)}},
+                "meshkit": {
+                    "status": "ok",
+                    "scenarios": {"1": sc(p50_ms_c1=1.5), "2": sc(cpu_us_per_chunk_100=10.0)},
+                },
+                "meshkit@abc1234": {
+                    "status": "ok",
+                    "scenarios": {"1": sc(p50_ms_c1=2.0), "2": sc(cpu_us_per_chunk_100=20.0)},
+                },
+            },
+            "meta": {
+                "date": "today",
+                "machine": "m",
+                "mode": "quick",
+                "plan": "p",
+                "versions": {},
+                "burst": 1000,
+            },
+        }
+        md = report.markdown(results)
+        assert "## meshkit vs baseline meshkit@abc1234 (main: before)" in md
+        assert "| CPU µs per relayed chunk | 10.0 | 20.0 | 0.50x |" in md
+        assert "| added p50 latency at c1, ms | +0.50 | +1.00 | 0.50x |" in md

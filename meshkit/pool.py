@@ -1,0 +1,332 @@
+"""Keep-alive connections per upstream, opened the way each upstream must be reached.
+
+A :class:`Connection` is an :class:`asyncio.Protocol` carrying one
+:class:`~meshkit.h1.Response` at a time. A :class:`Pool` keeps idle connections per
+``(scheme, host, port)`` and opens new ones: directly (every address of the name raced,
+:mod:`meshkit.dial`), through an HTTP proxy that forwards absolute-form requests, or
+through a ``CONNECT`` tunnel with TLS to the upstream inside it (:mod:`meshkit.proxy`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from typing import Protocol, cast
+
+import attrs
+import httptools
+
+from . import dial
+from .h1 import (
+    HEAD_LIMIT,
+    BrokenBody,
+    ClosedEarly,
+    ConnectFailed,
+    H1Error,
+    HeadTooLarge,
+    Response,
+    UnexpectedAnswer,
+)
+from .proxy import Proxies, Proxy
+
+Key = tuple[str, str, int]
+
+
+@attrs.frozen
+class Route:
+    """How requests to one upstream travel.
+
+    Attributes:
+        proxy: The proxy in between, or None (direct).
+        forward: Requests go to ``proxy`` in absolute form (an ``http://`` upstream);
+            otherwise a proxied connection is a ``CONNECT`` tunnel.
+    """
+
+    proxy: Proxy | None = None
+    forward: bool = False
+
+    @property
+    def authorization(self) -> str | None:
+        """The ``Proxy-Authorization`` a forwarded request carries."""
+        return self.proxy.authorization if self.forward and self.proxy else None
+
+
+DIRECT = Route()
+
+
+class Owner(Protocol):
+    """What a :class:`Connection` tells the pool it belongs to."""
+
+    def put_back(self, conn: Connection) -> None: ...
+
+    def forget(self, conn: Connection) -> None: ...
+
+
+class Connection(asyncio.Protocol):
+    """One keep-alive connection to one upstream, carrying one response at a time."""
+
+    def __init__(self, pool: Owner, key: tuple[str, str, int]) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.pool = pool
+        self.key = key
+        self.transport: asyncio.Transport | None = None
+        self.response: Response | None = None
+        #: The response whose body is arriving now (its head is in, its end is not).
+        self.streaming: Response | None = None
+        self.keep = False
+        #: It has carried a request before (it came out of the pool's idle list).
+        self.reused = False
+        self.idle_since = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        # The relay's per-chunk path: one attribute test, then the parser.
+        response = self.streaming
+        if response is None:
+            self._not_streaming(data)
+            return
+        try:
+            response.parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            response.fail(_parse_error(exc))
+
+    def _not_streaming(self, data: bytes) -> None:
+        """Bytes before the answer's body: its head, or bytes nobody asked for."""
+        response = self.response
+        if response is None or response.complete:
+            self.close()  # bytes nobody asked for: the connection cannot be trusted
+            return
+        try:
+            response.parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            response.fail(_parse_error(exc))
+            return
+        if not response.status and response.head_pending(len(data)):
+            response.fail(HeadTooLarge(f"the answer's head is over {HEAD_LIMIT} bytes"))
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.transport = None
+        self.streaming = None
+        response = self.response
+        if response is not None:
+            response.lost(exc)
+        self.pool.forget(self)
+
+    def pause_reading(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None:
+            self.transport.resume_reading()
+
+    def send(self, data: bytes) -> Response:
+        """Write one request; the response to read is returned."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            raise ClosedEarly("the connection closed before the request was sent")
+        response = Response(self)
+        self.response = response
+        transport.write(data)
+        return response
+
+    def finished(self, response: Response) -> None:
+        """The response's body is complete: note whether the connection may be reused."""
+        self.streaming = None
+        self.keep = response.parser.should_keep_alive()
+
+    def reuse(self, response: Response) -> None:
+        if self.response is response:
+            self.response = None
+            self.streaming = None
+            if self.keep and self.transport is not None and not self.transport.is_closing():
+                self.reused = True
+                self.pool.put_back(self)
+            else:
+                self.pool.forget(self)
+                self.close()
+
+    def abandon(self, response: Response) -> None:
+        if self.response is response:
+            self.response = None
+            self.streaming = None
+            self.pool.forget(self)
+            self.close()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+def _parse_error(exc: httptools.HttpParserError | httptools.HttpParserUpgrade) -> H1Error:
+    """The failure for a parser error: what a callback raised, or a malformed answer."""
+    if isinstance(exc, httptools.HttpParserCallbackError):
+        cause = exc.__context__
+        if isinstance(cause, H1Error):
+            return cause
+        return BrokenBody(f"relaying the body failed: {cause!r}")
+    if isinstance(exc, httptools.HttpParserUpgrade):
+        return UnexpectedAnswer("the upstream switched protocols")
+    return BrokenBody(f"malformed response: {exc}")
+
+
+class Pool:
+    """Idle keep-alive connections per ``(scheme, host, port)``.
+
+    ``keepalive`` is how long an idle connection is kept; one sweeper per pool closes
+    the older ones, armed only while some connection is idle. ``https`` upstreams are
+    verified with ``tls``, by default the system's trusted CAs
+    (:func:`ssl.create_default_context`, which honours ``SSL_CERT_FILE``). ``proxies``
+    says which upstreams are reached through a proxy (default: none); ``resolver``
+    turns a name into addresses (default: the system's, :func:`meshkit.dial.resolve`).
+    """
+
+    def __init__(
+        self,
+        *,
+        keepalive: float = 30.0,
+        max_idle: int = 256,
+        tls: ssl.SSLContext | None = None,
+        proxies: Proxies | None = None,
+        resolver: dial.Resolver = dial.resolve,
+    ) -> None:
+        self.keepalive = keepalive
+        self.max_idle = max_idle
+        self._idle: dict[Key, list[Connection]] = {}
+        self._busy: set[Connection] = set()
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._tls = tls
+        self._proxies = proxies or Proxies()
+        self._routes: dict[Key, Route] = {}
+        self._resolver = resolver
+        self.closed = False
+
+    @property
+    def in_use(self) -> int:
+        """Connections carrying a request now."""
+        return len(self._busy)
+
+    def route(self, key: Key) -> Route:
+        """How requests to ``key`` travel (decided once per upstream)."""
+        route = self._routes.get(key)
+        if route is None:
+            scheme, host, port = key
+            proxy = self._proxies.for_upstream(scheme, host, port)
+            route = DIRECT if proxy is None else Route(proxy, forward=scheme == "http")
+            self._routes[key] = route
+        return route
+
+    async def connection(
+        self, key: Key, *, within: float, fresh: bool = False, reuse: bool = True
+    ) -> Connection:
+        """An idle pooled connection to ``key``, or a new one opened within ``within`` s.
+
+        ``reuse=False`` always opens a new one; ``fresh=True`` also leaves it out of
+        the pool's accounting (a health probe's own connection, closed after use).
+        """
+        if self.closed:
+            raise RuntimeError("the connection pool is closed")
+        idle = None if fresh or not reuse else self._idle.get(key)
+        while idle:
+            conn = idle.pop()
+            if conn.transport is not None and not conn.transport.is_closing():
+                self._busy.add(conn)
+                return conn
+        async with asyncio.timeout(within):
+            conn = await self._open(key)
+        if not fresh:
+            self._busy.add(conn)
+        return conn
+
+    async def _open(self, key: Key) -> Connection:
+        scheme, host, port = key
+        route = self.route(key)
+        proxy = route.proxy
+        tls: ssl.SSLContext | None = None
+        if scheme == "https":
+            if self._tls is None:
+                self._tls = ssl.create_default_context()
+            tls = self._tls
+        try:
+            if proxy is None:
+                sock = await dial.connect(host, port, resolver=self._resolver)
+            else:
+                sock = await dial.connect(proxy.host, proxy.port, resolver=self._resolver)
+        except OSError as exc:
+            where = f"through proxy {proxy.name}: " if proxy else ""
+            raise ConnectFailed(host, port, where + _why(exc)) from exc
+        try:
+            if proxy is not None and not route.forward:
+                await dial.tunnel(sock, host, port, proxy.authorization)
+            loop = asyncio.get_running_loop()
+            _, conn = await loop.create_connection(
+                lambda: Connection(self, key),
+                sock=sock,
+                ssl=tls,
+                server_hostname=host if tls else None,
+            )
+        except BaseException as exc:
+            sock.close()
+            if isinstance(exc, OSError | ssl.SSLError):
+                where = f"through proxy {proxy.name}: " if proxy else ""
+                raise ConnectFailed(host, port, where + _why(exc)) from exc
+            raise
+        return conn
+
+    def put_back(self, conn: Connection) -> None:
+        """``conn`` finished its request and may carry another one."""
+        self._busy.discard(conn)
+        idle = self._idle.setdefault(conn.key, [])
+        if self.closed or len(idle) >= self.max_idle:
+            conn.close()
+            return
+        conn.idle_since = conn.loop.time()
+        idle.append(conn)
+        if self._sweeper is None:
+            self._sweeper = conn.loop.call_later(self.keepalive / 2, self._sweep)
+
+    def forget(self, conn: Connection) -> None:
+        """``conn`` is closing: it is neither busy nor idle any more."""
+        self._busy.discard(conn)
+        idle = self._idle.get(conn.key)
+        if idle and conn in idle:
+            idle.remove(conn)
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        loop = asyncio.get_running_loop()
+        oldest = loop.time() - self.keepalive
+        left = False
+        for idle in self._idle.values():
+            for conn in [c for c in idle if c.idle_since <= oldest]:
+                idle.remove(conn)
+                conn.close()
+            left = left or bool(idle)
+        if left:
+            self._sweeper = loop.call_later(self.keepalive / 2, self._sweep)
+
+    def close(self) -> None:
+        """Close every connection, idle or busy."""
+        self.closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        for idle in self._idle.values():
+            for conn in idle:
+                conn.close()
+        self._idle.clear()
+        for conn in list(self._busy):
+            if conn.response is not None:
+                conn.response.close()
+            conn.close()
+        self._busy.clear()
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return exc.verify_message or "certificate verify failed"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
