@@ -31,7 +31,7 @@ test-deps:
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 test: test-deps
-	$(PYTHON) -m pytest
+	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
 lint:
 	ruff check meshkit tests examples benchmarks

@@ -1,5 +1,7 @@
-"""The ``meshkit`` command: ``serve``, ``validate``, ``graph``, ``schema``, ``export``. Only
-it configures logging."""
+"""The ``meshkit`` command: ``serve``, ``validate``, ``graph``, ``schema``, ``export``.
+
+Only it configures logging.
+"""
 
 from __future__ import annotations
 

@@ -281,14 +281,20 @@ class TestChannels:
         guard = Guardrail("g", params={"patterns": [SSN]})
         done = Completion(
             "ok",
+            logprobs={"content": tokens("ok")},
             reasoning="user 123-45-6789",
             tool_calls=(ToolCall("a", "f", '{"ssn": "123-45-6789"}'),),
             finish_reason="tool_calls",
         )
         out = await guard.process(done, ctx)
+        assert out.logprobs == {"content": tokens("ok")}  # the text itself was clean
         assert out.reasoning == "user [REDACTED]"
         assert out.tool_calls == (ToolCall("a", "f", '{"ssn": "[REDACTED]"}'),)
         assert ctx.meta["guardrail"]["matches"] == 2
+        redacted = await guard.process(
+            Completion("id 123-45-6789", logprobs={"content": tokens("id 123-45-6789")}), ctx
+        )
+        assert redacted.text == "id [REDACTED]" and redacted.logprobs is None
         blocker = Guardrail("b", params={"patterns": [SSN], "action": "block"})
         blocked = await blocker.process(done, ctx)
         assert blocked.finish_reason == "content_filter" and blocked.tool_calls == ()

@@ -177,7 +177,11 @@ class Guardrail(MicroService):
                 finish_reason="content_filter",
                 logprobs=None,
             )
-        return attrs.evolve(done, text=text, reasoning=reasoning, tool_calls=tuple(calls))
+        # Logprobs spell the text out token by token: none survive a redaction in it.
+        logprobs = done.logprobs if scanners[0].matches == 0 else None
+        return attrs.evolve(
+            done, text=text, reasoning=reasoning, tool_calls=tuple(calls), logprobs=logprobs
+        )
 
     def _request(self, request: ChatRequest, ctx: Context) -> ChatRequest:
         messages = []
