@@ -16,11 +16,13 @@ serve: install
 	meshkit serve services.yaml
 
 test-deps:
-	$(PIP) -e '.[local,fast,guardrail,test,dev]'
+	$(PIP) -e '.[local,fast,guardrail,otel,test,dev]'
 	@command -v docker-compose >/dev/null || { apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null; }
 	@command -v tinyproxy >/dev/null || { apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tinyproxy >/dev/null; }
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; }
 	@# The playground's browser tests drive Debian's Chromium (Playwright never downloads one).
 	@command -v chromium >/dev/null || { apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }

@@ -14,27 +14,43 @@ import structlog
 
 from .errors import SpecError
 from .mesh import Mesh
+from .observability.access_log import renderer
 
 
-def configure_logging(level: str | None = None) -> None:
-    """Key/value logs to stderr at ``level`` (default ``$MESHKIT_LOG_LEVEL`` or info)."""
+def configure_logging(level: str | None = None, fmt: str | None = None) -> bool:
+    """Logs to stderr at ``level`` (default ``$MESHKIT_LOG_LEVEL`` or info), as key/value
+    text for a person or, with ``fmt`` (default ``$MESHKIT_LOG_FORMAT``) ``json``, one
+    JSON object per line (the standard library's records too). True for JSON."""
+    fmt = (fmt or os.environ.get("MESHKIT_LOG_FORMAT") or "console").strip().lower()
+    render = renderer(fmt)
     name = (level or os.environ.get("MESHKIT_LOG_LEVEL") or "info").upper()
     numeric = logging.getLevelName(name)
     if not isinstance(numeric, int):
         numeric = logging.INFO
-    logging.basicConfig(level=numeric, stream=sys.stderr, format="%(message)s")
+    stamp = structlog.processors.TimeStamper(fmt="iso")
+    if fmt == "json":
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(
+            structlog.stdlib.ProcessorFormatter(
+                processor=render, foreign_pre_chain=[structlog.stdlib.add_log_level, stamp]
+            )
+        )
+        logging.basicConfig(level=numeric, handlers=[handler])
+    else:
+        logging.basicConfig(level=numeric, stream=sys.stderr, format="%(message)s")
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso"),
+            stamp,
             structlog.processors.format_exc_info,
-            structlog.dev.ConsoleRenderer(colors=False),
+            render,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
+    return fmt == "json"
 
 
 def _load(path: str) -> Mesh | None:
@@ -100,7 +116,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from .gateway import build_app
 
-    configure_logging(args.log_level)
+    try:
+        as_json = configure_logging(args.log_level)
+    except ValueError as exc:
+        print(f"meshkit: {exc}", file=sys.stderr)
+        return 2
     mesh = _load(args.file)
     if mesh is None:
         return 1
@@ -123,7 +143,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     gc.freeze()
 
     def ready(*_: object) -> None:
-        print(f"meshkit gateway ready on http://{host}:{port}", file=sys.stderr, flush=True)
+        url = f"http://{host}:{port}"
+        if as_json:
+            structlog.get_logger(__name__).info("meshkit.gateway.ready", url=url)
+        else:
+            print(f"meshkit gateway ready on {url}", file=sys.stderr, flush=True)
 
     # SIGTERM: the app drains for gateway.shutdown_grace itself (on_shutdown), then
     # ends open streams with a final error event; aiohttp's own wait only mops up.

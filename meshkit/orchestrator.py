@@ -232,11 +232,12 @@ class ServiceOrchestrator(Resource):
         ctx.trace.append(service.name)
         started = time.perf_counter()
         try:
-            if service.timeout is None:  # the node bounds itself: no timer to arm
-                result = await service.process(data, ctx)
-            else:
-                async with asyncio.timeout(service.timeout):
-                    result = await service.process(data, ctx)
+            with ctx.observer.node(service.name) as probe:
+                if service.timeout is None:  # the node bounds itself: no timer to arm
+                    result = probe.returned(await service.process(data, ctx))
+                else:
+                    async with asyncio.timeout(service.timeout):
+                        result = probe.returned(await service.process(data, ctx))
         except MeshError:
             raise
         except TimeoutError as exc:

@@ -2,7 +2,8 @@
 
 Each case states what the client must see: a status (the failure came before any
 output) or a 200 whose stream ends with a final error event in the dialect's shape.
-After each case no connection is left checked out of the pool and nothing is in flight.
+After each case no connection is left checked out of the pool and nothing is in flight,
+and ``/metrics`` says so: in-flight exactly 0, the one request counted with its status.
 Two faults need more than a scripted upstream and have their own tests below: a stale
 keep-alive socket (the client sees nothing at all) and a caller that stops reading
 (its stream is ended after ``send_timeout``).
@@ -18,6 +19,7 @@ import pytest
 
 from meshkit.testing import FakeLLM
 
+from .test_metrics import scrape, value
 from .test_outbound import BIG_TOKENS, StaleRelay, raw_stream_request, read_to_end
 from .test_resilience import (
     CHAT,
@@ -99,6 +101,9 @@ async def test_fault(
                 assert resp.headers["Retry-After"] == str(case.fault["retry_after"])
     fake.release()
     await settled(gw)
+    samples = await scrape(gw)
+    assert value(samples, "meshkit_requests_in_flight") == 0
+    assert value(samples, "meshkit_requests_total", code=str(resp.status)) == 1
     await until(lambda: fake.in_flight == 0)  # the upstream saw its call end too
 
 

@@ -29,14 +29,21 @@ DATA = Path(__file__).resolve().parent / "data"
 HEADER = re.compile(r"^# yaml-language-server: \$schema=(\S+)$")
 
 
+#: Top-level keys of a services file; a YAML file with other keys (Compose, Grafana
+#: provisioning, Kubernetes) is some other tool's.
+SERVICES_KEYS = {"services", "pipelines", "gateway"}
+
+
 def shipped() -> list[Path]:
-    """Every services file the project ships (Compose's own files are not ours)."""
+    """Every services file the project ships (other tools' YAML files are not ours)."""
     found = []
     for path in sorted(ROOT.rglob("*.yaml")):
         rel = path.relative_to(ROOT)
         if rel.parts[0] in ("tests", ".git") or rel.name.startswith("docker-compose"):
             continue
-        found.append(path)
+        top = yaml.safe_load(path.read_text())
+        if isinstance(top, dict) and "services" in top and set(top) <= SERVICES_KEYS:
+            found.append(path)
     return found
 
 

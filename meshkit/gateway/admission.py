@@ -21,8 +21,9 @@ log = structlog.get_logger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-#: Paths never counted nor refused: orchestrators must see health while we are busy.
-EXEMPT = frozenset({"/healthz", "/readyz"})
+#: Paths never counted nor refused: orchestrators must see health (and Prometheus its
+#: scrape) while we are busy.
+EXEMPT = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 class Admission:

@@ -9,11 +9,12 @@ from aiohttp import web
 
 from ..errors import BadRequest, MeshError, MethodNotAllowed, NotFound, PayloadTooLarge
 from ..mesh import Mesh
+from ..observability.observer import Observer
 from ..orchestrator import ServiceOrchestrator
 from . import ollama, openai
 from .admission import Admission
 from .auth import ApiKeys
-from .dialect import SEND_TIMEOUT, json_response
+from .dialect import SEND_TIMEOUT, json_response, request_id
 from .route import Route
 from .ui import mount as mount_ui
 
@@ -104,12 +105,13 @@ def build_app(
     api_keys: Sequence[str] | None = None,
     max_inflight: int | None = None,
     shutdown_grace: float | None = None,
+    metrics: bool | None = None,
 ) -> web.Application:
     """The gateway for a loaded mesh, as its ``gateway`` section declares.
 
     With no routes declared and a single pipeline, both dialects are mounted at ``/``.
-    Keyword arguments override the spec's ``max_body``, ``api_keys``, ``max_inflight``
-    and ``shutdown_grace``. On shutdown the app refuses new requests and lets those in
+    Keyword arguments override the spec's ``max_body``, ``api_keys``, ``max_inflight``,
+    ``shutdown_grace`` and ``metrics``. On shutdown the app refuses new requests and lets those in
     flight finish for ``shutdown_grace`` seconds before ending the streams still open
     with a final error event.
     """
@@ -117,7 +119,13 @@ def build_app(
     keys = ApiKeys(gw.api_keys if api_keys is None else api_keys)
     admission = Admission(gw.max_inflight if max_inflight is None else max_inflight)
     grace = gw.shutdown_grace if shutdown_grace is None else shutdown_grace
-    middlewares = [_errors, *([keys.middleware] if keys else []), admission.middleware]
+    observer = Observer(metrics=gw.metrics if metrics is None else metrics, request_id=request_id)
+    middlewares = [
+        observer.middleware,
+        _errors,
+        *([keys.middleware] if keys else []),
+        admission.middleware,
+    ]
     app = web.Application(
         client_max_size=gw.max_body if max_body is None else max_body, middlewares=middlewares
     )
@@ -138,6 +146,7 @@ def build_app(
         (only,) = mesh.pipelines.values()
         routes = [Route("openai", only), Route("ollama", only)]
     mount(app, routes)
+    observer.mount(app, routes)
 
     async def readyz(request: web.Request) -> web.Response:
         # Ready when every required service can take a request now; an optional

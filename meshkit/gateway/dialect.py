@@ -20,6 +20,7 @@ from aiohttp import web
 from .. import _json
 from ..errors import InternalError, MeshError, UpstreamError
 from ..nodes.base import Context
+from ..observability.observer import ERROR_CODE, observe
 from ..orchestrator import ServiceOrchestrator
 from ..protocol.types import ChatRequest, Chunk, Completion
 from ..protocol.wire import new_id
@@ -29,6 +30,9 @@ from ..streams import aclose, aggregate, single
 log = structlog.get_logger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+#: Where a request keeps its id once chosen.
+REQUEST_ID = web.RequestKey("meshkit.request_id", str)
 
 
 class Encoder(Protocol):
@@ -54,11 +58,14 @@ class Dialect(Protocol):
 
 
 def request_id(request: web.Request) -> str:
-    """The caller's ``X-Request-ID`` when sane, else a fresh one."""
+    """The caller's ``X-Request-ID`` when sane, else a fresh one (once per request)."""
+    if REQUEST_ID in request:
+        return request[REQUEST_ID]
     given = request.headers.get("X-Request-ID", "")
-    if 0 < len(given) <= 128 and given.isprintable():
-        return given
-    return new_id()
+    if not (0 < len(given) <= 128 and given.isprintable()):
+        given = new_id()
+    request[REQUEST_ID] = given
+    return given
 
 
 def json_response(obj: Any, *, status: int = 200, rid: str | None = None) -> web.Response:
@@ -73,6 +80,7 @@ def error_json(body: Any, err: MeshError) -> web.Response:
     """An error body as a response, with the headers its error asks for
     (``Retry-After`` when it says when to come back, ``WWW-Authenticate`` on 401)."""
     response = json_response(body, status=err.status)
+    response[ERROR_CODE] = err.code  # for the access line
     if err.retry_after is not None:
         response.headers["Retry-After"] = str(max(1, math.ceil(err.retry_after)))
     if err.status == 401:
@@ -88,16 +96,19 @@ async def serve_chat(
     rid: str,
 ) -> web.StreamResponse:
     """Run ``chat`` through ``orchestrator`` and answer in the encoder's dialect."""
+    observer = observe(request, chat.model, chat.stream)
     ctx = Context(
         client=orchestrator.client,
         request_id=rid,
         headers=request.headers,
         deadline=deadline_from(request.headers),
+        observer=observer,
     )
     encoder = make_encoder(chat)  # before the run, so durations count from the request
     result = await orchestrator.run(chat, ctx)
     if not chat.stream:
         completion = await collect(result)
+        observer.completed(completion)
         return json_response(encoder.completion(completion), rid=rid)
     stream = as_stream(result)
     response = web.StreamResponse(
@@ -109,6 +120,7 @@ async def serve_chat(
         }
     )
     await response.prepare(request)
+    sink = None
     try:
         try:
             sink = Sink.open(request, response, encoder, stream)
@@ -116,6 +128,7 @@ async def serve_chat(
             if sink is None:
                 async for chunk in stream:
                     data = encoder.chunk(chunk)
+                    observer.see(chunk, data)
                     if data:
                         await response.write(data)
             elif splice is not None:
@@ -127,19 +140,24 @@ async def serve_chat(
                     if sink.full:
                         await sink.drain()
         except MeshError as err:
+            observer.failed(err)
             log.warning("meshkit.stream.failed", request_id=rid, error=err.message)
             await response.write(encoder.error(err))
         except (ConnectionResetError, BrokenPipeError):
             raise
         except Exception:
             log.exception("meshkit.stream.crashed", request_id=rid)
-            await response.write(encoder.error(InternalError("internal error in the pipeline")))
+            crash = InternalError("internal error in the pipeline")
+            observer.failed(crash)
+            await response.write(encoder.error(crash))
         else:
             await response.write(encoder.end())
         await response.write_eof()
     except (ConnectionResetError, BrokenPipeError):
+        observer.gone()
         log.info("meshkit.client.gone", request_id=rid)
     finally:
+        observer.streamed(sink)
         await aclose(stream)
     return response
 
@@ -165,6 +183,7 @@ class Sink:
     """
 
     __slots__ = (
+        "_chunk",
         "_chunked",
         "_encode",
         "_loop",
@@ -175,6 +194,9 @@ class Sink:
         "_stream",
         "_transport",
         "_writer",
+        "ends",
+        "first",
+        "sent",
     )
 
     #: Caller-side buffer sizes (bytes) at which the upstream is paused and resumed
@@ -191,7 +213,8 @@ class Sink:
     ) -> None:
         self._transport = transport
         self._chunked = chunked
-        self._encode = encoder.chunk
+        self._chunk = encoder.chunk
+        self._encode = self._first_encode  # swapped for the encoder's own after one byte
         self._stream = stream
         self._loop = asyncio.get_running_loop()
         self._paused = False
@@ -199,6 +222,10 @@ class Sink:
         self._protocol: Any = None
         self._send_timeout = self.SEND_TIMEOUT
         self._resumer: asyncio.Task[None] | None = None
+        # What the request's record reads once at the end (see observability.probe.Tally).
+        self.first: float | None = None
+        self.sent = 0
+        self.ends: list[Chunk] = []
 
     @classmethod
     def open(
@@ -219,6 +246,8 @@ class Sink:
 
     def write(self, chunk: Chunk) -> bool:
         """Write one chunk; False when the caller has gone away."""
+        if chunk.finish_reason is not None or chunk.usage is not None:
+            self.ends.append(chunk)  # the few chunks the answer's counts come from
         data = self._encode(chunk)
         if not data:
             return True
@@ -226,7 +255,16 @@ class Sink:
         if transport.is_closing():
             return False
         transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
+        self.sent += 1
         return True
+
+    def _first_encode(self, chunk: Chunk) -> bytes | None:
+        """Encode until the first byte, noting when it goes out (time to first token)."""
+        data = self._chunk(chunk)
+        if data:
+            self.first = time.perf_counter()
+            self._encode = self._chunk
+        return data
 
     @property
     def full(self) -> bool:

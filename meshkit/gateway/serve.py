@@ -15,10 +15,11 @@ from aiohttp import web
 
 from ..client import HttpClient
 from ..nodes.base import MicroService
+from ..observability.observer import Observer
 from ..orchestrator import ServiceOrchestrator
 from . import ollama, openai
 from .app import MAX_BODY, _errors, healthz, mount
-from .dialect import Handler, json_response
+from .dialect import Handler, json_response, request_id
 from .route import Route
 
 DIALECTS = ("openai", "ollama")
@@ -79,10 +80,15 @@ class App:
         return self
 
     def application(self) -> web.Application:
-        """The aiohttp application serving every mount, ``/healthz`` and ``/readyz``."""
+        """The aiohttp application serving every mount, ``/healthz``, ``/readyz`` and
+        ``/metrics``."""
         routes = list(self._routes)
-        app = web.Application(client_max_size=self.max_body, middlewares=[_errors])
+        observer = Observer(request_id=request_id)
+        app = web.Application(
+            client_max_size=self.max_body, middlewares=[observer.middleware, _errors]
+        )
         mount(app, routes)
+        observer.mount(app, routes)
         for path, handler in self._paths:
             app.router.add_post(path, handler)
         pipelines = list({id(r.orchestrator): r.orchestrator for r in routes}.values())

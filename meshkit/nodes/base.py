@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 
+from ..observability.probe import NOOP, RequestObserver
 from ..protocol.wire import new_id
 
 if TYPE_CHECKING:
@@ -44,6 +45,8 @@ class Context:
     #: The request the graph is running for (set by the orchestrator), for nodes and
     #: edge conditions that look at the caller's question or model.
     request: Any = None
+    #: Told what runs and how it ends (metrics, traces, the access log).
+    observer: RequestObserver = NOOP
 
     def remaining(self, default: float) -> float:
         """Seconds left before the deadline, capped at ``default``."""

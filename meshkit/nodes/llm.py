@@ -221,6 +221,7 @@ class RemoteLLM(MicroService):
                     error=err.code,
                     request_id=ctx.request_id,
                 )
+                ctx.observer.retried(self.name)
                 attempt += 1
                 if wait:
                     await asyncio.sleep(wait)
@@ -252,6 +253,7 @@ class RemoteLLM(MicroService):
         replicas.acquire(replica)
         task = asyncio.current_task()
         url = replica.url + self.path
+        probe = ctx.observer.attempt(self.name, replica.name, url, request.model, headers)
         head: list[Chunk] = []
         response: h1.Response | None = None
         if task is not None:
@@ -299,18 +301,20 @@ class RemoteLLM(MicroService):
                 err = UpstreamConnectError(
                     f"{self.name}: replica went down before answering", service=self.name
                 )
+            probe.failed(exc if err is None else err)
             if err is None:
                 raise
             replicas.failed(replica, err)
             raise err from exc
         replicas.succeeded(replica)
+        probe.answered()
         if request.stream:
             relay = UpstreamStream(self, response, parser, head, replica, client)
             await relay.prime()
             return relay
         client.finish(response, ok=True)
         replicas.release(replica)
-        return self._codec.completion(raw, request)
+        return probe.completed(self._codec.completion(raw, request))
 
     def _failure(
         self, exc: BaseException, timeouts: Timeouts, *, before_first: bool
