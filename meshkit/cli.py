@@ -1,5 +1,7 @@
-"""The ``meshkit`` command: ``serve``, ``validate``, ``graph``, ``schema``. Only it configures
-logging."""
+"""The ``meshkit`` command: ``serve``, ``validate``, ``graph``, ``schema``, ``export``.
+
+Only it configures logging.
+"""
 
 from __future__ import annotations
 
@@ -185,6 +187,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     graph.set_defaults(func=cmd_graph)
     schema = sub.add_parser("schema", help="print the JSON Schema of services.yaml")
     schema.set_defaults(func=cmd_schema)
+    from .export.command import add_parser as add_export_parser
+
+    add_export_parser(sub)
     args = parser.parse_args(argv)
     # Like `python -m`, let services.yaml name classes of the project it runs in.
     if os.getcwd() not in sys.path:

@@ -14,12 +14,16 @@ ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "compose" / "docker-compose.yaml"
 
 
-def rendered() -> dict:
+CI_OVERRIDE = ROOT / "compose" / "docker-compose.ci.yaml"
+
+
+def rendered(*overrides: Path) -> dict:
     """`docker-compose config` output (Debian's docker-compose, installed by `make test`)."""
     tool = shutil.which("docker-compose")
     assert tool, "docker-compose is missing: run `make test` (it installs it) or apt-get it"
+    files = [arg for path in (COMPOSE, *overrides) for arg in ("-f", str(path))]
     result = subprocess.run(
-        [tool, "-f", str(COMPOSE), "config"],
+        [tool, *files, "config"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -57,3 +61,30 @@ class TestCompose:
         text = (ROOT / "compose" / "Dockerfile").read_text()
         assert 'CMD ["meshkit", "serve", "services.yaml"]' in text
         assert "HEALTHCHECK" in text
+
+    def test_dockerfile_builds_the_model_server_image_too(self) -> None:
+        text = (ROOT / "compose" / "Dockerfile").read_text()
+        assert "ARG BASE=python:3.11-slim" in text and "FROM ${BASE}" in text
+        assert "ARG EXTRAS=fast" in text and '".[$EXTRAS]"' in text
+        assert "USER 10001:10001" in text  # numeric: runAsNonRoot can check it
+
+
+class TestComposeWithoutRegistry:
+    """compose/docker-compose.ci.yaml: the stack smoke.sh runs, with nothing to pull."""
+
+    def test_ollama_is_meshkits_model_server_on_its_port(self) -> None:
+        services = rendered(CI_OVERRIDE)["services"]
+        ollama = services["ollama"]
+        assert ollama["command"][:3] == ["python", "-m", "meshkit.local"]
+        assert ollama["command"][ollama["command"].index("--port") + 1] == "11434"
+        assert ollama["build"]["args"]["EXTRAS"] == "local,fast"
+        assert "11434/readyz" in ollama["healthcheck"]["test"][-1]
+        assert "ollama/ollama" not in str(services)  # nothing left to pull
+
+    def test_model_names_are_the_local_models(self) -> None:
+        services = rendered(CI_OVERRIDE)["services"]
+        for name in ("gateway", "example"):
+            env = services[name]["environment"]
+            assert env["LLM_MODEL"] == env["EMBED_MODEL"] == "gemma-3-270m", name
+            assert env["LLM_ENDPOINT"] == "http://ollama:11434", name
+        assert "gemma-3-270m" in services["ollama-pull"]["entrypoint"][-1]

@@ -127,6 +127,10 @@ async def test_stale_socket(
                 assert ndjson(raw)[-1]["done"] is True
             await settled(gw)
         assert relay.dropped == 2 and len(fake.requests) == 3
+    samples = await scrape(gw)  # one attempt each, none failed; nothing in flight
+    assert value(samples, "meshkit_upstream_requests_total", outcome="ok") == 3
+    assert value(samples, "meshkit_upstream_requests_total") == 3
+    assert value(samples, "meshkit_requests_in_flight") == 0
 
 
 @pytest.mark.parametrize("upstream_api", ["openai", "ollama"])
@@ -144,6 +148,9 @@ async def test_stalled_caller(fakes, aiohttp_client, dialect: str, upstream_api:
     finally:
         sock.close()
     assert raw.startswith(b"HTTP/1.1 200") and not raw.endswith(b"\r\n0\r\n\r\n")
+    samples = await scrape(gw)  # counted as a caller that left, and nothing in flight
+    assert value(samples, "meshkit_client_disconnects_total") == 1
+    assert value(samples, "meshkit_requests_in_flight") == 0
 
 
 def assert_error_shape(body: Any, dialect: str) -> None:

@@ -170,7 +170,9 @@ class TestPrometheusScrape:
             labels(pipeline="held"): 1.0
         }
         assert set((await prom.query("meshkit_requests_in_flight")).values()) == {0.0}
-        # Every query of the Grafana dashboard is valid PromQL and finds its series.
+        # Every query of the Grafana dashboard is valid PromQL and finds its series
+        # (after one more scrape, so that every series has two samples for rate()).
+        await prom.scraped_after(time.time())
         for expr in expressions():
             data = await prom.api("query", query=concrete(expr))
             assert data["result"], expr

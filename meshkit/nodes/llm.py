@@ -344,15 +344,19 @@ class RemoteLLM(MicroService):
         return None
 
     async def ready(self, client: HttpClient) -> bool:
-        """True when some replica answers its model listing."""
-        if not self.replicas.serving():
-            return False  # requests would be refused: not ready, whatever answers
-        for base in self._by_health():
+        """True when some replica answers its model listing and requests would be taken.
+
+        That answer also counts as a passed health probe: a replica that was out (not
+        up yet when the gateway started) takes traffic as soon as readiness says so.
+        """
+        now = self.replicas.clock()
+        for replica in sorted(self.replicas, key=lambda r: not r.available(now)):
             try:
-                await self._list_models(client, base, wait=2.0)
+                await self._list_models(client, replica.url, wait=2.0)
             except MeshError:
                 continue
-            return True
+            self.replicas.probed(replica, None)
+            return self.replicas.serving()
         return False
 
     def _by_health(self) -> list[str]:
