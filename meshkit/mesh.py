@@ -19,7 +19,7 @@ from .errors import GraphError, MeshError, SpecError
 from .nodes.base import MicroService
 from .nodes.registry import ServiceRegistry
 from .orchestrator import ServiceOrchestrator
-from .spec import MeshSpec, PipelineSpec
+from .spec import MeshSpec, PipelineSpec, ServiceSpec
 
 log = structlog.get_logger(__name__)
 
@@ -196,11 +196,10 @@ class LocalPlan:
         )
 
 
-def plan_local(spec: MeshSpec) -> tuple[MeshSpec, LocalPlan | None]:
-    """Point every LLM and embedding service that has ``local:`` but no endpoint at one
-    shared embedded model server, and give them its model name as their default (unless
-    theirs is one it answers to). Nothing starts here; :meth:`Mesh.open` starts it."""
-    wanting = [
+def wanting_local(spec: MeshSpec) -> list[ServiceSpec]:
+    """The LLM and embedding services that would use the embedded model: ``local:`` and
+    no endpoint (a ``class:`` service decides for itself)."""
+    return [
         s
         for s in spec.services.values()
         if s.type in ("llm", "embedding")
@@ -208,6 +207,13 @@ def plan_local(spec: MeshSpec) -> tuple[MeshSpec, LocalPlan | None]:
         and s.local is not None
         and s.class_path is None
     ]
+
+
+def plan_local(spec: MeshSpec) -> tuple[MeshSpec, LocalPlan | None]:
+    """Point every LLM and embedding service that has ``local:`` but no endpoint at one
+    shared embedded model server, and give them its model name as their default (unless
+    theirs is one it answers to). Nothing starts here; :meth:`Mesh.open` starts it."""
+    wanting = wanting_local(spec)
     if not wanting:
         return spec, None
     first = wanting[0].local

@@ -20,6 +20,7 @@ import attrs
 import yaml
 
 from ..errors import MeshError, SpecError
+from ..mesh import wanting_local
 from ..spec import MeshSpec, ServiceSpec, loads
 
 #: Port of the model server container (``python -m meshkit.local``'s default).
@@ -253,14 +254,7 @@ def _model_server(
     overrides: Mapping[str, str],
 ) -> ModelServer | None:
     """Point every service that would start the embedded model at one model server."""
-    wanting = [
-        s
-        for s in spec.services.values()
-        if s.type in ("llm", "embedding")
-        and not s.endpoints
-        and s.local is not None
-        and s.class_path is None
-    ]
+    wanting = wanting_local(spec)
     if not wanting:
         return None
     first = wanting[0].local
