@@ -70,19 +70,11 @@ async def ask(model: Any, messages: list[BaseMessage], stream: bool) -> AIMessag
     return merged
 
 
-# langchain-ollama sends a tool result with neither ``tool_name`` nor an id, and the call
-# it answers without an id: meshkit's Ollama → OpenAI mapping does not yet pair the two
-# by position, so an OpenAI upstream gets a tool message without ``tool_call_id``.
-UNPAIRED = pytest.mark.xfail(
-    strict=True, reason="Ollama tool result without tool_name reaches OpenAI without tool_call_id"
-)
+# langchain-ollama sends a tool result with neither ``tool_name`` nor an id, answering a
+# call without an id: meshkit pairs it with the open call by position, so an OpenAI
+# upstream still gets its ``tool_call_id``.
 CASES = [
-    pytest.param(
-        client,
-        upstream,
-        marks=[UNPAIRED] if (client, upstream) == ("langchain-ollama", "openai") else [],
-        id=f"{client}-{upstream}",
-    )
+    pytest.param(client, upstream, id=f"{client}-{upstream}")
     for client in sorted(CLIENTS)
     for upstream in UPSTREAMS
 ]

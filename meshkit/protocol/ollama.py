@@ -167,7 +167,7 @@ def _messages(items: list[dict[str, Any]]) -> tuple[Message, ...]:
         where = f"messages[{i}]"
         role = f.role(item, where)
         text = f.opt_str(item, "content", param=f"{where}.content") or ""
-        if len(item) == 2 and "content" in item:
+        if len(item) == 2 and "content" in item and role != "tool":
             out.append(Message(role, text))
             continue
         images = _images(f.opt_list(item, "images", param=f"{where}.images"), f"{where}.images")
