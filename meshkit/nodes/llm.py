@@ -29,6 +29,7 @@ from ..errors import (
     UpstreamTimeout,
 )
 from ..protocol import ollama, openai
+from ..protocol.codec import UpstreamCodec
 from ..protocol.types import ChatRequest, Chunk, ChunkStream, Completion, Message
 from ..resilience.deadline import DEADLINE_HEADER, header_value
 from ..resilience.replicas import Replica, ReplicaSet, eviction
@@ -90,7 +91,7 @@ class RemoteLLM(MicroService):
         if not self.endpoints:
             raise ValueError("RemoteLLM needs at least one endpoint")
         self.api = api
-        self._codec: openai.Upstream | ollama.Upstream = (
+        self._codec: UpstreamCodec = (
             openai.Upstream(name) if api == "openai" else ollama.Upstream(name)
         )
         self.path = path or self._codec.chat_path

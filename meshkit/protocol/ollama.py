@@ -18,6 +18,7 @@ from typing import Any
 from .. import _json
 from ..errors import BadRequest, MeshError, UpstreamError
 from . import fields as f
+from .codec import LineParse
 from .content import call_id, data_url_payload, image_data_url
 from .types import ChatRequest, Chunk, Completion, Message, Part, ToolCall, ToolCallDelta, Usage
 from .wire import END
@@ -355,7 +356,7 @@ class Upstream:
     def body(self, request: ChatRequest, *, stream: bool) -> dict[str, Any]:
         return request_body(request, stream=stream)
 
-    def line_parser(self) -> Any:
+    def line_parser(self) -> LineParse:
         """A parser for one stream's lines (it numbers the stream's tool calls)."""
         return _Lines(self.name).line
 

@@ -15,6 +15,7 @@ from typing import Any
 from .. import _json
 from ..errors import BadRequest, UpstreamError
 from . import fields as f
+from .codec import LineParse
 from .types import ChatRequest, Chunk, Completion, Message, Part, ToolCall, ToolCallDelta, Usage
 from .wire import END_ONLY, SSE_DONE
 
@@ -340,7 +341,7 @@ class Upstream:
     def body(self, request: ChatRequest, *, stream: bool) -> dict[str, Any]:
         return request_body(request, stream=stream)
 
-    def line_parser(self) -> Any:
+    def line_parser(self) -> LineParse:
         """The parser of one stream's lines (SSE events carry no state between them)."""
         return self.line
 

@@ -1,0 +1,39 @@
+"""`UpstreamCodec`: what the LLM node needs from a dialect to talk to an upstream.
+
+``protocol.openai.Upstream`` and ``protocol.ollama.Upstream`` implement it; the node
+holds one and never looks at the dialect again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from .types import ChatRequest, Chunk, Completion
+
+#: Parses one line of a streamed body into the chunks it completes.
+LineParse = Callable[[bytes], Sequence[Chunk]]
+
+
+class UpstreamCodec(Protocol):
+    """Renders requests for one upstream API and reads its answers back."""
+
+    name: str
+    chat_path: str
+    models_path: str
+
+    def body(self, request: ChatRequest, *, stream: bool) -> dict[str, Any]:
+        """The JSON body of ``request`` for the upstream's chat endpoint."""
+        ...
+
+    def line_parser(self) -> LineParse:
+        """A parser for one stream's lines (fresh per stream: it may keep state)."""
+        ...
+
+    def completion(self, raw: bytes, request: ChatRequest) -> Completion:
+        """A whole (non-streamed) answer."""
+        ...
+
+    def models(self, raw: bytes) -> list[str]:
+        """Model names from the upstream's model list."""
+        ...
