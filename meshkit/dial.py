@@ -7,6 +7,12 @@ IPv6 route is a black hole). :func:`connect` tries them all the Happy Eyeballs w
 seconds before the next begins beside it, a failed attempt starting the next at once,
 the first connected socket winning and the others closed.
 
+:func:`open_connection` is what the pool calls: a name with a single address (an IP
+literal, as most upstreams are given) has nothing to race, so the event loop connects
+its own transport in one step, without a Python socket, a task per attempt or a wait
+set. A burst of new upstream connections costs about half the CPU that way
+(``benchmarks/results/optimisations.md``, issue 16).
+
 :func:`tunnel` asks an HTTP proxy to ``CONNECT`` a connected socket through to an
 upstream, before TLS starts on it.
 """
@@ -16,8 +22,11 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import ssl as _ssl
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
+
+P = TypeVar("P", bound=asyncio.BaseProtocol)
 
 #: Seconds an attempt runs alone before the next address is tried beside it (RFC 8305's
 #: "connection attempt delay": 250 ms is its recommended value).
@@ -132,6 +141,55 @@ async def connect(
     """A connected, non-blocking socket to ``host:port`` (every address raced)."""
     addresses = await resolver(host, port)
     return await happy_eyeballs(interleave(addresses), stagger=stagger)
+
+
+def _one_step(addresses: Sequence[Address]) -> tuple[int, str, int] | None:
+    """``(family, ip, port)`` when there is exactly one address, plain enough for the
+    loop to connect by itself (an IPv6 address with a flow or scope id is not)."""
+    if len(addresses) != 1:
+        return None
+    family, sockaddr = addresses[0]
+    if family not in (socket.AF_INET, socket.AF_INET6) or any(sockaddr[2:]):
+        return None
+    return family, sockaddr[0], sockaddr[1]
+
+
+async def open_connection(
+    factory: Callable[[], P],
+    host: str,
+    port: int,
+    *,
+    resolver: Resolver = resolve,
+    tls: _ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+    stagger: float = STAGGER,
+) -> P:
+    """A protocol from ``factory`` connected to ``host:port`` (TLS on top with ``tls``).
+
+    One address: the loop opens the connection itself. Several: they are raced
+    (:func:`happy_eyeballs`) and the winning socket handed to the loop.
+
+    Raises:
+        OSError: No address could be connected (or :class:`ssl.SSLError` for TLS).
+    """
+    loop = asyncio.get_running_loop()
+    addresses = await resolver(host, port)
+    one = _one_step(addresses)
+    if one is not None:
+        family, ip, ip_port = one
+        _, protocol = await loop.create_connection(
+            factory, ip, ip_port, family=family, ssl=tls, server_hostname=server_hostname
+        )
+        return protocol
+    sock = await happy_eyeballs(interleave(addresses), stagger=stagger)
+    try:
+        _, protocol = await loop.create_connection(
+            factory, sock=sock, ssl=tls, server_hostname=server_hostname
+        )
+    except BaseException:
+        sock.close()
+        raise
+    return protocol
 
 
 def _connect_request(host: str, port: int, authorization: str | None) -> bytes:

@@ -249,29 +249,37 @@ class Pool:
             if self._tls is None:
                 self._tls = ssl.create_default_context()
             tls = self._tls
+        factory = lambda: Connection(self, key)  # noqa: E731
+        if proxy is None or route.forward:
+            # Straight to the upstream, or to a proxy taking absolute-form requests: one
+            # step, as no tunnel has to be set up before the first byte of HTTP.
+            to_host, to_port = (host, port) if proxy is None else (proxy.host, proxy.port)
+            try:
+                return await dial.open_connection(
+                    factory,
+                    to_host,
+                    to_port,
+                    resolver=self._resolver,
+                    tls=tls,
+                    server_hostname=host if tls else None,
+                )
+            except OSError as exc:  # ssl.SSLError is one too
+                where = f"through proxy {proxy.name}: " if proxy else ""
+                raise ConnectFailed(host, port, where + _why(exc)) from exc
         try:
-            if proxy is None:
-                sock = await dial.connect(host, port, resolver=self._resolver)
-            else:
-                sock = await dial.connect(proxy.host, proxy.port, resolver=self._resolver)
+            sock = await dial.connect(proxy.host, proxy.port, resolver=self._resolver)
         except OSError as exc:
-            where = f"through proxy {proxy.name}: " if proxy else ""
-            raise ConnectFailed(host, port, where + _why(exc)) from exc
+            raise ConnectFailed(host, port, f"through proxy {proxy.name}: {_why(exc)}") from exc
         try:
-            if proxy is not None and not route.forward:
-                await dial.tunnel(sock, host, port, proxy.authorization)
+            await dial.tunnel(sock, host, port, proxy.authorization)
             loop = asyncio.get_running_loop()
             _, conn = await loop.create_connection(
-                lambda: Connection(self, key),
-                sock=sock,
-                ssl=tls,
-                server_hostname=host if tls else None,
+                factory, sock=sock, ssl=tls, server_hostname=host if tls else None
             )
         except BaseException as exc:
             sock.close()
-            if isinstance(exc, OSError | ssl.SSLError):
-                where = f"through proxy {proxy.name}: " if proxy else ""
-                raise ConnectFailed(host, port, where + _why(exc)) from exc
+            if isinstance(exc, OSError):
+                raise ConnectFailed(host, port, f"through proxy {proxy.name}: {_why(exc)}") from exc
             raise
         return conn
 
