@@ -469,6 +469,107 @@ class TestHappyEyeballs:
             assert client.connections_in_use == 0
 
 
+class TestDialStorm:
+    """Many new connections to one upstream at once (issue 16): one lookup, one step each."""
+
+    URL = "http://model.test:{port}/hello"
+
+    @staticmethod
+    def gated_resolver(
+        asked: list[str], release: asyncio.Event, fail: bool = False
+    ) -> dial.Resolver:
+        async def resolver(host: str, port: int) -> list[dial.Address]:
+            asked.append(host)
+            await release.wait()
+            if fail:
+                raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+            return [(socket.AF_INET, ("127.0.0.1", port))]
+
+        return resolver
+
+    async def test_concurrent_dials_share_one_lookup(self) -> None:
+        """20 calls opening new connections to one name at once ask the resolver once;
+        nothing is kept after it answered (a later dial asks again)."""
+        async with serve_app(await hello_app()) as url:
+            port = int(url.rsplit(":", 1)[1])
+            asked: list[str] = []
+            release = asyncio.Event()
+            async with HttpClient(resolver=self.gated_resolver(asked, release)) as client:
+                calls = [
+                    asyncio.ensure_future(
+                        client.fetch(
+                            "GET", self.URL.format(port=port), service="llm", timeouts=Timeouts()
+                        )
+                    )
+                    for _ in range(20)
+                ]
+                # Every call reached the lookup in the loop pass before the one that ran
+                # the resolver: once it has been asked, all 20 are waiting on it.
+                await until(lambda: len(asked) >= 1)
+                release.set()
+                bodies = await asyncio.gather(*calls)
+                assert bodies == [b"hello over IPv4"] * 20
+                assert asked == ["model.test"]
+                assert (
+                    await client.probe(self.URL.format(port=port), within=5.0, headers={}) is None
+                )
+            assert asked == ["model.test", "model.test"]
+
+    async def test_a_failed_lookup_fails_every_dial_that_shared_it(self) -> None:
+        port = free_port()
+        asked: list[str] = []
+        release = asyncio.Event()
+        async with HttpClient(resolver=self.gated_resolver(asked, release, fail=True)) as client:
+            calls = [
+                asyncio.ensure_future(
+                    client.fetch(
+                        "GET", self.URL.format(port=port), service="llm", timeouts=Timeouts()
+                    )
+                )
+                for _ in range(5)
+            ]
+            await until(lambda: len(asked) >= 1)
+            release.set()
+            results = await asyncio.gather(*calls, return_exceptions=True)
+            assert asked == ["model.test"]
+            for result in results:
+                assert isinstance(result, UpstreamConnectError)
+                assert f"cannot connect to model.test:{port}" in str(result)
+            assert client.connections_in_use == 0
+
+    async def test_a_dial_given_up_leaves_the_others_lookup_running(self) -> None:
+        async with serve_app(await hello_app()) as url:
+            port = int(url.rsplit(":", 1)[1])
+            asked: list[str] = []
+            release = asyncio.Event()
+            async with HttpClient(resolver=self.gated_resolver(asked, release)) as client:
+                calls = [
+                    asyncio.ensure_future(
+                        client.fetch(
+                            "GET", self.URL.format(port=port), service="llm", timeouts=Timeouts()
+                        )
+                    )
+                    for _ in range(3)
+                ]
+                await until(lambda: len(asked) >= 1)
+                calls[0].cancel()  # the dial that started the lookup leaves
+                release.set()
+                with pytest.raises(asyncio.CancelledError):
+                    await calls[0]
+                assert await asyncio.gather(*calls[1:]) == [b"hello over IPv4"] * 2
+                assert asked == ["model.test"]
+
+    async def test_an_ipv6_literal_upstream(self) -> None:
+        """``http://[::1]:port`` is connected in one step by the loop, like an IPv4 one."""
+        async with serve_app(await hello_app(), host="::1") as url:
+            port = int(url.rsplit(":", 1)[1])
+            async with HttpClient() as client:
+                body = await client.fetch(
+                    "GET", f"http://[::1]:{port}/hello", service="llm", timeouts=Timeouts()
+                )
+        assert body == b"hello over IPv4"
+
+
 # -- a model server that starts after the gateway -----------------------------------------------
 
 

@@ -20,6 +20,7 @@ upstream, before TLS starts on it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
 import ssl as _ssl
@@ -48,15 +49,59 @@ class TunnelRefused(OSError):
 
 async def resolve(host: str, port: int) -> list[Address]:
     """The addresses of ``host`` (an IP literal is its own only address)."""
+    literal = _literal(host, port)
+    if literal is not None:
+        return list(literal)
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [(family, sockaddr) for family, _, _, _, sockaddr in infos]
+
+
+@functools.lru_cache(maxsize=256)
+def _literal(host: str, port: int) -> tuple[Address, ...] | None:
+    """``host:port`` as its own only address when ``host`` is an IP literal, else None."""
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
-        loop = asyncio.get_running_loop()
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        return [(family, sockaddr) for family, _, _, _, sockaddr in infos]
+        return None
     if ip.version == 6:
-        return [(socket.AF_INET6, (host, port, 0, 0))]
-    return [(socket.AF_INET, (host, port))]
+        return ((socket.AF_INET6, (host, port, 0, 0)),)
+    return ((socket.AF_INET, (host, port)),)
+
+
+class SharedLookups:
+    """A :data:`Resolver` for one pool: each name looked up once at a time.
+
+    A burst of new connections to one upstream would otherwise ask the system's
+    resolver the same question once per connection, each lookup a trip through the
+    loop's thread pool (and, in a container, to a DNS server). Dials that ask while a
+    lookup of the same name is running share its answer (or its failure); nothing is
+    kept once it is given, so a name that moves is followed at the next lookup. An IP
+    literal is its own address, without a lookup.
+    """
+
+    def __init__(self, resolver: Resolver = resolve) -> None:
+        self._resolver = resolver
+        self._running: dict[tuple[str, int], asyncio.Future[Sequence[Address]]] = {}
+
+    async def __call__(self, host: str, port: int) -> Sequence[Address]:
+        literal = _literal(host, port)
+        if literal is not None:
+            return literal
+        key = (host, port)
+        running = self._running.get(key)
+        if running is None:
+            running = asyncio.ensure_future(self._resolver(host, port))
+            self._running[key] = running
+            running.add_done_callback(lambda done: self._settled(key, done))
+        # shielded: a dial given up (its caller left) must not cancel the others' lookup
+        return await asyncio.shield(running)
+
+    def _settled(self, key: tuple[str, int], done: asyncio.Future[Sequence[Address]]) -> None:
+        if self._running.get(key) is done:
+            del self._running[key]
+        if not done.cancelled():
+            done.exception()  # retrieved: every dial that waited may have left
 
 
 def interleave(addresses: Sequence[Address]) -> list[Address]:

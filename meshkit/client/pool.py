@@ -180,7 +180,9 @@ class Pool:
     verified with ``tls``, by default the system's trusted CAs
     (:func:`ssl.create_default_context`, which honours ``SSL_CERT_FILE``). ``proxies``
     says which upstreams are reached through a proxy (default: none); ``resolver``
-    turns a name into addresses (default: the system's, :func:`meshkit.dial.resolve`).
+    turns a name into addresses (default: the system's, :func:`meshkit.client.dial.resolve`),
+    asked once at a time per name however many connections are being opened
+    (:class:`~meshkit.client.dial.SharedLookups`).
     """
 
     def __init__(
@@ -200,7 +202,7 @@ class Pool:
         self._tls = tls
         self._proxies = proxies or Proxies()
         self._routes: dict[Key, Route] = {}
-        self._resolver = resolver
+        self._resolver = dial.SharedLookups(resolver)
         self.closed = False
 
     @property
