@@ -55,6 +55,24 @@ def configure_logging(level: str | None = None, fmt: str | None = None) -> bool:
     return fmt == "json"
 
 
+#: Connections the kernel may hold completed for ``serve`` before it accepts them: a
+#: burst of new clients must not overflow it (a dropped SYN is retried after ~1 s).
+BACKLOG = 4096
+#: Where Linux caps every listen backlog.
+SOMAXCONN = "/proc/sys/net/core/somaxconn"
+
+
+def backlog_capped(backlog: int = BACKLOG, path: str = SOMAXCONN) -> int | None:
+    """The kernel's cap on listen backlogs when it is below ``backlog`` (else None, also
+    where there is no such setting to read)."""
+    try:
+        with open(path) as f:
+            cap = int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+    return cap if cap < backlog else None
+
+
 def _load(path: str) -> Mesh | None:
     try:
         return Mesh.from_file(path)
@@ -144,6 +162,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     gc.collect()
     gc.freeze()
 
+    cap = backlog_capped()
+    if cap is not None:
+        structlog.get_logger(__name__).warning(
+            "meshkit.gateway.backlog_capped",
+            backlog=BACKLOG,
+            somaxconn=cap,
+            hint=f"more than {cap} clients connecting at once wait ~1 s for a SYN retry; "
+            f"raise net.core.somaxconn to {BACKLOG}",
+        )
+
     def ready(*_: object) -> None:
         url = f"http://{host}:{port}"
         if as_json:
@@ -162,8 +190,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         access_log=None,
         loop=loop,
         shutdown_timeout=3.0,
-        backlog=4096,
-    )  # a burst of clients must not overflow the accept queue
+        backlog=BACKLOG,
+    )
     return 0
 
 

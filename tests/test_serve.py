@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from meshkit import App, Context, MicroService, RemoteLLM, ServiceOrchestrator
+from meshkit.cli import BACKLOG, backlog_capped
 from meshkit.testing import FakeLLM
 
 
@@ -67,3 +69,23 @@ class TestApp:
     def test_unknown_dialect_is_refused(self) -> None:
         with pytest.raises(ValueError, match="grpc"):
             App().mount(Shout("x"), dialect="grpc")
+
+
+class TestBacklog:
+    """``meshkit serve`` tells when the kernel caps its listen backlog (issue 16)."""
+
+    def test_a_cap_below_the_backlog_is_reported(self, tmp_path: Path) -> None:
+        somaxconn = tmp_path / "somaxconn"
+        somaxconn.write_text("128\n")
+        assert backlog_capped(BACKLOG, str(somaxconn)) == 128
+
+    def test_a_cap_at_or_above_the_backlog_is_not(self, tmp_path: Path) -> None:
+        somaxconn = tmp_path / "somaxconn"
+        for value in (str(BACKLOG), "65535"):
+            somaxconn.write_text(value)
+            assert backlog_capped(BACKLOG, str(somaxconn)) is None
+
+    def test_no_setting_to_read_is_not_a_cap(self, tmp_path: Path) -> None:
+        assert backlog_capped(BACKLOG, str(tmp_path / "absent")) is None
+        (tmp_path / "garbled").write_text("many")
+        assert backlog_capped(BACKLOG, str(tmp_path / "garbled")) is None
