@@ -155,7 +155,12 @@ class Observer:
         finally:
             if gauge is not None:
                 gauge.dec(key)
-            record.finish(status)
+            # Observed once the answer is on its way: aiohttp sends a returned response
+            # after this middleware, in the same step of the task, so the metrics and
+            # the access line (~20 µs) no longer delay it, and the duration runs to
+            # the last byte as documented. The callback runs before anything the
+            # caller can send next.
+            asyncio.get_running_loop().call_soon(record.finish, status)
 
     async def scrape(self, request: web.Request) -> web.Response:
         """``GET /metrics``: the exposition, OpenMetrics when the scraper asks for it."""
