@@ -68,12 +68,14 @@ def request_id(request: web.Request) -> str:
     return given
 
 
+_JSON = {"Content-Type": "application/json"}
+
+
 def json_response(obj: Any, *, status: int = 200, rid: str | None = None) -> web.Response:
     """A JSON response serialised with meshkit's fast encoder."""
-    headers = {"X-Request-ID": rid} if rid else None
-    return web.Response(
-        body=_json.dumps(obj), status=status, content_type="application/json", headers=headers
-    )
+    # The type as a plain header: aiohttp's ``content_type=`` parses it again (~1 µs).
+    headers = {"X-Request-ID": rid, **_JSON} if rid else _JSON
+    return web.Response(body=_json.dumps(obj), status=status, headers=headers)
 
 
 def error_json(body: Any, err: MeshError) -> web.Response:
@@ -102,12 +104,14 @@ async def serve_chat(
         request_id=rid,
         headers=request.headers,
         deadline=deadline_from(request.headers),
+        request=chat,
         observer=observer,
     )
     encoder = make_encoder(chat)  # before the run, so durations count from the request
     result = await orchestrator.run(chat, ctx)
     if not chat.stream:
-        completion = await collect(result)
+        # An LLM answers a whole Completion: no coroutine to collect it.
+        completion = result if isinstance(result, Completion) else await collect(result)
         observer.completed(completion)
         return json_response(encoder.completion(completion), rid=rid)
     stream = as_stream(result)

@@ -56,6 +56,9 @@ class ServiceOrchestrator(Resource):
         self._client = client
         self._owns_client = False
         self._analysis: graph.Analysis | None = None
+        #: The only node of a checked one-node graph (None otherwise): what a request
+        #: runs, with no plan to check and no walk to set up (see :meth:`run`).
+        self._single: MicroService | None = None
         #: The tees made by the latest request (tests read their ``high_water``).
         self.last_tees: list[Tee] = []
 
@@ -73,6 +76,7 @@ class ServiceOrchestrator(Resource):
         if optional:
             self._optional.add(service.name)
         self._analysis = None
+        self._single = None
         return self
 
     def is_optional(self, name: str) -> bool:
@@ -110,6 +114,7 @@ class ServiceOrchestrator(Resource):
             label = when.source
         self.edges.append(Edge(a, b, when, label))
         self._analysis = None
+        self._single = None
         return self
 
     def predecessors(self, name: str) -> list[str]:
@@ -145,6 +150,8 @@ class ServiceOrchestrator(Resource):
         analysis = self.analysis()
         if analysis.problems:
             raise GraphError(f"{self.name}: " + "; ".join(analysis.problems))
+        if len(self.services) == 1:
+            (self._single,) = self.services.values()
         return analysis.order
 
     @property
@@ -208,10 +215,12 @@ class ServiceOrchestrator(Resource):
             ctx = self.context()
         if ctx.request is None:
             ctx.request = data
+        single = self._single  # set once the graph was checked, not per request
+        if single is not None:
+            return await self.call_node(single, data, ctx)
         self.plan()
-        if len(self.services) == 1:
-            (only,) = self.services.values()
-            return await self.call_node(only, data, ctx)
+        if self._single is not None:
+            return await self.call_node(self._single, data, ctx)
         return await GraphRun(self, ctx).run(data)
 
     async def call_node(self, service: MicroService, data: Any, ctx: Context) -> Any:
