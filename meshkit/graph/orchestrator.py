@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any, Self
 
@@ -19,6 +20,18 @@ from .execution import GraphRun
 from .topology import ConditionFn, Edge
 
 log = structlog.get_logger(__name__)
+
+
+_debug: list[bool] = []
+
+
+def _debugging() -> bool:
+    """Whether debug lines are written, asked once (the CLI sets the level before any
+    request; a logger that cannot say is taken to write them)."""
+    if not _debug:
+        check = getattr(log, "is_enabled_for", None)
+        _debug.append(True if check is None else bool(check(logging.DEBUG)))
+    return _debug[0]
 
 
 class ServiceOrchestrator(Resource):
@@ -244,10 +257,11 @@ class ServiceOrchestrator(Resource):
         except Exception as exc:
             log.exception("meshkit.node.failed", node=service.name, request_id=ctx.request_id)
             raise NodeError(f"node {service.name!r} failed: {exc}", node=service.name) from exc
-        log.debug(
-            "meshkit.node.done",
-            node=service.name,
-            ms=round((time.perf_counter() - started) * 1000, 3),
-            request_id=ctx.request_id,
-        )
+        if _debugging():  # the line's fields cost more than the request's own node call
+            log.debug(
+                "meshkit.node.done",
+                node=service.name,
+                ms=round((time.perf_counter() - started) * 1000, 3),
+                request_id=ctx.request_id,
+            )
         return result

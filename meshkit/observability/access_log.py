@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextvars
 import json
 import sys
+import time
 from collections.abc import Callable, MutableMapping, Sequence
 from datetime import UTC, datetime
 from typing import IO, Any
@@ -70,11 +71,33 @@ class _Direct:
         # then the event, the level and the UTC ISO timestamp.
         fields["event"] = EVENT
         fields["level"] = "info"
-        fields["timestamp"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        fields["timestamp"] = _clock.stamp()
         self.stream.write(f"{self.render(None, 'info', fields)}\n")
         self.stream.flush()
 
 
+class _Clock:
+    """UTC ISO timestamps as structlog's ``TimeStamper(fmt="iso")`` writes them
+    (``2026-11-30T19:43:38.013872Z``; no fraction at a whole second), with the date
+    and time of day formatted once per second instead of on every line."""
+
+    __slots__ = ("prefix", "second")
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.prefix = ""
+
+    def stamp(self) -> str:
+        now = time.time()
+        second = int(now)
+        micros = int((now - second) * 1_000_000)
+        if second != self.second:
+            self.second = second
+            self.prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        return f"{self.prefix}.{micros:06d}Z" if micros else f"{self.prefix}Z"
+
+
+_clock = _Clock()
 _direct: _Direct | None = None
 _enabled = True
 
