@@ -17,7 +17,7 @@ from .errors import GraphError, MeshError, NodeError, NodeTimeout
 from .execution import GraphRun
 from .expr import Condition, compile_condition
 from .nodes.base import Context, MicroService
-from .streams import TEE_BUFFER, Tee
+from .streams import TEE_BUFFER
 
 log = structlog.get_logger(__name__)
 
@@ -69,8 +69,6 @@ class ServiceOrchestrator(Resource):
         self._client = client
         self._owns_client = False
         self._analysis: graph.Analysis | None = None
-        #: The tees made by the latest request (tests read their ``high_water``).
-        self.last_tees: list[Tee] = []
 
     def __repr__(self) -> str:
         return f"<ServiceOrchestrator {self.name!r} nodes={list(self.services)}>"
