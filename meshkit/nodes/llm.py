@@ -33,7 +33,7 @@ from ..protocol.codec import UpstreamCodec
 from ..protocol.types import ChatRequest, Chunk, ChunkStream, Completion, Message
 from ..resilience.deadline import DEADLINE_HEADER, header_value
 from ..resilience.replicas import Replica, ReplicaSet, eviction
-from ..resilience.retry import RetryPolicy, retryable
+from ..resilience.retry import RetryPolicy
 from .base import Context, MicroService, ServiceType, base_urls, bearer
 from .upstream import LineParser, UpstreamStream
 
@@ -173,59 +173,47 @@ class RemoteLLM(MicroService):
     async def _call(self, request: ChatRequest, ctx: Context) -> Completion | ChunkStream:
         """Try replicas until one answers, retrying safe failures within the budget."""
         body = self._codec.body(request, stream=request.stream)
-        now = time.monotonic()
-        budget_end = now + self.timeouts.first_byte
+        budget_end = time.monotonic() + self.timeouts.first_byte
         if ctx.deadline is not None:
             budget_end = min(budget_end, ctx.deadline)
         tried: list[Replica] = []
-        last: UpstreamError | None = None
-        attempt = 0
-        while True:
-            replica = self.replicas.pick(tried) or (self.replicas.pick() if tried else None)
-            if replica is None:
-                if last is not None:
-                    raise last
-                wait = self.replicas.retry_in()
-                why = self.replicas.last_error()
-                circuit = CircuitOpen(
-                    f"{self.name}: every replica is out after failures"
-                    + (f" (last: {why})" if why else "")
-                    + f"; retry in {max(1, round(wait))} s",
-                    service=self.name,
-                )
-                circuit.retry_after = wait
-                raise circuit
-            tried.append(replica)
-            try:
-                return await self._attempt(replica, body, request, ctx, budget_end)
-            except UpstreamError as err:
-                last = err
-                if not retryable(err) or attempt >= self.retry.retries:
-                    raise
-                fresh = any(
-                    r.available(self.replicas.clock()) and r not in tried for r in self.replicas
-                )
-                if (
-                    err.retry_after is not None
-                    and not fresh
-                    and err.retry_after > self.retry.max_retry_after
-                ):
-                    raise
-                wait = self.retry.backoff(attempt, None if fresh else err.retry_after)
-                if time.monotonic() + wait >= budget_end:
-                    raise
+
+        def fresh() -> bool:
+            now = self.replicas.clock()
+            return any(r.available(now) and r not in tried for r in self.replicas)
+
+        retrying = self.retry.start(budget_end, fresh=fresh)
+        async for attempt in retrying:
+            if retrying.last is not None:
                 log.info(
                     "meshkit.llm.retry",
                     service=self.name,
-                    attempt=attempt + 1,
-                    wait=round(wait, 3),
-                    error=err.code,
+                    attempt=attempt.num - 1,
+                    wait=round(retrying.waited, 3),
+                    error=retrying.last.code,
                     request_id=ctx.request_id,
                 )
                 ctx.observer.retried(self.name)
-                attempt += 1
-                if wait:
-                    await asyncio.sleep(wait)
+            replica = self.replicas.pick(tried) or (self.replicas.pick() if tried else None)
+            if replica is None:
+                raise retrying.last or self._circuit_open()
+            tried.append(replica)
+            with attempt:
+                return await self._attempt(replica, body, request, ctx, budget_end)
+        raise AssertionError("unreachable: stamina lets the last failure out")
+
+    def _circuit_open(self) -> CircuitOpen:
+        """The failure when no replica may take a request now (with a Retry-After)."""
+        wait = self.replicas.retry_in()
+        why = self.replicas.last_error()
+        circuit = CircuitOpen(
+            f"{self.name}: every replica is out after failures"
+            + (f" (last: {why})" if why else "")
+            + f"; retry in {max(1, round(wait))} s",
+            service=self.name,
+        )
+        circuit.retry_after = wait
+        return circuit
 
     async def _attempt(
         self,

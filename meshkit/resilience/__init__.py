@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .deadline import DEADLINE_HEADER, deadline_from, earliest, header_value
 from .replicas import BALANCERS, EVICTED, Replica, ReplicaSet, safe_url
-from .retry import RetryPolicy, instant_backoff, is_testing, retryable, set_testing
+from .retry import Retrying, RetryPolicy, retryable
 
 __all__ = [
     "BALANCERS",
@@ -17,12 +17,10 @@ __all__ = [
     "Replica",
     "ReplicaSet",
     "RetryPolicy",
+    "Retrying",
     "deadline_from",
     "earliest",
     "header_value",
-    "instant_backoff",
-    "is_testing",
     "retryable",
     "safe_url",
-    "set_testing",
 ]
