@@ -37,6 +37,7 @@ lint:
 	ruff check meshkit tests examples benchmarks
 	ruff format --check meshkit tests examples benchmarks
 	mypy meshkit
+	lint-imports
 
 bench:
 	$(PYTHON) benchmarks/run.py

@@ -7,8 +7,7 @@ dialects with ``meshkit serve``.
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
+from ._version import __version__
 from .client import HttpClient, Timeouts
 from .errors import (
     BadRequest,
@@ -24,9 +23,9 @@ from .errors import (
     UpstreamUnavailable,
 )
 from .gateway import App, build_app, build_service_app, pipeline_handler
-from .mesh import Mesh
+from .graph.mesh import Mesh
+from .graph.orchestrator import ServiceOrchestrator
 from .nodes import Context, MicroService, RemoteLLM, ServiceRegistry, ServiceType
-from .orchestrator import ServiceOrchestrator
 from .protocol import (
     ChatRequest,
     Chunk,
@@ -41,11 +40,6 @@ from .protocol import (
     Usage,
 )
 from .spec import MeshSpec, load
-
-try:
-    __version__ = version("meshkit")
-except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
-    __version__ = "0.0.0"
 
 __all__ = [
     "App",

@@ -16,7 +16,7 @@ import stamina
 import structlog
 
 from .errors import SpecError
-from .mesh import Mesh
+from .graph.mesh import Mesh
 from .observability.access_log import renderer
 
 
@@ -85,7 +85,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_graph(args: argparse.Namespace) -> int:
     """Print pipelines as Mermaid (default) or DOT, with node types and edge conditions."""
-    from .graph import to_dot, to_mermaid
+    from .graph.drawing import to_dot, to_mermaid
 
     mesh = _load(args.file)
     if mesh is None:

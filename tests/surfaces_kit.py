@@ -18,7 +18,7 @@ import yaml
 from meshkit import MicroService
 from meshkit.nodes.base import Context
 from meshkit.protocol import Chunk, Completion
-from meshkit.streams import aclose, aggregate, is_stream, single
+from meshkit.protocol.streams import aclose, aggregate, is_stream, single
 
 CLIENTS = ("openai", "ollama")
 UPSTREAMS = ("openai", "ollama")

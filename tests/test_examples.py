@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 
 from meshkit import build_app
-from meshkit.mesh import Mesh
+from meshkit.graph.mesh import Mesh
 from meshkit.spec import load
 from meshkit.testing import FakeLLM
 

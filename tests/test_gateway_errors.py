@@ -45,6 +45,7 @@ class TestBadInput:
             (json.dumps({"messages": [{"role": "wizard", "content": "x"}]}).encode(), "role"),
             (json.dumps({"messages": [{"role": "user", "content": 5}]}).encode(), "content"),
             (json.dumps({**CHAT, "model": 7}).encode(), "model"),
+            (json.dumps({**CHAT, "options": [1]}).encode(), "'options'"),
         ],
     )
     async def test_openai_400(self, fake: FakeLLM, gateway, body: bytes, field: str) -> None:
@@ -55,6 +56,12 @@ class TestBadInput:
         assert field in error["message"]
         assert error["type"] == "invalid_request_error"
         assert fake.requests == []
+
+    async def test_openai_null_options_are_absent(self, fake: FakeLLM, gateway) -> None:
+        gw = await gateway(fake)
+        resp = await gw.post("/v1/chat/completions", json={**CHAT, "options": None})
+        assert resp.status == 200, await resp.text()
+        assert "options" not in fake.requests[0]
 
     @pytest.mark.parametrize(
         ("path", "body", "field"),

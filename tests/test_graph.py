@@ -10,7 +10,7 @@ import yaml
 
 from meshkit import ChatRequest, Mesh, Message, SpecError
 from meshkit.cli import main
-from meshkit.expr import ConditionError, compile_condition
+from meshkit.graph.conditions import ConditionError, compile_condition
 from meshkit.nodes.base import Context
 from meshkit.nodes.ports import Document
 from meshkit.spec import loads

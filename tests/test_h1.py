@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from meshkit import h1
-from meshkit.client import HttpClient, Timeouts
+from meshkit.client import h1
+from meshkit.client.http import HttpClient, Timeouts
+from meshkit.client.pool import Connection, Pool
 from meshkit.errors import UpstreamConnectError, UpstreamError
-from meshkit.pool import Connection, Pool
 from meshkit.testing import serve_app
 
 from .conftest import free_port, until

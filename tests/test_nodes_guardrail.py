@@ -19,7 +19,7 @@ from meshkit import (
     ToolCallDelta,
 )
 from meshkit.nodes.guardrail import Blocked, Guardrail, Scanner
-from meshkit.streams import Tee
+from meshkit.protocol.streams import Tee
 
 SSN = r"\b\d{3}-\d{2}-\d{4}\b"
 TEXT = "Call me, my SSN is 123-45-6789 and that is all."

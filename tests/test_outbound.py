@@ -17,11 +17,10 @@ import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
-from meshkit import dial
-from meshkit.client import ConnectionsBusy, HttpClient, Limits, Timeouts
+from meshkit.client import ReplicaSet, dial
+from meshkit.client.http import ConnectionsBusy, HttpClient, Limits, Timeouts
 from meshkit.errors import SpecError, UpstreamConnectError, UpstreamError
 from meshkit.gateway.app import ADMISSION
-from meshkit.resilience import ReplicaSet
 from meshkit.spec import loads
 from meshkit.testing import FakeLLM, serve_app
 

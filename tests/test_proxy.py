@@ -22,10 +22,10 @@ from aiohttp import web
 from structlog.testing import capture_logs
 
 from meshkit import RemoteLLM, ServiceOrchestrator
-from meshkit.client import HttpClient
+from meshkit.client.http import HttpClient
+from meshkit.client.proxy import Proxies, Proxy, bypassed
 from meshkit.errors import UpstreamConnectError
 from meshkit.protocol.types import ChatRequest, Message
-from meshkit.proxy import Proxies, Proxy, bypassed
 from meshkit.testing import FakeLLM
 
 from .conftest import free_port, until

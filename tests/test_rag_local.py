@@ -13,7 +13,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from meshkit import Mesh, build_app
-from meshkit.local.process import LocalServer
+from meshkit.graph.embedded import LocalServer
 from meshkit.spec import loads
 
 from .test_rag import rag_yaml, sse_events

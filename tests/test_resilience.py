@@ -19,15 +19,15 @@ from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestClient, TestServer
 
 from meshkit import Mesh, build_app
-from meshkit.errors import UpstreamConnectError, UpstreamError
-from meshkit.gateway.app import ADMISSION, MESH
-from meshkit.nodes.llm import RemoteLLM
-from meshkit.resilience import (
+from meshkit.client import (
     DEADLINE_HEADER,
     ReplicaSet,
     deadline_from,
     header_value,
 )
+from meshkit.errors import UpstreamConnectError, UpstreamError
+from meshkit.gateway.app import ADMISSION, MESH
+from meshkit.nodes.llm import RemoteLLM
 from meshkit.spec import loads
 from meshkit.testing import FakeLLM
 

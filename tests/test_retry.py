@@ -13,7 +13,7 @@ import pytest
 import stamina
 from structlog.testing import capture_logs
 
-from meshkit.resilience import DEADLINE_HEADER, RetryPolicy
+from meshkit.client import DEADLINE_HEADER, RetryPolicy
 
 from .processes import Meshkit
 from .test_resilience import CHAT, _instant, fakes, mesh_text, settled, sse_events, start

@@ -10,7 +10,7 @@ import trustme
 from aiohttp import web
 
 from meshkit import RemoteLLM, ServiceOrchestrator
-from meshkit.client import HttpClient
+from meshkit.client.http import HttpClient
 from meshkit.errors import UpstreamConnectError
 from meshkit.protocol.types import ChatRequest, Message
 from meshkit.testing import FakeLLM

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
+from .._version import __version__
 from ._yaml import dump
 from .kubernetes import Options
 from .plan import RUN_AS, Stack

@@ -16,7 +16,7 @@ from typing import Any
 
 import attrs
 
-from .. import __version__
+from .._version import __version__
 from ..observability.observer import METRICS_PATH
 from ._yaml import dump
 from .plan import RUN_AS, Stack

@@ -20,7 +20,8 @@ import attrs
 import yaml
 
 from ..errors import MeshError, SpecError
-from ..mesh import wanting_local
+from ..graph.embedded import DEFAULT_MODEL_NAME
+from ..graph.mesh import wanting_local
 from ..spec import MeshSpec, ServiceSpec, loads
 
 #: Port of the model server container (``python -m meshkit.local``'s default).
@@ -312,8 +313,6 @@ def _point(
 
 
 def _bundled_name() -> str:
-    from ..local.model import DEFAULT_MODEL_NAME
-
     return DEFAULT_MODEL_NAME
 
 

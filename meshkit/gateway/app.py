@@ -8,9 +8,9 @@ import structlog
 from aiohttp import web
 
 from ..errors import BadRequest, MeshError, MethodNotAllowed, NotFound, PayloadTooLarge
-from ..mesh import Mesh
+from ..graph.mesh import Mesh
+from ..graph.orchestrator import ServiceOrchestrator
 from ..observability.observer import Observer
-from ..orchestrator import ServiceOrchestrator
 from . import ollama, openai
 from .admission import Admission
 from .auth import ApiKeys

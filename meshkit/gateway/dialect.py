@@ -18,14 +18,14 @@ import structlog
 from aiohttp import web
 
 from .. import _json
+from ..client.deadline import deadline_from
 from ..errors import InternalError, MeshError, UpstreamError
+from ..graph.orchestrator import ServiceOrchestrator
 from ..nodes.base import Context
 from ..observability.observer import ERROR_CODE, observe
-from ..orchestrator import ServiceOrchestrator
+from ..protocol.streams import aclose, aggregate, single
 from ..protocol.types import ChatRequest, Chunk, Completion
 from ..protocol.wire import new_id
-from ..resilience.deadline import deadline_from
-from ..streams import aclose, aggregate, single
 
 log = structlog.get_logger(__name__)
 

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import attrs
 
 from ..errors import MeshError
+from ..graph.orchestrator import ServiceOrchestrator
 from ..nodes.base import MicroService, ServiceType
-from ..orchestrator import ServiceOrchestrator
 
 
 @attrs.define

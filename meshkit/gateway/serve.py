@@ -13,10 +13,10 @@ from typing import Self
 
 from aiohttp import web
 
-from ..client import HttpClient
+from ..client.http import HttpClient
+from ..graph.orchestrator import ServiceOrchestrator
 from ..nodes.base import MicroService
 from ..observability.observer import Observer
-from ..orchestrator import ServiceOrchestrator
 from . import ollama, openai
 from .app import MAX_BODY, _errors, healthz, mount
 from .dialect import Handler, json_response, request_id

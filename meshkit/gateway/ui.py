@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..orchestrator import ServiceOrchestrator
+from ..graph.orchestrator import ServiceOrchestrator
 from .dialect import json_response
 from .route import Route
 

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Sequence
 
 import structlog
 
-from .process import READY_PREFIX
+from ..graph.embedded import READY_PREFIX
 
 
 def _say(line: str) -> None:

@@ -16,10 +16,9 @@ from pathlib import Path
 import attrs
 import structlog
 
-log = structlog.get_logger(__name__)
+from ..graph.embedded import DEFAULT_MODEL_NAME
 
-DEFAULT_MODEL_NAME = "gemma-3-270m"
-"""Name the bundled model answers to (its file stem is accepted too)."""
+log = structlog.get_logger(__name__)
 
 GGUF_MAGIC = b"GGUF"
 

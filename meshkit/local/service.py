@@ -13,13 +13,13 @@ import structlog
 from ..errors import BadRequest, NotFound
 from ..nodes.base import Context, MicroService, ServiceType
 from ..protocol import ChatRequest, Completion, EmbeddingRequest, Embeddings, Usage
-from ..streams import aggregate
+from ..protocol.streams import aggregate
 from .engine import Generation, LlamaEngine, TokenStream
 from .model import Progress, resolve_model
 from .transcript import json_output
 
 if TYPE_CHECKING:
-    from ..client import HttpClient
+    from ..client.http import HttpClient
 
 log = structlog.get_logger(__name__)
 

@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 
-from ..observability.probe import NOOP, RequestObserver
 from ..protocol.wire import new_id
+from .probe import NOOP, RequestObserver
 
 if TYPE_CHECKING:
-    from ..client import HttpClient
+    from ..client.http import HttpClient
 
 
 class ServiceType(enum.StrEnum):

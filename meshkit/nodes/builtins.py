@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..client import Timeouts
+from ..client.http import Timeouts
 from ..errors import SpecError
 from ..spec import ServiceSpec
 from .base import MicroService

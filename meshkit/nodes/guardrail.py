@@ -17,8 +17,8 @@ import attrs
 import regex
 
 from ..errors import BadRequest
+from ..protocol.streams import aclose, is_stream
 from ..protocol.types import ChatRequest, Chunk, ChunkStream, Completion, ToolCallDelta
-from ..streams import aclose, is_stream
 from .base import Context, MicroService, ServiceType
 
 ACTIONS = ("redact", "block")

@@ -16,8 +16,11 @@ from typing import Any
 import attrs
 import structlog
 
-from .. import h1
-from ..client import HttpClient, Timeouts
+from ..client import h1
+from ..client.deadline import DEADLINE_HEADER, header_value
+from ..client.http import HttpClient, Timeouts
+from ..client.replicas import Replica, ReplicaSet, eviction
+from ..client.retry import RetryPolicy
 from ..errors import (
     BadRequest,
     CircuitOpen,
@@ -31,9 +34,6 @@ from ..errors import (
 from ..protocol import ollama, openai
 from ..protocol.codec import UpstreamCodec
 from ..protocol.types import ChatRequest, Chunk, ChunkStream, Completion, Message
-from ..resilience.deadline import DEADLINE_HEADER, header_value
-from ..resilience.replicas import Replica, ReplicaSet, eviction
-from ..resilience.retry import RetryPolicy
 from .base import Context, MicroService, ServiceType, base_urls, bearer
 from .upstream import LineParser, UpstreamStream
 

@@ -12,9 +12,9 @@ from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any
 
-from ..client import Timeouts
+from ..client.http import Timeouts
+from ..client.retry import RetryPolicy
 from ..errors import SpecError
-from ..resilience.retry import RetryPolicy
 from ..spec import ServiceSpec
 from .base import MicroService, ServiceType
 from .builtins import BUILTINS

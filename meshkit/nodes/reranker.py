@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .. import _json
-from ..client import Timeouts
+from ..client.http import Timeouts
 from ..errors import BadRequest, UpstreamError
 from ..protocol.types import ChatRequest
 from .base import Context, MicroService, ServiceType, base_urls

@@ -24,7 +24,7 @@ from .base import Context, MicroService, ServiceType
 from .ports import Document, Documents
 
 if TYPE_CHECKING:
-    from ..client import HttpClient
+    from ..client.http import HttpClient
 
 log = structlog.get_logger(__name__)
 

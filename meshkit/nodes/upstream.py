@@ -11,17 +11,25 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from .. import h1
-from ..client import HttpClient, IdleWatch
+from ..client import h1
+from ..client.http import HttpClient, IdleWatch, Timeouts
+from ..client.replicas import Replica, ReplicaSet
 from ..errors import MeshError, ShuttingDown, UpstreamError
 from ..protocol.types import Chunk
 from ..protocol.wire import END
-from ..resilience.replicas import Replica
 
-if TYPE_CHECKING:
-    from .llm import RemoteLLM
+
+class Owner(Protocol):
+    """What a stream reads of the LLM node that opened it (a ``RemoteLLM``)."""
+
+    replicas: ReplicaSet
+    timeouts: Timeouts
+
+    def _failure(
+        self, exc: BaseException, timeouts: Timeouts, *, before_first: bool
+    ) -> MeshError | None: ...
 
 
 class UpstreamStream:
@@ -55,7 +63,7 @@ class UpstreamStream:
 
     def __init__(
         self,
-        llm: RemoteLLM,
+        llm: Owner,
         response: h1.Response,
         parser: LineParser,
         head: list[Chunk],

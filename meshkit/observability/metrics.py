@@ -27,8 +27,8 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 
-from ..resilience.replicas import ReplicaSet
-from .probe import OUTCOMES
+from ..client.replicas import ReplicaSet
+from ..nodes.probe import OUTCOMES
 
 #: The label value of anything the configuration does not name.
 OTHER = "other"

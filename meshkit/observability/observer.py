@@ -10,20 +10,33 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
+from ..client.replicas import ReplicaSet
+from ..graph.orchestrator import ServiceOrchestrator
 from ..nodes.base import MicroService
 from ..nodes.llm import RemoteLLM
-from ..resilience.replicas import ReplicaSet
+from ..nodes.probe import NOOP, RequestObserver
 from .metrics import OTHER, Metrics
-from .probe import NOOP, RequestObserver
 from .record import Record
 from .tracing import Tracing, from_environment
 
-if TYPE_CHECKING:
-    from ..gateway.route import Route
+
+class Route(Protocol):
+    """What the observer reads of a mounted route (the gateway's ``Route`` has it)."""
+
+    @property
+    def prefix(self) -> str: ...
+    @property
+    def dialect(self) -> str: ...
+    @property
+    def model(self) -> str | None: ...
+    @property
+    def orchestrator(self) -> ServiceOrchestrator: ...
+    def default_model(self) -> str | None: ...
+
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

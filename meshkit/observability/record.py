@@ -13,18 +13,24 @@ import asyncio
 import time
 from collections.abc import Mapping, MutableMapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from ..errors import MeshError
+from ..nodes.probe import AttemptProbe, NodeProbe, RequestObserver, Tally
+from ..protocol.streams import is_stream
 from ..protocol.types import Chunk, Completion, Usage
-from ..streams import is_stream
 from . import access_log
-from .probe import AttemptProbe, NodeProbe, RequestObserver, Tally
-from .tracing import current_node, trace_id_of
+from .metrics import Metrics
+from .tracing import Tracing, current_node, trace_id_of
 
-if TYPE_CHECKING:
-    from .observer import Observer
+
+class Observer(Protocol):
+    """Where a record reports (the gateway's :class:`~meshkit.observability.observer.Observer`)."""
+
+    metrics: Metrics | None
+    tracing: Tracing | None
+
 
 T = TypeVar("T")
 

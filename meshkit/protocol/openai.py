@@ -260,7 +260,9 @@ def request_body(request: ChatRequest, *, stream: bool) -> dict[str, Any]:
         body["top_logprobs"] = request.top_logprobs
     for key, value in request.extra.items():
         if key in _OLLAMA_ONLY:
-            if key == "options":
+            if key == "options" and value is not None:
+                if not isinstance(value, Mapping):
+                    raise BadRequest("'options' must be an object")
                 _check_options(value)
             continue
         body[key] = value

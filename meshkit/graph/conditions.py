@@ -30,9 +30,9 @@ from typing import Any
 
 import attrs
 
-from .nodes.base import Context
-from .nodes.ports import Document
-from .protocol.types import ChatRequest, Completion, Embeddings, Message, Usage
+from ..nodes.base import Context
+from ..nodes.ports import Document
+from ..protocol.types import ChatRequest, Completion, Embeddings, Message, Usage
 
 Env = Mapping[str, Any]
 Compiled = Callable[[Env], Any]

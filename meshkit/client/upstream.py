@@ -14,14 +14,15 @@ import time
 
 import structlog
 
-from . import _json, h1
-from .errors import (
+from .. import _json
+from ..errors import (
     MeshError,
     UpstreamConnectError,
     UpstreamError,
     UpstreamOverloaded,
     UpstreamRejected,
 )
+from . import h1
 from .pool import Route
 
 log = structlog.get_logger(__name__)

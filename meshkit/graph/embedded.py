@@ -24,9 +24,12 @@ import structlog
 import yarl
 
 from .._lifecycle import Resource
-from ..client import HttpClient
+from ..client.http import HttpClient
+from ..client.proxy import Proxies
 from ..errors import MeshError
-from ..proxy import Proxies
+
+DEFAULT_MODEL_NAME = "gemma-3-270m"
+"""Name the bundled model answers to (its file stem is accepted too)."""
 
 log = structlog.get_logger(__name__)
 

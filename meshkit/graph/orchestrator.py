@@ -4,34 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from typing import Any, Self
 
-import attrs
 import structlog
 
-from . import graph
-from ._lifecycle import Resource
-from .client import HttpClient
-from .errors import GraphError, MeshError, NodeError, NodeTimeout
+from .._lifecycle import Resource
+from ..client.http import HttpClient
+from ..errors import GraphError, MeshError, NodeError, NodeTimeout
+from ..nodes.base import Context, MicroService
+from ..protocol.streams import TEE_BUFFER
+from . import topology as graph
+from .conditions import Condition, compile_condition
 from .execution import GraphRun
-from .expr import Condition, compile_condition
-from .nodes.base import Context, MicroService
-from .streams import TEE_BUFFER
+from .topology import ConditionFn, Edge
 
 log = structlog.get_logger(__name__)
-
-ConditionFn = Callable[[Any, Context], bool]
-
-
-@attrs.frozen
-class Edge:
-    """A connection ``src -> dst``, taken only when ``when`` (if any) holds."""
-
-    src: str
-    dst: str
-    when: ConditionFn | None = attrs.field(default=None, eq=False)
-    label: str | None = None
 
 
 class ServiceOrchestrator(Resource):

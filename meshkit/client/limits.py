@@ -13,8 +13,8 @@ from collections import deque
 
 import attrs
 
+from ..errors import UpstreamTimeout
 from . import h1
-from .errors import UpstreamTimeout
 
 
 @attrs.frozen

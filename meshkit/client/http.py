@@ -18,14 +18,15 @@ from typing import Any
 
 import structlog
 
-from . import _json, dial, h1
-from ._lifecycle import Resource
-from .errors import (
+from .. import _json
+from .._lifecycle import Resource
+from ..errors import (
     UpstreamConnectError,
     UpstreamError,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from . import dial, h1
 from .limits import ConnectionsBusy, Gate, IdleWatch, Limits, Timeouts
 from .pool import Key, Pool, Route
 from .proxy import Proxies

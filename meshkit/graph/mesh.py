@@ -7,19 +7,19 @@ import socket
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
 
 import attrs
 import structlog
 
-from . import spec as spec_mod
-from ._lifecycle import Resource
-from .client import HttpClient, Limits
-from .errors import GraphError, MeshError, SpecError
-from .nodes.base import MicroService
-from .nodes.registry import ServiceRegistry
+from .. import spec as spec_mod
+from .._lifecycle import Resource
+from ..client.http import HttpClient, Limits
+from ..errors import GraphError, MeshError, SpecError
+from ..nodes.base import MicroService
+from ..nodes.registry import ServiceRegistry
+from ..spec import MeshSpec, PipelineSpec, ServiceSpec
+from .embedded import DEFAULT_MODEL_NAME, LocalServer
 from .orchestrator import ServiceOrchestrator
-from .spec import MeshSpec, PipelineSpec, ServiceSpec
 
 log = structlog.get_logger(__name__)
 
@@ -187,10 +187,8 @@ class LocalPlan:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def server(self) -> Any:
+    def server(self) -> LocalServer:
         """The managed child process (an async context manager)."""
-        from .local.process import LocalServer
-
         return LocalServer(
             host=self.host, port=self.port, model=self.model_path, threads=self.threads
         )
@@ -224,8 +222,6 @@ def plan_local(spec: MeshSpec) -> tuple[MeshSpec, LocalPlan | None]:
         name = Path(first.model_path).stem
         accepted = {name}
     else:
-        from .local.model import DEFAULT_MODEL_NAME
-
         name = DEFAULT_MODEL_NAME
         accepted = {name, name + "-q4_k_m"}
     services = dict(spec.services)

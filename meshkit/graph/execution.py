@@ -11,19 +11,31 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import attrs
 import structlog
 
-from .errors import GraphError, MeshError, NodeError
-from .nodes.base import Context, MicroService
-from .nodes.ports import Inputs, Port, arrival, takes
-from .protocol.types import ChatRequest, Chunk, Completion, Message
-from .streams import Tee, aclose, aggregate, is_stream, named, single
+from ..errors import GraphError, MeshError, NodeError
+from ..nodes.base import Context, MicroService
+from ..nodes.ports import Inputs, Port, arrival, takes
+from ..protocol.streams import Tee, aclose, aggregate, is_stream, named, single
+from ..protocol.types import ChatRequest, Chunk, Completion, Message
+from .topology import Analysis, Edge
 
-if TYPE_CHECKING:
-    from .orchestrator import Edge, ServiceOrchestrator
+
+class Plan(Protocol):
+    """What one run reads of its pipeline (a :class:`ServiceOrchestrator` is one)."""
+
+    name: str
+    services: dict[str, MicroService]
+    edges: list[Edge]
+    tee_buffer: int
+
+    def analysis(self) -> Analysis: ...
+    def is_optional(self, name: str) -> bool: ...
+    async def call_node(self, service: MicroService, data: Any, ctx: Context) -> Any: ...
+
 
 log = structlog.get_logger(__name__)
 
@@ -42,7 +54,7 @@ SKIPPED: Any = _Skipped()
 class GraphRun:
     """One request's walk through a graph: values on edges, streams to close, the path."""
 
-    def __init__(self, graph_: ServiceOrchestrator, ctx: Context) -> None:
+    def __init__(self, graph_: Plan, ctx: Context) -> None:
         self.g = graph_
         self.ctx = ctx
         self.analysis = graph_.analysis()

@@ -26,13 +26,10 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import httptools
-
-if TYPE_CHECKING:
-    from .pool import Connection
 
 #: Buffered body bytes past which an awaited response stops reading from the socket.
 READ_LIMIT = 1 << 16
@@ -126,6 +123,21 @@ class Headers(dict[str, str]):
 
     def __contains__(self, name: object) -> bool:
         return super().__contains__(name.lower() if isinstance(name, str) else name)
+
+
+class Connection(Protocol):
+    """What a :class:`Response` needs of the connection it arrives on
+    (:class:`meshkit.client.pool.Connection` is the one meshkit uses)."""
+
+    loop: asyncio.AbstractEventLoop
+    streaming: Response | None
+
+    def close(self) -> None: ...
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+    def finished(self, response: Response) -> None: ...
+    def abandon(self, response: Response) -> None: ...
+    def reuse(self, response: Response) -> None: ...
 
 
 class Response:

@@ -16,9 +16,9 @@ from typing import Any, TypeGuard
 
 import structlog
 
-from .errors import MeshError, NodeError
-from .protocol.content import LogprobsMerger, ToolCallMerger, as_deltas
-from .protocol.types import Chunk, ChunkStream, Completion, Usage
+from ..errors import MeshError, NodeError
+from .content import LogprobsMerger, ToolCallMerger, as_deltas
+from .types import Chunk, ChunkStream, Completion, Usage
 
 log = structlog.get_logger(__name__)
 

@@ -30,7 +30,7 @@ import attrs
 import structlog
 
 from ..errors import MeshError, UpstreamConnectError, UpstreamRejected
-from ..limits import ConnectionsBusy
+from .limits import ConnectionsBusy
 
 log = structlog.get_logger(__name__)
 
