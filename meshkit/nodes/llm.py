@@ -20,7 +20,7 @@ from ..client import h1
 from ..client.deadline import DEADLINE_HEADER, header_value
 from ..client.http import HttpClient, Timeouts
 from ..client.replicas import Replica, ReplicaSet, eviction
-from ..client.retry import RetryPolicy
+from ..client.retry import RetryPolicy, retryable
 from ..errors import (
     BadRequest,
     CircuitOpen,
@@ -176,7 +176,18 @@ class RemoteLLM(MicroService):
         budget_end = time.monotonic() + self.timeouts.first_byte
         if ctx.deadline is not None:
             budget_end = min(budget_end, ctx.deadline)
-        tried: list[Replica] = []
+        replica = self.replicas.pick()
+        if replica is None:
+            raise self._circuit_open()
+        tried = [replica]
+        try:
+            # The first try is made before any retry machinery is built: most calls
+            # need none, and stamina costs tens of microseconds per call.
+            return await self._attempt(replica, body, request, ctx, budget_end)
+        except UpstreamError as err:
+            if not self.retry.retries or not retryable(err):
+                raise
+            failure: UpstreamError | None = err
 
         def fresh() -> bool:
             now = self.replicas.clock()
@@ -184,19 +195,26 @@ class RemoteLLM(MicroService):
 
         retrying = self.retry.start(budget_end, fresh=fresh)
         async for attempt in retrying:
-            if retrying.last is not None:
-                log.info(
-                    "meshkit.llm.retry",
-                    service=self.name,
-                    attempt=attempt.num - 1,
-                    wait=round(retrying.waited, 3),
-                    error=retrying.last.code,
-                    request_id=ctx.request_id,
-                )
-                ctx.observer.retried(self.name)
-            replica = self.replicas.pick(tried) or (self.replicas.pick() if tried else None)
+            if failure is not None:
+                # stamina's first attempt hands it the first failure, to judge and wait
+                # after like any other.
+                with attempt:
+                    raise failure
+                failure = None
+                continue
+            assert retrying.last is not None
+            log.info(
+                "meshkit.llm.retry",
+                service=self.name,
+                attempt=attempt.num - 1,
+                wait=round(retrying.waited, 3),
+                error=retrying.last.code,
+                request_id=ctx.request_id,
+            )
+            ctx.observer.retried(self.name)
+            replica = self.replicas.pick(tried) or self.replicas.pick()
             if replica is None:
-                raise retrying.last or self._circuit_open()
+                raise retrying.last
             tried.append(replica)
             with attempt:
                 return await self._attempt(replica, body, request, ctx, budget_end)
