@@ -13,7 +13,7 @@ from .._lifecycle import Resource
 from ..client.http import HttpClient
 from ..errors import GraphError, MeshError, NodeError, NodeTimeout
 from ..nodes.base import Context, MicroService
-from ..protocol.streams import TEE_BUFFER, Tee
+from ..protocol.streams import TEE_BUFFER
 from . import topology as graph
 from .conditions import Condition, compile_condition
 from .execution import GraphRun
@@ -72,8 +72,6 @@ class ServiceOrchestrator(Resource):
         #: The only node of a checked one-node graph (None otherwise): what a request
         #: runs, with no plan to check and no walk to set up (see :meth:`run`).
         self._single: MicroService | None = None
-        #: The tees made by the latest request (tests read their ``high_water``).
-        self.last_tees: list[Tee] = []
 
     def __repr__(self) -> str:
         return f"<ServiceOrchestrator {self.name!r} nodes={list(self.services)}>"
