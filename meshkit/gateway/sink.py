@@ -70,8 +70,8 @@ async def stream_answer(
     response = web.StreamResponse(headers=headers)
     sink: Sink | None = None
     try:
+        sink = await Sink.open(request, response, encode, settings.send_timeout)
         try:
-            sink = await Sink.open(request, response, encode, settings.send_timeout)
             if settings.splice and isinstance(stream, PushStream):
                 sink.spliced = True
                 await stream.splice(sink)
@@ -94,7 +94,6 @@ async def stream_answer(
             last = error(crash)
         else:
             last = end()
-        assert sink is not None  # opening it raises only ConnectionResetError
         await sink.close(last)
     except (ConnectionResetError, BrokenPipeError):
         observer.gone()

@@ -232,7 +232,8 @@ class UpstreamStream(PushStream):
             # reused) once the body's own end has been read.
             self._finish(None)
         elif not sink.full:
-            self._watch.reading = self._clock()
+            if not self._paused:  # (a paused read never counts as idle)
+                self._watch.reading = self._clock()
         elif not self._paused:
             self._paused = True
             self._watch.reading = None  # a slow caller is not an idle upstream
