@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+import stamina
 import structlog
 
 from .errors import SpecError
@@ -52,6 +53,10 @@ def configure_logging(level: str | None = None, fmt: str | None = None) -> bool:
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
+    # meshkit reports each retry itself (meshkit.llm.retry and the retries metric);
+    # stamina's default hooks would log it again and count it in prometheus_client's
+    # process-wide registry, which /metrics does not serve.
+    stamina.instrumentation.set_on_retry_hooks(())
     return fmt == "json"
 
 

@@ -32,7 +32,6 @@ class Plan(Protocol):
     services: dict[str, MicroService]
     edges: list[Edge]
     tee_buffer: int
-    last_tees: list[Tee]
 
     def analysis(self) -> Analysis: ...
     def is_optional(self, name: str) -> bool: ...
@@ -73,7 +72,6 @@ class GraphRun:
         self.node_ms: dict[str, float] = {}
         #: The edges a value went over, in the order they were taken.
         self.taken: list[tuple[str, str]] = []
-        graph_.last_tees = []
 
     async def run(self, data: Any) -> Any:
         try:
@@ -174,7 +172,6 @@ class GraphRun:
                 return
             if taken:
                 tee = Tee(out, len(taken), buffer=self.g.tee_buffer)
-                self.g.last_tees.append(tee)
                 self.opened.extend(tee.branches)
                 for e, branch in zip(taken, tee.branches, strict=True):
                     self.inbox[(e.src, e.dst)].set_result(branch)

@@ -12,7 +12,7 @@ from .._lifecycle import Resource
 from ..client.http import HttpClient
 from ..errors import GraphError, MeshError, NodeError, NodeTimeout
 from ..nodes.base import Context, MicroService
-from ..protocol.streams import TEE_BUFFER, Tee
+from ..protocol.streams import TEE_BUFFER
 from . import topology as graph
 from .conditions import Condition, compile_condition
 from .execution import GraphRun
@@ -56,8 +56,6 @@ class ServiceOrchestrator(Resource):
         self._client = client
         self._owns_client = False
         self._analysis: graph.Analysis | None = None
-        #: The tees made by the latest request (tests read their ``high_water``).
-        self.last_tees: list[Tee] = []
 
     def __repr__(self) -> str:
         return f"<ServiceOrchestrator {self.name!r} nodes={list(self.services)}>"
