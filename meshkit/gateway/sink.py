@@ -8,7 +8,8 @@ callback), else *pulled* chunk by chunk. The gateway setting ``splice: false`` p
 every stream. Which way each answer went is counted in ``meshkit_streams_total``.
 
 Every byte of the response goes through the sink: the head (aiohttp's public
-``send_headers``, so no aiohttp default decides when it leaves), each event (one
+``send_headers``, in its stream-writer interface since 3.12, so no aiohttp default
+decides when it leaves), each event (one
 ``transport.write``, chunk-framed, no await), and the last event with the end of the
 body (``write_eof``). Backpressure waits on the transport's own resume-writing signal
 (aiohttp's ``drain``), bounded by ``send_timeout``.
