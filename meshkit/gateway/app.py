@@ -14,8 +14,9 @@ from ..observability.observer import Observer
 from . import ollama, openai
 from .admission import Admission
 from .auth import ApiKeys
-from .dialect import SEND_TIMEOUT, assign_request_id, json_response
+from .dialect import assign_request_id, json_response
 from .route import Route
+from .sink import STREAMING, Streaming
 from .ui import mount as mount_ui
 
 log = structlog.get_logger(__name__)
@@ -133,7 +134,7 @@ def build_app(
     )
     app[MESH] = mesh
     app[ADMISSION] = admission
-    app[SEND_TIMEOUT] = gw.send_timeout
+    app[STREAMING] = Streaming(gw.send_timeout, gw.splice)
     specs = list(mesh.spec.gateway.routes)
     routes: list[Route] = []
     if specs:

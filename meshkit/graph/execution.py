@@ -19,6 +19,7 @@ import structlog
 from ..errors import GraphError, MeshError, NodeError
 from ..nodes.base import Context, MicroService
 from ..nodes.ports import Inputs, Port, arrival, takes
+from ..protocol.push import PushStream
 from ..protocol.streams import Tee, aclose, aggregate, is_stream, named, single
 from ..protocol.types import ChatRequest, Chunk, Completion, Message
 from .topology import Analysis, Edge
@@ -146,8 +147,10 @@ class GraphRun:
             return
         if is_stream(out):
             self.opened.append(out)
-            if not getattr(out, "mesh_errors_only", False):
-                out = named(out, name)  # one generator layer per chunk, only if needed
+            if not isinstance(out, PushStream):
+                # A PushStream's failures name their source already (its contract):
+                # only other streams get this generator layer per chunk.
+                out = named(out, name)
                 self.opened.append(out)
         await self.deliver(name, out)
 

@@ -226,6 +226,7 @@ class Record(RequestObserver):
         "observer",
         "open_nodes",
         "parent",
+        "path",
         "pipeline",
         "prepared",
         "response",
@@ -262,6 +263,8 @@ class Record(RequestObserver):
         self.end: float | None = None
         self.sent = 0
         self.ends: list[Chunk] = []
+        #: How a streamed answer reached the caller ("spliced" or "pulled").
+        self.path: str | None = None
         self.response: Completion | None = None
         self.open_nodes: list[_Node] = []
         self.attempts: list[_Attempt] = []
@@ -294,14 +297,6 @@ class Record(RequestObserver):
             self.span.set_attribute("gen_ai.request.model", model)
         return self
 
-    def see(self, chunk: Chunk, data: bytes | None) -> None:
-        if data:
-            if self.first is None:
-                self.first = time.perf_counter()
-            self.sent += 1
-        if chunk.usage is not None or chunk.finish_reason is not None:
-            self.ends.append(chunk)
-
     def streamed(self, tally: Tally | None) -> None:
         self.end = time.perf_counter()
         self.prepared = True
@@ -309,6 +304,7 @@ class Record(RequestObserver):
             self.first = tally.first
             self.sent = tally.sent
             self.ends = tally.ends
+            self.path = "spliced" if tally.spliced else "pulled"
 
     def completed(self, completion: Completion) -> None:
         self.response = completion
@@ -400,6 +396,8 @@ class Record(RequestObserver):
             metrics.duration.observe(labels.route_key, duration)
             if self.left:
                 metrics.disconnects.inc(labels.pipeline_key)
+            if self.path is not None:
+                metrics.streams.inc((pipeline, self.path))
             model = metrics.model(self.model)
             if self.model and model != self.model and 200 <= status < 300:
                 metrics.learn_models((self.model,))  # the upstream answered: it knows it

@@ -394,9 +394,8 @@ class Upstream:
                             choice.get("finish_reason"),
                             _usage(usage) if usage else None,
                             obj.get("model"),
-                            raw=payload,
                             id=obj.get("id"),
-                        )
+                        ).relaying(payload)
                     ]
                 return [
                     Chunk(
@@ -404,16 +403,17 @@ class Upstream:
                         choice.get("finish_reason"),
                         _usage(usage) if usage else None,
                         obj.get("model"),
-                        raw=payload,
                         reasoning=delta.get("reasoning_content") or delta.get("reasoning") or "",
                         tool_calls=_deltas(delta.get("tool_calls")),
                         logprobs=logprobs or None,
                         id=obj.get("id"),
-                    )
+                    ).relaying(payload)
                 ]
             if usage:
                 return [
-                    Chunk("", None, _usage(usage), obj.get("model"), raw=payload, id=obj.get("id"))
+                    Chunk("", None, _usage(usage), obj.get("model"), id=obj.get("id")).relaying(
+                        payload
+                    )
                 ]
         except (AttributeError, TypeError, ValueError, KeyError) as exc:
             raise self._malformed("event in stream") from exc
