@@ -12,11 +12,12 @@ import os
 import sys
 from collections.abc import Sequence
 
+import stamina
 import structlog
 
 from .errors import SpecError
 from .graph.mesh import Mesh
-from .observability.access_log import renderer
+from .observability.access_log import direct, renderer
 
 
 def configure_logging(level: str | None = None, fmt: str | None = None) -> bool:
@@ -40,18 +41,24 @@ def configure_logging(level: str | None = None, fmt: str | None = None) -> bool:
         logging.basicConfig(level=numeric, handlers=[handler])
     else:
         logging.basicConfig(level=numeric, stream=sys.stderr, format="%(message)s")
+    chain = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        stamp,
+        structlog.processors.format_exc_info,
+        render,
+    ]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            stamp,
-            structlog.processors.format_exc_info,
-            render,
-        ],
+        processors=chain,
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
+    direct(chain, sys.stderr, level=numeric)  # the access line skips the generic dispatch
+    # meshkit reports each retry itself (meshkit.llm.retry and the retries metric);
+    # stamina's default hooks would log it again and count it in prometheus_client's
+    # process-wide registry, which /metrics does not serve.
+    stamina.instrumentation.set_on_retry_hooks(())
     return fmt == "json"
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -147,3 +149,74 @@ class TestRequestId:
         access = [e for e in logs if e["event"] == "meshkit.request"]
         assert [e["request_id"] for e in access] == [echoed]
         assert fake.headers[-1:] == [] or fake.headers[-1]["X-Request-ID"] == echoed
+
+
+#: Runs in a fresh interpreter: the CLI's logging, then the same access line written
+#: directly, through structlog, under ``capture_logs`` and with a context variable.
+_LINES = """
+import logging, sys
+import structlog
+from structlog.testing import capture_logs
+from meshkit.cli import configure_logging
+from meshkit.observability import access_log
+
+fields = dict(request_id="r-1", trace_id=None, pipeline="chat", dialect="openai",
+    route="/v1/chat/completions", model="m", status=200, stream=True, ttft_ms=1.5,
+    duration_ms=12.25, tokens_in=3, tokens_out=None, error=None, disconnected=False)
+configure_logging(sys.argv[1], sys.argv[2])
+access_log.line(**fields)
+with capture_logs() as captured:
+    access_log.line(**fields)
+print("captured", len(captured), file=sys.stderr)
+structlog.contextvars.bind_contextvars(tenant="t-9")
+access_log.line(**fields)
+structlog.contextvars.clear_contextvars()
+access_log.direct(None, level=logging.INFO)
+access_log.line(**fields)
+"""
+
+
+def _lines(level: str, fmt: str) -> list[str]:
+    done = subprocess.run(
+        [sys.executable, "-c", _LINES, level, fmt],
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stderr.splitlines()
+
+
+def _stamp(line: str, fmt: str) -> datetime:
+    stamp = json.loads(line)["timestamp"] if fmt == "json" else line.split(" ", 1)[0]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?Z", stamp), stamp
+    return datetime.fromisoformat(stamp)
+
+
+def _unstamped(line: str, fmt: str) -> Any:
+    if fmt == "json":
+        event = json.loads(line)
+        del event["timestamp"]
+        return event
+    return line.split(" ", 1)[1]
+
+
+class TestDirectLine:
+    """Under the CLI's logging the access line skips structlog's dispatch, unchanged."""
+
+    @pytest.mark.parametrize("fmt", ["console", "json"])
+    def test_the_same_line_as_through_structlog(self, fmt: str) -> None:
+        direct, captured, with_var, through = _lines("info", fmt)
+        assert _unstamped(direct, fmt) == _unstamped(through, fmt)
+        assert timedelta(0) <= _stamp(through, fmt) - _stamp(direct, fmt) < timedelta(seconds=5)
+        assert captured == "captured 1"  # capture_logs still sees it
+        if fmt == "json":
+            assert list(json.loads(direct))[-3:] == ["event", "level", "timestamp"]
+            assert json.loads(with_var)["tenant"] == "t-9"
+        else:
+            assert direct.split(" ", 1)[1].startswith("[info     ] meshkit.request ")
+            assert "tenant=t-9" in with_var
+
+    def test_no_line_below_info(self) -> None:
+        assert _lines("warning", "console") == ["captured 0"]

@@ -36,7 +36,8 @@ class TestBadInput:
         [
             (b"{not json", "JSON"),
             (b"[1, 2]", "JSON object"),
-            (b"", "empty"),
+            (b"", "body is empty"),
+            (b" \n\t", "body is empty"),
             (json.dumps({"messages": "hi"}).encode(), "messages"),
             (json.dumps({}).encode(), "messages"),
             (json.dumps({**CHAT, "temperature": "hot"}).encode(), "temperature"),

@@ -7,6 +7,7 @@ import json
 import openai
 import pytest
 
+from meshkit.protocol.openai import parse_request
 from meshkit.testing import FakeLLM
 
 
@@ -115,3 +116,15 @@ class TestModels:
         with pytest.raises(openai.NotFoundError) as info:
             await clients.openai(gw).embeddings.create(model="x", input=["a"])
         assert "embedding" in json.dumps(info.value.body)
+
+
+class TestPlainRequest:
+    """A chat of only model, messages and stream parses as the full reader would."""
+
+    @pytest.mark.parametrize("stream", [True, False, None])
+    def test_same_as_with_every_other_field_null(self, stream: bool | None) -> None:
+        plain = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": stream}
+        full = {**plain, "temperature": None, "stop": None, "n": 1, "stream_options": None}
+        fast = parse_request(json.dumps(plain).encode())
+        assert fast == parse_request(json.dumps(full).encode())
+        assert fast.stream is bool(stream) and fast.model == "m" and fast.extra == {}

@@ -15,7 +15,7 @@ import structlog
 
 from meshkit.errors import BadRequest, NotFound
 from meshkit.local import Generation, LlamaEngine, LocalLLM, TokenStream, resolve_model
-from meshkit.local.service import _fold_for_gemma
+from meshkit.local.service import fold_for_gemma
 from meshkit.local.transcript import STOPS
 from meshkit.nodes.base import Context
 from meshkit.protocol import ChatRequest, Chunk, Completion, EmbeddingRequest, Message, Part
@@ -235,7 +235,7 @@ class TestGemmaTurns:
         ],
     )
     def test_fold(self, messages: list[tuple[str, str]], expected: list[tuple[str, str]]) -> None:
-        assert _fold_for_gemma(messages) == expected
+        assert fold_for_gemma(messages) == expected
 
 
 CITY = {

@@ -31,6 +31,7 @@ SERIES = {
     "meshkit_upstream_requests": "counter",
     "meshkit_upstream_up": "gauge",
     "meshkit_client_disconnects": "counter",
+    "meshkit_streams": "counter",
 }
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import attrs
 import pytest
 
 from meshkit import (
@@ -253,9 +254,20 @@ class TestChannels:
         assert ctx.meta["guardrail"]["action"] == "blocked"
 
     async def test_untouched_chunk_keeps_its_raw_payload(self) -> None:
-        chunk = Chunk("fine", raw=b'{"x": 1}', reasoning="calm")
+        chunk = Chunk("fine", reasoning="calm").relaying(b'{"x": 1}')
         out, _ = await guard_all({"patterns": [SSN]}, [chunk, Chunk("", "stop")])
         assert out[0].raw == b'{"x": 1}'
+
+    async def test_a_changed_chunk_never_keeps_the_raw_payload(self) -> None:
+        """However a node copies a chunk, the copy cannot relay the original's bytes."""
+        chunk = Chunk("my id 123-45-6789", id="c1").relaying(b'{"x": 1}')
+        assert chunk.raw == b'{"x": 1}'
+        assert attrs.evolve(chunk, text="my id").raw is None
+        assert chunk.replace(text="my id").raw is None
+        assert chunk.replace_text("my id").raw is None
+        out, _ = await guard_all({"patterns": [SSN]}, [chunk, Chunk("", "stop")])
+        assert "".join(c.text for c in out) == "my id [REDACTED]"
+        assert all(c.raw is None for c in out)
 
     async def test_logprobs_travel_with_their_held_text(self) -> None:
         pieces = ["Call 12", "3 now", " please"]

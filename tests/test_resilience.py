@@ -1,4 +1,4 @@
-"""Resilience: retries, replicas, breakers, deadlines, fallbacks, admission, shutdown."""
+"""Replicas, breakers, deadlines, fallbacks, admission, shutdown (retries: test_retry)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import stamina
 import yaml
 from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestClient, TestServer
@@ -21,11 +22,8 @@ from meshkit import Mesh, build_app
 from meshkit.client import (
     DEADLINE_HEADER,
     ReplicaSet,
-    RetryPolicy,
     deadline_from,
     header_value,
-    instant_backoff,
-    set_testing,
 )
 from meshkit.errors import UpstreamConnectError, UpstreamError
 from meshkit.gateway.app import ADMISSION, MESH
@@ -120,9 +118,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+#: Attempts allowed in stamina's test mode: more than any test configures, so that
+#: ``cap`` leaves each service's own ``retries`` in force.
+MAX_ATTEMPTS = 100
+
+
 @pytest.fixture(autouse=True)
 def _instant() -> Iterator[None]:
-    with instant_backoff():
+    """Retries wait nothing (stamina's test mode); the tests where waits matter say so."""
+    with stamina.set_testing(True, attempts=MAX_ATTEMPTS, cap=True):
         yield
 
 
@@ -141,76 +145,6 @@ async def fakes() -> AsyncIterator[Callable[..., Awaitable[FakeLLM]]]:
     yield make
     for cm in reversed(stacks):
         await cm.__aexit__(None, None, None)
-
-
-# -- retries -------------------------------------------------------------------------------
-
-
-class TestRetries:
-    """Safe failures are retried before anything is sent; the rest are not."""
-
-    @pytest.mark.parametrize("status", [429, 502, 503])
-    async def test_safe_status_retried(self, fakes, aiohttp_client, status: int) -> None:
-        fake = await fakes(status=status, fail_times=1)
-        gw = await start(aiohttp_client, mesh_text(fake.url))
-        resp = await gw.post("/v1/chat/completions", json={**CHAT, "stream": True})
-        assert resp.status == 200
-        assert sse_events(await resp.read())[-1] == "[DONE]"
-        assert len(fake.requests) == 2
-        await settled(gw)
-
-    async def test_500_not_retried(self, fakes, aiohttp_client) -> None:
-        fake = await fakes(status=500)
-        gw = await start(aiohttp_client, mesh_text(fake.url))
-        resp = await gw.post("/v1/chat/completions", json=CHAT)
-        assert resp.status == 502
-        assert len(fake.requests) == 1
-
-    async def test_bounded_in_count(self, fakes, aiohttp_client) -> None:
-        fake = await fakes(status=503)
-        gw = await start(aiohttp_client, mesh_text(fake.url, retries=3))
-        resp = await gw.post("/api/chat", json={**CHAT, "stream": False})
-        assert resp.status == 502
-        assert len(fake.requests) == 4
-
-    async def test_retries_off(self, fakes, aiohttp_client) -> None:
-        fake = await fakes(status=503, fail_times=1)
-        gw = await start(aiohttp_client, mesh_text(fake.url, retries=0))
-        resp = await gw.post("/v1/chat/completions", json=CHAT)
-        assert resp.status == 502
-        assert len(fake.requests) == 1
-
-    async def test_429_passed_on_with_retry_after(self, fakes, aiohttp_client) -> None:
-        fake = await fakes(status=429, retry_after=7)
-        gw = await start(aiohttp_client, mesh_text(fake.url, retries=1))
-        resp = await gw.post("/v1/chat/completions", json=CHAT)
-        assert resp.status == 429
-        assert resp.headers["Retry-After"] == "7"
-        assert (await resp.json())["error"]["code"] == "upstream_overloaded"
-
-    async def test_retry_after_past_the_budget_is_not_waited(self, fakes, aiohttp_client) -> None:
-        """A Retry-After that does not fit in LLM_TIMEOUT fails at once, not at the deadline."""
-        fake = await fakes(status=503, retry_after=30)
-        gw = await start(aiohttp_client, mesh_text(fake.url, timeout=5))
-        set_testing(False)  # real waits: the call must not wait for a hopeless retry
-        try:
-            async with asyncio.timeout(2):
-                resp = await gw.post("/v1/chat/completions", json=CHAT)
-        finally:
-            set_testing(True)
-        assert resp.status == 502
-        assert len(fake.requests) == 1
-
-    def test_backoff_grows_and_is_capped(self) -> None:
-        policy = RetryPolicy(base=0.1, cap=0.4)
-        set_testing(False)
-        try:
-            assert all(0 <= policy.backoff(0) <= 0.1 for _ in range(50))
-            assert all(0 <= policy.backoff(5) <= 0.4 for _ in range(50))
-            assert policy.backoff(0, retry_after=3) >= 3
-        finally:
-            set_testing(True)
-        assert policy.backoff(3, retry_after=3) == 0
 
 
 # -- replicas --------------------------------------------------------------------------------

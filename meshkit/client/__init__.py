@@ -16,7 +16,7 @@ from .deadline import DEADLINE_HEADER, deadline_from, earliest, header_value
 from .http import HttpClient
 from .limits import Limits, Timeouts
 from .replicas import BALANCERS, EVICTED, Replica, ReplicaSet, safe_url
-from .retry import RetryPolicy, instant_backoff, is_testing, retryable, set_testing
+from .retry import Retrying, RetryPolicy, retryable
 
 __all__ = [
     "BALANCERS",
@@ -27,13 +27,11 @@ __all__ = [
     "Replica",
     "ReplicaSet",
     "RetryPolicy",
+    "Retrying",
     "Timeouts",
     "deadline_from",
     "earliest",
     "header_value",
-    "instant_backoff",
-    "is_testing",
     "retryable",
     "safe_url",
-    "set_testing",
 ]

@@ -234,6 +234,12 @@ class Response:
         return self._head_bytes > HEAD_LIMIT
 
     @property
+    def buffered(self) -> int:
+        """Bytes of the body received and not read yet (reading pauses past
+        :data:`READ_LIMIT`)."""
+        return self._size
+
+    @property
     def headers(self) -> Headers:
         """The response's headers (repeated ones joined with ``", "``)."""
         headers = self._headers

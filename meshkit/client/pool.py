@@ -210,6 +210,11 @@ class Pool:
         """Connections carrying a request now."""
         return len(self._busy)
 
+    @property
+    def idle(self) -> int:
+        """Connections kept open for reuse now, over every upstream."""
+        return sum(len(conns) for conns in self._idle.values())
+
     def route(self, key: Key) -> Route:
         """How requests to ``key`` travel (decided once per upstream)."""
         route = self._routes.get(key)

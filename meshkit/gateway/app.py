@@ -14,8 +14,9 @@ from ..observability.observer import Observer
 from . import ollama, openai
 from .admission import Admission
 from .auth import ApiKeys
-from .dialect import SEND_TIMEOUT, json_response, request_id
+from .dialect import assign_request_id, json_response
 from .route import Route
+from .sink import STREAMING, Streaming
 from .ui import mount as mount_ui
 
 log = structlog.get_logger(__name__)
@@ -119,7 +120,9 @@ def build_app(
     keys = ApiKeys(gw.api_keys if api_keys is None else api_keys)
     admission = Admission(gw.max_inflight if max_inflight is None else max_inflight)
     grace = gw.shutdown_grace if shutdown_grace is None else shutdown_grace
-    observer = Observer(metrics=gw.metrics if metrics is None else metrics, request_id=request_id)
+    observer = Observer(
+        metrics=gw.metrics if metrics is None else metrics, request_id=assign_request_id
+    )
     middlewares = [
         observer.middleware,
         _errors,
@@ -131,7 +134,7 @@ def build_app(
     )
     app[MESH] = mesh
     app[ADMISSION] = admission
-    app[SEND_TIMEOUT] = gw.send_timeout
+    app[STREAMING] = Streaming(gw.send_timeout, gw.splice)
     specs = list(mesh.spec.gateway.routes)
     routes: list[Route] = []
     if specs:

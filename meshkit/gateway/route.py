@@ -10,6 +10,9 @@ from ..errors import MeshError
 from ..graph.orchestrator import ServiceOrchestrator
 from ..nodes.base import MicroService, ServiceType
 
+#: The default model before it was looked up.
+_UNKNOWN = object()
+
 
 @attrs.define
 class Route:
@@ -28,6 +31,7 @@ class Route:
     prefix: str = ""
     model: str | None = None
     embeddings: MicroService | None = None
+    _default: str | object | None = attrs.field(default=_UNKNOWN, init=False, eq=False, repr=False)
 
     @property
     def llms(self) -> list[MicroService]:
@@ -35,7 +39,15 @@ class Route:
         return [s for s in self.orchestrator.services.values() if s.service_type is ServiceType.LLM]
 
     def default_model(self) -> str | None:
-        """The model a request without one gets."""
+        """The model a request without one gets (looked up once: the pipeline is
+        complete by the time it is first asked, when the app is built or at the first
+        request)."""
+        default = self._default
+        if default is _UNKNOWN:
+            default = self._default = self._find_default()
+        return default  # type: ignore[return-value]
+
+    def _find_default(self) -> str | None:
         if self.model:
             return self.model
         for llm in self.llms:

@@ -19,7 +19,7 @@ from ..nodes.base import MicroService
 from ..observability.observer import Observer
 from . import ollama, openai
 from .app import MAX_BODY, _errors, healthz, mount
-from .dialect import Handler, json_response, request_id
+from .dialect import Handler, assign_request_id, json_response
 from .route import Route
 
 DIALECTS = ("openai", "ollama")
@@ -83,7 +83,7 @@ class App:
         """The aiohttp application serving every mount, ``/healthz``, ``/readyz`` and
         ``/metrics``."""
         routes = list(self._routes)
-        observer = Observer(request_id=request_id)
+        observer = Observer(request_id=assign_request_id)
         app = web.Application(
             client_max_size=self.max_body, middlewares=[observer.middleware, _errors]
         )

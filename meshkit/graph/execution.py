@@ -19,6 +19,7 @@ import structlog
 from ..errors import GraphError, MeshError, NodeError
 from ..nodes.base import Context, MicroService
 from ..nodes.ports import Inputs, Port, arrival, takes
+from ..protocol.push import PushStream
 from ..protocol.streams import Tee, aclose, aggregate, is_stream, named, single
 from ..protocol.types import ChatRequest, Chunk, Completion, Message
 from .topology import Analysis, Edge
@@ -31,7 +32,6 @@ class Plan(Protocol):
     services: dict[str, MicroService]
     edges: list[Edge]
     tee_buffer: int
-    last_tees: list[Tee]
 
     def analysis(self) -> Analysis: ...
     def is_optional(self, name: str) -> bool: ...
@@ -72,7 +72,6 @@ class GraphRun:
         self.node_ms: dict[str, float] = {}
         #: The edges a value went over, in the order they were taken.
         self.taken: list[tuple[str, str]] = []
-        graph_.last_tees = []
 
     async def run(self, data: Any) -> Any:
         try:
@@ -148,8 +147,10 @@ class GraphRun:
             return
         if is_stream(out):
             self.opened.append(out)
-            if not getattr(out, "mesh_errors_only", False):
-                out = named(out, name)  # one generator layer per chunk, only if needed
+            if not isinstance(out, PushStream):
+                # A PushStream's failures name their source already (its contract):
+                # only other streams get this generator layer per chunk.
+                out = named(out, name)
                 self.opened.append(out)
         await self.deliver(name, out)
 
@@ -171,7 +172,6 @@ class GraphRun:
                 return
             if taken:
                 tee = Tee(out, len(taken), buffer=self.g.tee_buffer)
-                self.g.last_tees.append(tee)
                 self.opened.extend(tee.branches)
                 for e, branch in zip(taken, tee.branches, strict=True):
                     self.inbox[(e.src, e.dst)].set_result(branch)

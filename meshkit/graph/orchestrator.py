@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any, Self
 
@@ -12,13 +13,25 @@ from .._lifecycle import Resource
 from ..client.http import HttpClient
 from ..errors import GraphError, MeshError, NodeError, NodeTimeout
 from ..nodes.base import Context, MicroService
-from ..protocol.streams import TEE_BUFFER, Tee
+from ..protocol.streams import TEE_BUFFER
 from . import topology as graph
 from .conditions import Condition, compile_condition
 from .execution import GraphRun
 from .topology import ConditionFn, Edge
 
 log = structlog.get_logger(__name__)
+
+
+_debug: list[bool] = []
+
+
+def _debugging() -> bool:
+    """Whether debug lines are written, asked once (the CLI sets the level before any
+    request; a logger that cannot say is taken to write them)."""
+    if not _debug:
+        check = getattr(log, "is_enabled_for", None)
+        _debug.append(True if check is None else bool(check(logging.DEBUG)))
+    return _debug[0]
 
 
 class ServiceOrchestrator(Resource):
@@ -56,8 +69,9 @@ class ServiceOrchestrator(Resource):
         self._client = client
         self._owns_client = False
         self._analysis: graph.Analysis | None = None
-        #: The tees made by the latest request (tests read their ``high_water``).
-        self.last_tees: list[Tee] = []
+        #: The only node of a checked one-node graph (None otherwise): what a request
+        #: runs, with no plan to check and no walk to set up (see :meth:`run`).
+        self._single: MicroService | None = None
 
     def __repr__(self) -> str:
         return f"<ServiceOrchestrator {self.name!r} nodes={list(self.services)}>"
@@ -73,6 +87,7 @@ class ServiceOrchestrator(Resource):
         if optional:
             self._optional.add(service.name)
         self._analysis = None
+        self._single = None
         return self
 
     def is_optional(self, name: str) -> bool:
@@ -110,6 +125,7 @@ class ServiceOrchestrator(Resource):
             label = when.source
         self.edges.append(Edge(a, b, when, label))
         self._analysis = None
+        self._single = None
         return self
 
     def predecessors(self, name: str) -> list[str]:
@@ -145,6 +161,8 @@ class ServiceOrchestrator(Resource):
         analysis = self.analysis()
         if analysis.problems:
             raise GraphError(f"{self.name}: " + "; ".join(analysis.problems))
+        if len(self.services) == 1:
+            (self._single,) = self.services.values()
         return analysis.order
 
     @property
@@ -208,10 +226,12 @@ class ServiceOrchestrator(Resource):
             ctx = self.context()
         if ctx.request is None:
             ctx.request = data
+        single = self._single  # set once the graph was checked, not per request
+        if single is not None:
+            return await self.call_node(single, data, ctx)
         self.plan()
-        if len(self.services) == 1:
-            (only,) = self.services.values()
-            return await self.call_node(only, data, ctx)
+        if self._single is not None:
+            return await self.call_node(self._single, data, ctx)
         return await GraphRun(self, ctx).run(data)
 
     async def call_node(self, service: MicroService, data: Any, ctx: Context) -> Any:
@@ -235,10 +255,11 @@ class ServiceOrchestrator(Resource):
         except Exception as exc:
             log.exception("meshkit.node.failed", node=service.name, request_id=ctx.request_id)
             raise NodeError(f"node {service.name!r} failed: {exc}", node=service.name) from exc
-        log.debug(
-            "meshkit.node.done",
-            node=service.name,
-            ms=round((time.perf_counter() - started) * 1000, 3),
-            request_id=ctx.request_id,
-        )
+        if _debugging():  # the line's fields cost more than the request's own node call
+            log.debug(
+                "meshkit.node.done",
+                node=service.name,
+                ms=round((time.perf_counter() - started) * 1000, 3),
+                request_id=ctx.request_id,
+            )
         return result

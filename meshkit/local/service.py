@@ -146,7 +146,7 @@ class LocalLLM(MicroService):
         _refuse_unsupported(request)
         messages = [(m.role, m.text) for m in request.messages]
         if self.engine.model.chat_format == "gemma":
-            messages = _fold_for_gemma(messages)
+            messages = fold_for_gemma(messages)
         if not messages:
             raise BadRequest("a chat request needs at least one message", param="messages")
         return Generation(
@@ -178,7 +178,7 @@ def _refuse_unsupported(request: ChatRequest) -> None:
                 )
 
 
-def _fold_for_gemma(messages: list[tuple[str, str]]) -> list[tuple[str, str]]:
+def fold_for_gemma(messages: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """Gemma's template knows only user and model turns (llama.cpp drops the rest).
 
     System and developer text goes in front of the first user turn, as Google's own

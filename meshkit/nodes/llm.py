@@ -173,59 +173,65 @@ class RemoteLLM(MicroService):
     async def _call(self, request: ChatRequest, ctx: Context) -> Completion | ChunkStream:
         """Try replicas until one answers, retrying safe failures within the budget."""
         body = self._codec.body(request, stream=request.stream)
-        now = time.monotonic()
-        budget_end = now + self.timeouts.first_byte
+        budget_end = time.monotonic() + self.timeouts.first_byte
         if ctx.deadline is not None:
             budget_end = min(budget_end, ctx.deadline)
-        tried: list[Replica] = []
-        last: UpstreamError | None = None
-        attempt = 0
-        while True:
-            replica = self.replicas.pick(tried) or (self.replicas.pick() if tried else None)
+        replica = self.replicas.pick()
+        if replica is None:
+            raise self._circuit_open()
+        tried = [replica]
+        try:
+            # The first try is made before any retry machinery is built: most calls
+            # need none, and stamina costs tens of microseconds per call.
+            return await self._attempt(replica, body, request, ctx, budget_end)
+        except UpstreamError as err:
+            if not self.retry.retries or not retryable(err):
+                raise
+            failure: UpstreamError | None = err
+
+        def fresh() -> bool:
+            now = self.replicas.clock()
+            return any(r.available(now) and r not in tried for r in self.replicas)
+
+        retrying = self.retry.start(budget_end, fresh=fresh)
+        async for attempt in retrying:
+            if failure is not None:
+                # stamina's first attempt hands it the first failure, to judge and wait
+                # after like any other.
+                with attempt:
+                    raise failure
+                failure = None
+                continue
+            assert retrying.last is not None
+            log.info(
+                "meshkit.llm.retry",
+                service=self.name,
+                attempt=attempt.num - 1,
+                wait=round(retrying.waited, 3),
+                error=retrying.last.code,
+                request_id=ctx.request_id,
+            )
+            ctx.observer.retried(self.name)
+            replica = self.replicas.pick(tried) or self.replicas.pick()
             if replica is None:
-                if last is not None:
-                    raise last
-                wait = self.replicas.retry_in()
-                why = self.replicas.last_error()
-                circuit = CircuitOpen(
-                    f"{self.name}: every replica is out after failures"
-                    + (f" (last: {why})" if why else "")
-                    + f"; retry in {max(1, round(wait))} s",
-                    service=self.name,
-                )
-                circuit.retry_after = wait
-                raise circuit
+                raise retrying.last
             tried.append(replica)
-            try:
+            with attempt:
                 return await self._attempt(replica, body, request, ctx, budget_end)
-            except UpstreamError as err:
-                last = err
-                if not retryable(err) or attempt >= self.retry.retries:
-                    raise
-                fresh = any(
-                    r.available(self.replicas.clock()) and r not in tried for r in self.replicas
-                )
-                if (
-                    err.retry_after is not None
-                    and not fresh
-                    and err.retry_after > self.retry.max_retry_after
-                ):
-                    raise
-                wait = self.retry.backoff(attempt, None if fresh else err.retry_after)
-                if time.monotonic() + wait >= budget_end:
-                    raise
-                log.info(
-                    "meshkit.llm.retry",
-                    service=self.name,
-                    attempt=attempt + 1,
-                    wait=round(wait, 3),
-                    error=err.code,
-                    request_id=ctx.request_id,
-                )
-                ctx.observer.retried(self.name)
-                attempt += 1
-                if wait:
-                    await asyncio.sleep(wait)
+        raise AssertionError("unreachable: stamina lets the last failure out")
+
+    def _circuit_open(self) -> CircuitOpen:
+        """The failure when no replica may take a request now (with a Retry-After)."""
+        wait = self.replicas.retry_in()
+        why = self.replicas.last_error()
+        circuit = CircuitOpen(
+            f"{self.name}: every replica is out after failures"
+            + (f" (last: {why})" if why else "")
+            + f"; retry in {max(1, round(wait))} s",
+            service=self.name,
+        )
+        circuit.retry_after = wait
+        return circuit
 
     async def _attempt(
         self,

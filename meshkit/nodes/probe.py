@@ -28,11 +28,13 @@ class Tally(Protocol):
         first: ``time.perf_counter()`` when the answer's first byte was written.
         sent: Chunks written.
         ends: Chunks that carried a finish reason or usage.
+        spliced: The stream was spliced into the writer, not pulled.
     """
 
     first: float | None
     sent: int
     ends: list[Chunk]
+    spliced: bool
 
 
 class AttemptProbe:
@@ -95,9 +97,6 @@ class RequestObserver:
     def retried(self, service: str) -> None:
         """The latest failed attempt on ``service`` is being retried."""
 
-    def see(self, chunk: Chunk, data: bytes | None) -> None:
-        """A chunk written by the slow (non-spliced) path, and its encoded bytes."""
-
     def completed(self, completion: Completion) -> None:
         """The whole (non-streamed) answer the caller gets."""
 
@@ -108,7 +107,7 @@ class RequestObserver:
         """The caller left before the end of the answer."""
 
     def streamed(self, tally: Tally | None) -> None:
-        """The stream is over; ``tally`` counted what was written (None: :meth:`see` did)."""
+        """The stream is over; ``tally`` counted what was written (None: nothing was)."""
 
 
 _NODE = NodeProbe()

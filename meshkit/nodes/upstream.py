@@ -2,7 +2,8 @@
 
 :class:`UpstreamStream` holds one upstream response from its first chunk on and hands
 its chunks on, either to a reader (``async for``) or, on the gateway's fast path, to a
-function called straight from the connection's ``data_received``. :class:`LineParser`
+:class:`~meshkit.protocol.push.ChunkSink` called straight from the connection's
+``data_received`` (it is a :class:`~meshkit.protocol.push.PushStream`). :class:`LineParser`
 cuts the body into lines and has the dialect's line parser turn each into chunks.
 Per chunk it does nothing beyond parsing (one lazy idle timer per stream).
 """
@@ -17,6 +18,7 @@ from ..client import h1
 from ..client.http import HttpClient, IdleWatch, Timeouts
 from ..client.replicas import Replica, ReplicaSet
 from ..errors import MeshError, ShuttingDown, UpstreamError
+from ..protocol.push import ChunkSink, PushStream
 from ..protocol.types import Chunk
 from ..protocol.wire import END
 
@@ -32,32 +34,31 @@ class Owner(Protocol):
     ) -> MeshError | None: ...
 
 
-class UpstreamStream:
+class UpstreamStream(PushStream):
     """An upstream's open stream of chunks, from its first one on.
 
     Pull it chunk by chunk (``async for``), or have it pushed: :meth:`splice` hands each
-    chunk to a function straight from the connection's ``data_received``, with no task
+    chunk to a sink straight from the connection's ``data_received``, with no task
     wake-up per chunk (the gateway's fast path for a pipeline that is one LLM). Either
     way the connection is released when the stream ends or is closed (:meth:`aclose`),
     also when it was never read.
     """
 
-    #: Every failure it raises is a MeshError naming this service already, so a graph
-    #: need not wrap it to name the node (one generator layer per chunk saved).
-    mesh_errors_only = True
-
     __slots__ = (
         "_client",
-        "_emit",
-        "_future",
+        "_clock",
+        "_error",
         "_gen",
         "_head",
         "_llm",
         "_parser",
+        "_paused",
         "_released",
         "_replica",
         "_response",
+        "_sink",
         "_spliced",
+        "_wake",
         "_watch",
     )
 
@@ -79,8 +80,11 @@ class UpstreamStream:
         self._watch = IdleWatch(response, llm.timeouts.idle)
         self._released = False
         self._spliced = False
-        self._emit: Callable[[Chunk], bool] | None = None
-        self._future: asyncio.Future[None] | None = None
+        self._sink: ChunkSink | None = None
+        self._wake: asyncio.Future[None] | None = None
+        self._paused = False
+        self._error: BaseException | None = None
+        self._clock = asyncio.get_running_loop().time
         self._gen = self._pull()
 
     async def prime(self) -> None:
@@ -104,6 +108,9 @@ class UpstreamStream:
         if self._released:
             return
         self._released = True
+        self._sink = None  # nothing more is relayed
+        if self._paused and ok:
+            self._unpause()  # never back to the pool with reading paused
         self._watch.cancel()
         self._client.finish(self._response, ok=ok)
         self._llm.replicas.release(self._replica)
@@ -157,62 +164,65 @@ class UpstreamStream:
 
     # -- push ------------------------------------------------------------------------------
 
-    async def splice(self, emit: Callable[[Chunk], bool]) -> None:
-        """Push every chunk to ``emit`` as it arrives, returning when the stream ends.
+    async def splice(self, sink: ChunkSink) -> None:
+        """Push every chunk into ``sink`` from the connection's ``data_received``,
+        returning when the stream ends (see :meth:`PushStream.splice`).
 
-        ``emit`` returns False when its caller is gone: the upstream call is then
-        cancelled and ``ConnectionResetError`` raised. A broken stream raises its
-        meshkit error, as iterating would. Call it instead of iterating, never after.
+        While ``sink.full`` the upstream connection is not read (its sender then
+        waits, and the idle timeout does not run); this coroutine waits on
+        ``sink.drain()`` meanwhile, so the wake-ups are one per pause, not per chunk.
         """
         self._spliced = True
         await self._gen.aclose()  # the pull side is never used now
         parser = self._parser
         try:
             for chunk in self._head:
-                if not emit(chunk):
+                if not sink.emit(chunk):
                     raise ConnectionResetError("the caller went away")
             if parser.error is not None:
-                raise parser.error
-        except UpstreamError as exc:
-            self._release(ok=False)
-            raise self._broken(exc) from exc
+                raise self._broken(parser.error) from parser.error
+            if self._head and not parser.done:
+                await self._push(sink)
+                return  # the connection is released once the body's end is read
         except BaseException:
             self._release(ok=False)
             raise
-        if not self._head or parser.done:
-            self._release(ok=True)
-            return
+        self._release(ok=True)
+
+    async def _push(self, sink: ChunkSink) -> None:
         loop = asyncio.get_running_loop()
-        self._future = loop.create_future()
-        self._emit = emit
+        if sink.full:
+            await sink.drain()
+        self._wake = wake = loop.create_future()
+        self._sink = sink
         self._watch.reading = loop.time()
-        self._response.pipe(self._on_data, self._on_end)
-        try:
-            await self._future
-        except BaseException:
-            self._release(ok=False)
-            raise
+        self._response.pipe(self._on_data, self._on_end)  # may call both back at once
+        while True:
+            await wake
+            if self._sink is None:  # over
+                if self._error is not None:
+                    raise self._error
+                return
+            # Paused: the caller is behind. Its transport's own signal ends the wait.
+            await sink.drain()
+            if self._sink is None:
+                continue  # it ended while paused (its last bytes had arrived)
+            self._wake = wake = loop.create_future()
+            self._unpause()
 
-    def pause(self) -> None:
-        """Stop reading from the upstream until :meth:`resume` (the caller is slow);
-        the idle timeout does not run meanwhile."""
-        self._watch.reading = None
-        self._response.pause()
-
-    def resume(self) -> None:
-        """Read from the upstream again."""
-        self._watch.reading = asyncio.get_running_loop().time()
-        self._response.resume()
+    def _unpause(self) -> None:
+        if self._paused:
+            self._paused = False
+            self._watch.reading = self._clock()
+            self._response.resume()
 
     def _on_data(self, data: bytes) -> None:
-        future = self._future
-        emit = self._emit
-        if future is None or emit is None or future.done():
-            return
+        sink = self._sink
+        if sink is None:
+            return  # over: bytes after the final record are not relayed
         parser = self._parser
-        self._watch.reading = future.get_loop().time()
         for chunk in parser.feed(data):
-            if not emit(chunk):
+            if not sink.emit(chunk):
                 self._abort(ConnectionResetError("the caller went away"))
                 return
         if parser.error is not None:
@@ -220,11 +230,21 @@ class UpstreamStream:
         elif parser.done:
             # The end: the caller may finish now; the connection is released (and
             # reused) once the body's own end has been read.
-            self._settle(None)
+            self._finish(None)
+        elif not sink.full:
+            if not self._paused:  # (a paused read never counts as idle)
+                self._watch.reading = self._clock()
+        elif not self._paused:
+            self._paused = True
+            self._watch.reading = None  # a slow caller is not an idle upstream
+            self._response.pause()
+            wake = self._wake
+            if wake is not None and not wake.done():
+                wake.set_result(None)
 
     def _on_end(self, exc: BaseException | None) -> None:
-        future = self._future
-        if future is None or future.done():
+        sink = self._sink
+        if sink is None:
             self._release(ok=exc is None)
             return
         if exc is not None:
@@ -235,26 +255,26 @@ class UpstreamStream:
         except UpstreamError as err:
             self._abort(self._broken(err))
             return
-        emit = self._emit
-        if emit is not None:
-            for chunk in chunks:
-                emit(chunk)
-        self._settle(None)
+        for chunk in chunks:
+            sink.emit(chunk)
+        self._finish(None)
         self._release(ok=True)
 
     def _abort(self, exc: BaseException) -> None:
         """End the push with ``exc`` and close the upstream connection."""
-        self._settle(exc)
+        self._finish(exc)
         self._release(ok=False)
 
-    def _settle(self, exc: BaseException | None) -> None:
-        future = self._future
-        if future is None or future.done():
+    def _finish(self, exc: BaseException | None) -> None:
+        """End the push (``exc``: why it failed); the splicing coroutine wakes."""
+        if self._sink is None:
             return
-        if exc is None:
-            future.set_result(None)
-        else:
-            future.set_exception(exc)
+        self._sink = None
+        self._error = exc
+        self._unpause()  # the body's last bytes still have to be read
+        wake = self._wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
 
 
 class LineParser:

@@ -4,13 +4,28 @@ The line (event ``meshkit.request``) carries only what the record derived: ids, 
 status, timings, token counts and an error *type*. It never holds a header, a prompt, an
 answer or a credential, so it is safe to ship to any log store. ``MESHKIT_LOG_FORMAT=json``
 renders every log line as one JSON object; the default stays readable for a person.
+
+A line per request is the costliest thing the gateway does for a request besides the
+two HTTP exchanges: through structlog's generic dispatch it took ~45 µs (copying the
+context, five processors, ``print`` under a lock). When the CLI configured logging,
+:func:`direct` lets :func:`line` build the same event itself and hand it to the same
+renderer and stream, skipping only the generic steps (~10 µs), and writes the lines
+of one turn of the event loop together; whenever the configuration is no longer the
+CLI's own (a test capturing logs, context variables bound), the line goes through
+structlog as before.
 """
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import contextvars
 import json
-from collections.abc import MutableMapping
-from typing import Any
+import sys
+import time
+from collections.abc import Callable, MutableMapping, Sequence
+from datetime import UTC, datetime
+from typing import IO, Any
 
 import structlog
 
@@ -31,10 +46,110 @@ log = structlog.get_logger("meshkit.access")
 FORMATS = ("console", "json")
 
 
+EVENT = "meshkit.request"
+
+Processor = Callable[[Any, str, MutableMapping[str, Any]], Any]
+
+
+class _Direct:
+    """The access line written without structlog's dispatch, for a configuration
+    known to be the CLI's: the same fields, level, timestamp, renderer and stream."""
+
+    __slots__ = ("chain", "pending", "render", "stream")
+
+    def __init__(self, chain: Sequence[Processor], stream: IO[str]) -> None:
+        self.chain = list(chain)
+        self.render = self.chain[-1]
+        self.stream = stream
+        #: Lines rendered during this turn of the event loop, written at its end.
+        self.pending: list[str] = []
+
+    def applies(self) -> bool:
+        """Whether structlog is still configured as when :func:`direct` was called
+        and no structlog context variable is bound (those would join the line)."""
+        if structlog.get_config()["processors"] != self.chain:
+            return False
+        return not any(var.name.startswith("structlog_") for var in contextvars.copy_context())
+
+    def write(self, fields: dict[str, Any]) -> None:
+        # The keys in the order structlog's chain would add them: the call's fields,
+        # then the event, the level and the UTC ISO timestamp.
+        fields["event"] = EVENT
+        fields["level"] = "info"
+        fields["timestamp"] = _clock.stamp()
+        pending = self.pending
+        pending.append(f"{self.render(None, 'info', fields)}\n")
+        if len(pending) > 1:
+            return
+        # The lines of the requests that end in one turn of the loop go out in one
+        # write (one system call instead of one per request under load).
+        try:
+            asyncio.get_running_loop().call_soon(self.flush)
+        except RuntimeError:  # no loop: at once
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the pending lines."""
+        if self.pending:
+            text = "".join(self.pending)
+            self.pending.clear()
+            self.stream.write(text)
+            self.stream.flush()
+
+
+class _Clock:
+    """UTC ISO timestamps as structlog's ``TimeStamper(fmt="iso")`` writes them
+    (``2026-11-30T19:43:38.013872Z``; no fraction at a whole second), with the date
+    and time of day formatted once per second instead of on every line."""
+
+    __slots__ = ("prefix", "second")
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.prefix = ""
+
+    def stamp(self) -> str:
+        now = time.time()
+        second = int(now)
+        micros = int((now - second) * 1_000_000)
+        if second != self.second:
+            self.second = second
+            self.prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        return f"{self.prefix}.{micros:06d}Z" if micros else f"{self.prefix}Z"
+
+
+_clock = _Clock()
+_direct: _Direct | None = None
+_enabled = True
+
+
+def direct(chain: Sequence[Processor] | None, stream: IO[str] | None = None, *, level: int) -> None:
+    """Write access lines directly while structlog's processors are ``chain`` (the
+    CLI's: context variables, log level, ISO UTC timestamp, exception formatting,
+    then a renderer of this module) and its output is ``stream``; None: always
+    through structlog. ``level``: the logging level, below which no line is written.
+    """
+    global _direct, _enabled
+    if _direct is not None:
+        _direct.flush()
+    _enabled = level <= 20  # logging.INFO: the line's level
+    _direct = None if chain is None else _Direct(chain, stream or sys.stderr)
+    if _direct is not None:
+        atexit.register(_direct.flush)  # lines of the loop's very last turn
+
+
 def line(**fields: Any) -> None:
     """Log the access line of one request (every field always present, None when not
     known, so a log store sees one shape)."""
-    log.info("meshkit.request", **fields)
+    writer = _direct
+    if writer is None:
+        log.info(EVENT, **fields)
+    elif not _enabled:
+        return
+    elif writer.applies():
+        writer.write(fields)
+    else:
+        log.info(EVENT, **fields)
 
 
 def renderer(fmt: str | None) -> Any:
@@ -59,10 +174,15 @@ def console(logger: Any, method: str, event: MutableMapping[str, Any]) -> str:
     parts = [] if stamp is None else [str(stamp)]
     if level is not None:
         parts.append(f"[{level:<9}]")
-    parts.append(f"{name:<30}" if event else name)
-    for key in sorted(event):
-        value = event[key]
-        parts.append(f"{key}={value if isinstance(value, str) else repr(value)}")
+    if event:
+        parts.append(f"{name:<30}")
+        # One comprehension, no call per field: this runs for every access line.
+        parts += [
+            f"{key}={value}" if isinstance(value, str) else f"{key}={value!r}"
+            for key, value in sorted(event.items())
+        ]
+    else:
+        parts.append(name)
     text = " ".join(parts)
     if stack:
         text += "\n" + str(stack)

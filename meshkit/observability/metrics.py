@@ -33,6 +33,9 @@ from ..nodes.probe import OUTCOMES
 #: The label value of anything the configuration does not name.
 OTHER = "other"
 
+#: How a streamed answer can reach the caller, the values of the ``path`` label.
+STREAM_PATHS = ("spliced", "pulled")
+
 #: Most model names learned from upstream model lists (a bound on cardinality).
 MAX_MODELS = 64
 
@@ -190,6 +193,13 @@ class Metrics:
             ("pipeline",),
             "counter",
         )
+        self.streams = Series(
+            "meshkit_streams",
+            "Streamed answers by how they reached the caller: spliced (written from the "
+            "upstream's callbacks) or pulled (chunk by chunk through the graph).",
+            ("pipeline", "path"),
+            "counter",
+        )
         self.models: set[str] = set()
         self._learned = 0
         self._replicas: list[ReplicaSet] = []
@@ -230,6 +240,8 @@ class Metrics:
         for pipeline, nodes in pipelines.items():
             self.in_flight.inc((pipeline,), 0.0)
             self.disconnects.inc((pipeline,), 0.0)
+            for path in STREAM_PATHS:
+                self.streams.inc((pipeline, path), 0.0)
             for node in nodes:
                 self.node_duration.touch((pipeline, node))
         for pipeline, dialect in dialects:
@@ -256,6 +268,7 @@ class Metrics:
         yield self.upstream.family()
         yield self._up()
         yield self.disconnects.family()
+        yield self.streams.family()
 
     def _up(self) -> Metric:
         """``meshkit_upstream_up``, read from the replicas' state when scraped (no work

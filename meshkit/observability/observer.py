@@ -20,7 +20,7 @@ from ..nodes.base import MicroService
 from ..nodes.llm import RemoteLLM
 from ..nodes.probe import NOOP, RequestObserver
 from .metrics import OTHER, Metrics
-from .record import Record
+from .record import Labels, Record
 from .tracing import Tracing, from_environment
 
 
@@ -49,7 +49,7 @@ METRICS_PATH = "/metrics"
 #: Paths never counted (probes and scrapes would drown the traffic they watch).
 UNCOUNTED = frozenset({"/healthz", "/readyz", METRICS_PATH})
 
-_UNROUTED = (OTHER, OTHER, OTHER)
+_UNROUTED = Labels(OTHER, OTHER, OTHER)
 
 
 def observe(request: web.Request, model: str | None, stream: bool) -> RequestObserver:
@@ -79,7 +79,7 @@ class Observer:
         self.metrics = Metrics() if metrics else None
         self.tracing: Tracing | None = from_environment() if isinstance(tracing, str) else tracing
         self._request_id = request_id
-        self._labels: dict[Any, tuple[str, str, str]] = {}
+        self._labels: dict[Any, Labels] = {}
 
     # -- building -----------------------------------------------------------------------
 
@@ -97,7 +97,7 @@ class Observer:
                 ):
                     best = route
             if best is not None:
-                self._labels[resource] = (best.orchestrator.name, best.dialect, path)
+                self._labels[resource] = Labels(best.orchestrator.name, best.dialect, path)
         if self.metrics is not None:
             self._prepare(routes)
             app.router.add_get(METRICS_PATH, self.scrape)
@@ -140,11 +140,10 @@ class Observer:
         if labels is _UNROUTED and request.path in UNCOUNTED:
             return await handler(request)
         rid = self._request_id(request)
-        pipeline = labels[0]
-        record = Record(self, pipeline, labels[1], labels[2], rid, request.headers, request.method)
+        record = Record(self, labels, rid, request.headers, request.method)
         request[RECORD] = record
         gauge = None if self.metrics is None else self.metrics.in_flight
-        key = (pipeline,)
+        key = labels.pipeline_key
         if gauge is not None:
             gauge.inc(key)
         status = 500
@@ -153,7 +152,9 @@ class Observer:
             status = response.status
             if not response.prepared:
                 response.headers.setdefault("X-Request-ID", record.rid)
-                code = response.get(ERROR_CODE)
+                # Only an error carries a code: no failed look-up (a raised KeyError
+                # inside the mapping) on every answer.
+                code = response.get(ERROR_CODE) if status >= 400 else None
                 if code is not None and record.error is None:
                     record.error = code
             return response
@@ -168,7 +169,12 @@ class Observer:
         finally:
             if gauge is not None:
                 gauge.dec(key)
-            record.finish(status)
+            # Observed once the answer is on its way: aiohttp sends a returned response
+            # after this middleware, in the same step of the task, so the metrics and
+            # the access line (~20 µs) no longer delay it, and the duration runs to
+            # the last byte as documented. The callback runs before anything the
+            # caller can send next.
+            asyncio.get_running_loop().call_soon(record.finish, status)
 
     async def scrape(self, request: web.Request) -> web.Response:
         """``GET /metrics``: the exposition, OpenMetrics when the scraper asks for it."""

@@ -50,6 +50,42 @@ def _outcome(exc: BaseException) -> str:
     return "error"
 
 
+class Labels:
+    """One mounted resource's label values and the metric keys its requests update,
+    made once when the app is built instead of as tuples on every request.
+
+    Args:
+        pipeline: Pipeline label (``other`` for unrouted paths).
+        dialect: Dialect label.
+        route: The route's path template (never the raw path).
+    """
+
+    __slots__ = ("_codes", "_nodes", "dialect", "pipeline", "pipeline_key", "route", "route_key")
+
+    def __init__(self, pipeline: str, dialect: str, route: str) -> None:
+        self.pipeline = pipeline
+        self.dialect = dialect
+        self.route = route
+        self.pipeline_key = (pipeline,)
+        self.route_key = (pipeline, dialect)
+        self._codes: dict[int, tuple[str, str, str]] = {}
+        self._nodes: dict[str, tuple[str, str]] = {}
+
+    def code_key(self, status: int) -> tuple[str, str, str]:
+        """The key of ``meshkit_requests`` for an answer with ``status``."""
+        key = self._codes.get(status)
+        if key is None:
+            key = self._codes[status] = (self.pipeline, self.dialect, str(status))
+        return key
+
+    def node_key(self, node: str) -> tuple[str, str]:
+        """The key of ``meshkit_node_duration_seconds`` for ``node``."""
+        key = self._nodes.get(node)
+        if key is None:
+            key = self._nodes[node] = (self.pipeline, node)
+        return key
+
+
 class _Node(NodeProbe):
     """A node's run: its duration (to its stream's end) and its span."""
 
@@ -102,7 +138,7 @@ class _Node(NodeProbe):
         metrics = record.observer.metrics
         if metrics is not None:
             metrics.node_duration.observe(
-                (record.pipeline, self.name), time.perf_counter() - self.start
+                record.labels.node_key(self.name), time.perf_counter() - self.start
             )
         if self.span is not None:
             if exc is not None:
@@ -170,9 +206,7 @@ class Record(RequestObserver):
 
     Args:
         observer: The gateway's observer (metrics, tracing, labels).
-        pipeline: Pipeline label (``other`` for unrouted paths).
-        dialect: Dialect label.
-        route: The route's path template (never the raw path).
+        labels: The labels of the resource the request was routed to.
         rid: Request id (the caller's ``X-Request-ID`` or a new one).
         headers: The caller's headers (for ``traceparent``).
         method: HTTP method.
@@ -186,11 +220,13 @@ class Record(RequestObserver):
         "error",
         "error_service",
         "first",
+        "labels",
         "left",
         "model",
         "observer",
         "open_nodes",
         "parent",
+        "path",
         "pipeline",
         "prepared",
         "response",
@@ -205,18 +241,17 @@ class Record(RequestObserver):
     def __init__(
         self,
         observer: Observer,
-        pipeline: str,
-        dialect: str,
-        route: str,
+        labels: Labels,
         rid: str,
         headers: Mapping[str, str],
         method: str,
     ) -> None:
         self.start = time.perf_counter()
         self.observer = observer
-        self.pipeline = pipeline
-        self.dialect = dialect
-        self.route = route
+        self.labels = labels
+        self.pipeline = pipeline = labels.pipeline
+        self.dialect = labels.dialect
+        self.route = route = labels.route
         self.rid = rid
         self.model: str | None = None
         self.stream = False
@@ -228,6 +263,8 @@ class Record(RequestObserver):
         self.end: float | None = None
         self.sent = 0
         self.ends: list[Chunk] = []
+        #: How a streamed answer reached the caller ("spliced" or "pulled").
+        self.path: str | None = None
         self.response: Completion | None = None
         self.open_nodes: list[_Node] = []
         self.attempts: list[_Attempt] = []
@@ -260,14 +297,6 @@ class Record(RequestObserver):
             self.span.set_attribute("gen_ai.request.model", model)
         return self
 
-    def see(self, chunk: Chunk, data: bytes | None) -> None:
-        if data:
-            if self.first is None:
-                self.first = time.perf_counter()
-            self.sent += 1
-        if chunk.usage is not None or chunk.finish_reason is not None:
-            self.ends.append(chunk)
-
     def streamed(self, tally: Tally | None) -> None:
         self.end = time.perf_counter()
         self.prepared = True
@@ -275,6 +304,7 @@ class Record(RequestObserver):
             self.first = tally.first
             self.sent = tally.sent
             self.ends = tally.ends
+            self.path = "spliced" if tally.spliced else "pulled"
 
     def completed(self, completion: Completion) -> None:
         self.response = completion
@@ -361,10 +391,13 @@ class Record(RequestObserver):
                     attempt.span.end()
         if metrics is not None:
             pipeline = self.pipeline
-            metrics.requests.inc((pipeline, self.dialect, str(status)))
-            metrics.duration.observe((pipeline, self.dialect), duration)
+            labels = self.labels
+            metrics.requests.inc(labels.code_key(status))
+            metrics.duration.observe(labels.route_key, duration)
             if self.left:
-                metrics.disconnects.inc((pipeline,))
+                metrics.disconnects.inc(labels.pipeline_key)
+            if self.path is not None:
+                metrics.streams.inc((pipeline, self.path))
             model = metrics.model(self.model)
             if self.model and model != self.model and 200 <= status < 300:
                 metrics.learn_models((self.model,))  # the upstream answered: it knows it

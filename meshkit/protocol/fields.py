@@ -15,11 +15,12 @@ from .types import ROLES
 
 def parse_object(body: bytes) -> dict[str, Any]:
     """Decode a request body that must be one JSON object."""
-    if not body.strip():
-        raise BadRequest("request body is empty; send a JSON object")
     try:
         obj = _json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
+        # Only a body that fails to parse is looked at again (no copy of every body).
+        if not body.strip():
+            raise BadRequest("request body is empty; send a JSON object") from None
         raise BadRequest(f"request body is not valid JSON: {exc}") from exc
     except RecursionError as exc:  # the stdlib parser on absurd nesting (orjson says so)
         raise BadRequest("request body is nested too deeply") from exc

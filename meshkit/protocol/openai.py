@@ -44,6 +44,8 @@ _MODELLED = frozenset(
         "top_logprobs",
     }
 )
+#: The fields of a plain chat request, read by :func:`parse_request`'s short path.
+_PLAIN = frozenset({"model", "messages", "stream"})
 _MESSAGE_FIELDS = frozenset(
     {"role", "content", "tool_calls", "tool_call_id", "name", "reasoning_content", "reasoning"}
 )
@@ -79,6 +81,14 @@ def parse_request(body: bytes) -> ChatRequest:
     obj = f.parse_object(body)
     items = f.message_list(obj)
     messages = tuple(_message(item, f"messages[{i}]") for i, item in enumerate(items))
+    if obj.keys() <= _PLAIN:
+        # Nothing but a model, messages and a stream switch (the usual chat): the
+        # other fields' readers would each find their field absent.
+        return ChatRequest(
+            messages=messages,
+            model=f.opt_str(obj, "model") or None,
+            stream=f.opt_bool(obj, "stream", False),
+        )
     n = f.opt_int(obj, "n", low=1)
     if n not in (None, 1):
         raise BadRequest("'n' must be 1: meshkit returns one choice", param="n")
@@ -384,9 +394,8 @@ class Upstream:
                             choice.get("finish_reason"),
                             _usage(usage) if usage else None,
                             obj.get("model"),
-                            raw=payload,
                             id=obj.get("id"),
-                        )
+                        ).relaying(payload)
                     ]
                 return [
                     Chunk(
@@ -394,16 +403,17 @@ class Upstream:
                         choice.get("finish_reason"),
                         _usage(usage) if usage else None,
                         obj.get("model"),
-                        raw=payload,
                         reasoning=delta.get("reasoning_content") or delta.get("reasoning") or "",
                         tool_calls=_deltas(delta.get("tool_calls")),
                         logprobs=logprobs or None,
                         id=obj.get("id"),
-                    )
+                    ).relaying(payload)
                 ]
             if usage:
                 return [
-                    Chunk("", None, _usage(usage), obj.get("model"), raw=payload, id=obj.get("id"))
+                    Chunk("", None, _usage(usage), obj.get("model"), id=obj.get("id")).relaying(
+                        payload
+                    )
                 ]
         except (AttributeError, TypeError, ValueError, KeyError) as exc:
             raise self._malformed("event in stream") from exc
@@ -421,7 +431,7 @@ class Upstream:
                 _usage(obj.get("usage")),
                 obj.get("model") or request.model,
                 reasoning=message.get("reasoning_content") or message.get("reasoning") or "",
-                tool_calls=tuple(_call(c) for c in message.get("tool_calls") or ()),
+                tool_calls=tuple(map(_call, calls)) if (calls := message.get("tool_calls")) else (),
                 logprobs=choice.get("logprobs") or None,
             )
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:

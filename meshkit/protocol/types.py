@@ -188,11 +188,12 @@ class Chunk:
     ``logprobs`` (OpenAI's ``choice.logprobs`` object, as the upstream sent it). Any of
     them is the answer's first byte, for timeouts and time to first token.
 
-    ``raw`` is the upstream's own OpenAI ``data:`` payload when the chunk came from an
-    OpenAI-compatible server unchanged; the OpenAI dialect may relay it byte for byte
-    when its ``id`` is the id the answer goes out under.
-    Any node that changes the chunk must drop ``raw`` (``attrs.evolve`` keeps it, so use
-    :meth:`replace_text` or :meth:`replace`).
+    ``raw`` is the upstream's own OpenAI ``data:`` payload when the chunk is that
+    payload's parse, unchanged; the OpenAI dialect may relay it byte for byte when its
+    ``id`` is the id the answer goes out under. Only :meth:`relaying` sets it, on a
+    chunk just built: it is no ``__init__`` argument, so every copy (:meth:`replace`,
+    ``attrs.evolve``) is without it, and a node that changes a chunk cannot relay
+    stale bytes.
     """
 
     text: str = ""
@@ -200,7 +201,7 @@ class Chunk:
     usage: Usage | None = None
     model: str | None = None
     meta: Mapping[str, Any] | None = None
-    raw: bytes | None = attrs.field(default=None, eq=False, repr=False)
+    raw: bytes | None = attrs.field(default=None, init=False, eq=False, repr=False)
     reasoning: str = attrs.field(default="", kw_only=True)
     tool_calls: tuple[ToolCallDelta, ...] = attrs.field(default=(), kw_only=True)
     logprobs: Mapping[str, Any] | None = attrs.field(default=None, kw_only=True)
@@ -217,10 +218,17 @@ class Chunk:
         return self.replace(text=text)
 
     def replace(self, **changes: Any) -> Chunk:
-        """A copy with ``changes`` applied and no raw payload."""
-        changes.setdefault("raw", None)
+        """A copy with ``changes`` applied (and, as every copy, no raw payload)."""
         return attrs.evolve(self, **changes)
 
+    def relaying(self, payload: bytes) -> Chunk:
+        """This chunk, just built as the parse of ``payload``, carrying it as ``raw``."""
+        _set(self, "raw", payload)
+        return self
+
+
+#: How :meth:`Chunk.relaying` sets the one field that is not an ``__init__`` argument.
+_set = object.__setattr__
 
 ChunkStream: TypeAlias = AsyncIterator[Chunk]
 

@@ -269,6 +269,11 @@ class GatewaySpec:
         "seconds a stalled caller's stream may wait before it ends",
         60.0,
     )
+    splice: bool = setting(
+        kinds.BOOLEAN,
+        "relay a one-LLM pipeline's stream from the upstream's callbacks (false: pull it)",
+        True,
+    )
 
 
 @attrs.frozen

@@ -1,0 +1,288 @@
+"""The writer of a streamed answer: one :class:`Sink` per response, and nothing else writes.
+
+:func:`stream_answer` opens the response, then has the pipeline's stream reach the
+caller through its sink one of two ways, with the same bytes either way: *spliced*
+when the stream is a :class:`~meshkit.protocol.push.PushStream` (a pipeline that is one
+remote LLM: each chunk is encoded and written from the upstream connection's own
+callback), else *pulled* chunk by chunk. The gateway setting ``splice: false`` pulls
+every stream. Which way each answer went is counted in ``meshkit_streams_total``.
+
+Every byte of the response goes through the sink: the head (aiohttp's public
+``send_headers``, in its stream-writer interface since 3.12, so no aiohttp default
+decides when it leaves), each event (one
+``transport.write``, chunk-framed, no await), and the last event with the end of the
+body (``write_eof``). Backpressure waits on the transport's own resume-writing signal
+(aiohttp's ``drain``), bounded by ``send_timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import attrs
+import structlog
+from aiohttp import web
+
+from ..errors import InternalError, MeshError
+from ..nodes.probe import RequestObserver
+from ..protocol.push import PushStream
+from ..protocol.streams import aclose
+from ..protocol.types import Chunk
+
+log = structlog.get_logger(__name__)
+
+
+@attrs.frozen
+class Streaming:
+    """How the gateway writes streamed answers (the ``gateway`` section's settings).
+
+    Attributes:
+        send_timeout: Seconds a stream waits for a caller that reads nothing before it
+            ends the stream and closes the caller's connection (0: wait for ever).
+        splice: Relay a one-LLM pipeline's stream from the upstream's callbacks
+            (False: pull every stream chunk by chunk).
+    """
+
+    send_timeout: float = 60.0
+    splice: bool = True
+
+
+#: App setting: how streamed answers are written (defaults when absent).
+STREAMING = web.AppKey("meshkit.streaming", Streaming)
+_DEFAULT = Streaming()
+
+
+async def stream_answer(
+    request: web.Request,
+    stream: AsyncIterator[Chunk],
+    encode: Callable[[Chunk], bytes | None],
+    end: Callable[[], bytes],
+    error: Callable[[MeshError], bytes],
+    headers: dict[str, str],
+    observer: RequestObserver,
+    rid: str,
+) -> web.StreamResponse:
+    """Write ``stream`` as a streamed response (``encode`` per chunk, ``end`` or
+    ``error`` last), closing the stream however the response ends."""
+    settings = request.app.get(STREAMING, _DEFAULT)
+    response = web.StreamResponse(headers=headers)
+    sink: Sink | None = None
+    try:
+        sink = await Sink.open(request, response, encode, settings.send_timeout)
+        try:
+            if settings.splice and isinstance(stream, PushStream):
+                sink.spliced = True
+                await stream.splice(sink)
+            else:
+                async for chunk in stream:
+                    if not sink.emit(chunk):
+                        raise ConnectionResetError("the caller went away")
+                    if sink.full:
+                        await sink.drain()
+        except MeshError as err:
+            observer.failed(err)
+            log.warning("meshkit.stream.failed", request_id=rid, error=err.message)
+            last = error(err)
+        except (ConnectionResetError, BrokenPipeError):
+            raise
+        except Exception:
+            log.exception("meshkit.stream.crashed", request_id=rid)
+            crash = InternalError("internal error in the pipeline")
+            observer.failed(crash)
+            last = error(crash)
+        else:
+            last = end()
+        await sink.close(last)
+    except (ConnectionResetError, BrokenPipeError):
+        observer.gone()
+        log.info("meshkit.client.gone", request_id=rid)
+    finally:
+        observer.streamed(sink)
+        await aclose(stream)
+    return response
+
+
+class Sink:
+    """The only writer of one streamed response (a :class:`~meshkit.protocol.push.ChunkSink`).
+
+    :meth:`emit` encodes a chunk and writes it with one ``transport.write``, framed as
+    the response's transfer encoding says, with no await: a spliced stream calls it
+    from the upstream connection's callback. A producer stops once :attr:`full` and
+    waits for :meth:`drain`, which ends on the transport's signal that the caller read
+    its buffer down (asyncio's ``resume_writing``, as aiohttp's ``drain`` awaits it),
+    or after ``send_timeout`` seconds without it: the caller's connection is then
+    aborted and the stream ends as for a caller that left.
+
+    Attributes:
+        first: ``time.perf_counter()`` when the first byte of an event was written.
+        sent: Events written.
+        ends: Chunks that carried a finish reason or usage.
+        spliced: The stream was spliced into the sink (not pulled).
+    """
+
+    __slots__ = (
+        "_chunk",
+        "_chunked",
+        "_encode",
+        "_response",
+        "_send_timeout",
+        "_transport",
+        "_writer",
+        "ends",
+        "first",
+        "sent",
+        "spliced",
+    )
+
+    #: Caller-side buffer sizes (bytes) past which the sink is full, and down to which
+    #: the caller must read before a wait ends (set as the transport's own limits, so
+    #: its pause and resume signals mean exactly that).
+    HIGH_WATER = 1 << 16
+    LOW_WATER = 1 << 14
+
+    def __init__(
+        self,
+        response: web.StreamResponse,
+        writer: Any,
+        transport: asyncio.Transport,
+        encode: Callable[[Chunk], bytes | None],
+        send_timeout: float,
+    ) -> None:
+        self._response = response
+        self._writer = writer
+        self._transport = transport
+        # Framed as aiohttp framed the head (it chunks a body of unknown length).
+        self._chunked = "chunked" in response.headers.get("Transfer-Encoding", "").lower()
+        self._chunk = encode
+        self._encode: Callable[[Chunk], bytes | None] = self._first_encode  # then ``encode``
+        self._send_timeout = send_timeout
+        self.first: float | None = None
+        self.sent = 0
+        self.ends: list[Chunk] = []
+        self.spliced = False
+
+    @classmethod
+    async def open(
+        cls,
+        request: web.Request,
+        response: web.StreamResponse,
+        encode: Callable[[Chunk], bytes | None],
+        send_timeout: float,
+    ) -> Sink:
+        """Send ``response``'s head and return its sink.
+
+        Raises:
+            ConnectionResetError: The caller is gone already.
+        """
+        writer = await response.prepare(request)
+        transport = request.transport
+        if writer is None or transport is None or transport.is_closing():
+            raise ConnectionResetError("the caller went away")
+        sink: Sink = (_Compressed if response.compression else cls)(
+            response, writer, transport, encode, send_timeout
+        )
+        sink._start()
+        return sink
+
+    def _start(self) -> None:
+        self._transport.set_write_buffer_limits(high=self.HIGH_WATER, low=self.LOW_WATER)
+        # The head leaves now, before any event is written past aiohttp's writer
+        # (aiohttp may hold it back to send it with the first body bytes).
+        self._writer.send_headers()
+
+    def _first_encode(self, chunk: Chunk) -> bytes | None:
+        """Encode until the first byte, noting when it goes out (time to first token)."""
+        data = self._chunk(chunk)
+        if data:
+            self.first = time.perf_counter()
+            self._encode = self._chunk
+        return data
+
+    def emit(self, chunk: Chunk) -> bool:
+        """Write one chunk now; False when the caller has gone away."""
+        if chunk.finish_reason is not None or chunk.usage is not None:
+            self.ends.append(chunk)  # the few chunks the answer's counts come from
+        data = self._encode(chunk)
+        if not data:
+            return True
+        transport = self._transport
+        if transport.is_closing():
+            return False
+        transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
+        self.sent += 1
+        return True
+
+    @property
+    def full(self) -> bool:
+        """Whether the caller's buffer is past the high-water mark."""
+        return self._transport.get_write_buffer_size() > self.HIGH_WATER
+
+    async def drain(self) -> None:
+        """Wait until the caller has read its buffer down to the low-water mark.
+
+        The wait is aiohttp's ``drain``, which returns when the transport resumes
+        writing; a transport without flow control is never waited on.
+
+        Raises:
+            ConnectionResetError: The caller left, or read nothing for
+                ``send_timeout`` seconds (its connection is then aborted).
+        """
+        try:
+            async with asyncio.timeout(self._send_timeout or None):
+                await self._writer.drain()
+        except TimeoutError:
+            size = self._transport.get_write_buffer_size()
+            log.warning(
+                "meshkit.stream.stalled", send_timeout=self._send_timeout, unsent_bytes=size
+            )
+            self._transport.abort()
+            raise ConnectionResetError(
+                f"the caller read nothing for {self._send_timeout:g} s"
+            ) from None
+        except ConnectionError as exc:
+            raise ConnectionResetError("the caller went away") from exc
+
+    async def close(self, last: bytes) -> None:
+        """Write the last event and end the body."""
+        await self._response.write_eof(last)
+
+
+class _Compressed(Sink):
+    """A sink for a compressed response: events go through aiohttp's compressor, so
+    each is held until :meth:`drain` (it is :attr:`full` meanwhile)."""
+
+    __slots__ = ("_held",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._held: list[bytes] = []
+
+    def _start(self) -> None:
+        pass  # the head leaves with the first compressed bytes
+
+    def emit(self, chunk: Chunk) -> bool:
+        if chunk.finish_reason is not None or chunk.usage is not None:
+            self.ends.append(chunk)
+        data = self._encode(chunk)
+        if data:
+            if self._transport.is_closing():
+                return False
+            self._held.append(data)
+            self.sent += 1
+        return True
+
+    @property
+    def full(self) -> bool:
+        return bool(self._held)
+
+    async def drain(self) -> None:
+        held, self._held = self._held, []
+        if held:
+            await self._response.write(b"".join(held))
+
+    async def close(self, last: bytes) -> None:
+        await self.drain()
+        await self._response.write_eof(last)
