@@ -12,9 +12,11 @@ HTTP/1.1 framing, and that a slow caller slows the upstream instead of filling m
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import struct
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -28,6 +30,7 @@ from meshkit.graph.mesh import Mesh
 from meshkit.nodes.llm import RemoteLLM
 from meshkit.spec import loads
 from meshkit.testing import FakeLLM
+from meshkit.testing_wire import Script
 
 from .conftest import mesh_yaml, until
 from .test_metrics import scrape, value
@@ -287,6 +290,116 @@ class TestSlowCaller:
         assert replica.failures == 0  # the caller's doing, not the upstream's
 
 
+class TestEventsOfOneRead:
+    """Several upstream events in one TCP read reach the caller whole, in order, before
+    the end (the sink writes a read's events together, and flushes them before the end
+    or an error event)."""
+
+    @pytest.mark.parametrize("fault", [None, "error"], ids=["whole", "broken"])
+    @pytest.mark.parametrize("split", [False, True], ids=["one-read", "head-first"])
+    @pytest.mark.parametrize("api", ["openai", "ollama"])
+    async def test_a_reads_events_arrive_intact_and_in_order(
+        self, gateway, api: str, split: bool, fault: str | None
+    ) -> None:
+        tokens = [f" t{i}" for i in range(8)]
+        script = Script(body={}, model="llama3.2:1b", tokens=tokens)
+        if api == "openai":
+            steps = script.openai_steps("chatcmpl-1")
+            end = b'data: {"error": {"message": "boom"}}\n\n' if fault else script.openai_end("x")
+            kind, path = "text/event-stream", "/v1/chat/completions"
+        else:
+            steps = script.ollama_steps()
+            end = b'{"error": "boom"}\n' if fault else script.ollama_end()
+            kind, path = "application/x-ndjson", "/api/chat"
+        async with one_segment_upstream(kind, [*steps, end], split) as (url, go_on):
+            gw = await gateway(mesh_yaml(url, api=api))
+            sock = await post_raw(gw.server.host, gw.server.port, CHAT, path)
+            try:
+                raw = b""
+                if split:  # the rest follows once the first event has reached the caller
+                    raw = await read_until(sock, b"t0", within=30)
+                    go_on.set()
+                raw += await read_until(sock, b"\r\n0\r\n\r\n", within=30)
+            finally:
+                sock.close()
+        head, _, body = raw.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+        payload = strict_dechunk(body)
+        if api == "openai":
+            events = sse_payloads(payload)
+            last = events[-1]
+            texts = [
+                e["choices"][0]["delta"].get("content", "") for e in events[:-1] if e["choices"]
+            ]
+        else:
+            events = [json.loads(x) for x in payload.splitlines()]
+            last = events[-1]
+            texts = [e["message"]["content"] for e in events[:-1] if "message" in e]
+        assert "".join(texts) == "".join(tokens)  # every event, in order
+        if fault:
+            assert "error" in last and "boom" in json.dumps(last)
+        elif api == "openai":
+            assert last == "[DONE]"
+        else:
+            assert last["done"] is True
+
+
+@contextlib.asynccontextmanager
+async def one_segment_upstream(
+    kind: str, pieces: list[bytes], split: bool
+) -> AsyncIterator[tuple[str, asyncio.Event]]:
+    """An upstream that answers every request with ``pieces`` (one HTTP chunk each) in
+    ONE send: head and all (or, ``split``, the head and first piece, then the rest in
+    one send once the event it yields is set)."""
+    go_on = asyncio.Event()
+    open_: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        open_[task] = writer
+        try:
+            for _ in range(100):  # health probes, then the chat request (keep-alive)
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+                if head.startswith(b"GET "):  # a health probe: the model list
+                    known = (
+                        b'{"data": [{"id": "llama3.2:1b"}], "models": [{"name": "llama3.2:1b"}]}'
+                    )
+                    writer.write(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: %d\r\n\r\n%s" % (len(known), known)
+                    )
+                    continue
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                await reader.readexactly(length)
+                frames = [b"%x\r\n%b\r\n" % (len(p), p) for p in pieces] + [b"0\r\n\r\n"]
+                start = b"HTTP/1.1 200 OK\r\nContent-Type: %s\r\n" % kind.encode()
+                start += b"Transfer-Encoding: chunked\r\n\r\n"
+                if split:
+                    writer.write(start + frames[0])
+                    await asyncio.wait_for(go_on.wait(), 30)
+                    writer.write(b"".join(frames[1:]))
+                else:
+                    writer.write(start + b"".join(frames))
+        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
+            pass
+        finally:
+            writer.close()
+            open_.pop(task, None)
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        yield f"http://127.0.0.1:{port}", go_on
+    finally:
+        server.close()
+        for writer in list(open_.values()):
+            writer.close()
+        if open_:
+            await asyncio.wait(list(open_), timeout=10)
+        await server.wait_closed()
+
+
 async def held_back(llm: FakeLLM, total: int) -> None:
     """Wait until the upstream has come to a stop well before its end (30 MB; the
     sockets' buffers on the way hold at most about 9 MB here)."""
@@ -301,8 +414,10 @@ async def held_back(llm: FakeLLM, total: int) -> None:
     assert seen < total // 2
 
 
-async def post_raw(host: str, port: int, body: dict[str, Any]) -> socket.socket:
-    """Send a chat completion request on a raw socket (nothing read yet)."""
+async def post_raw(
+    host: str, port: int, body: dict[str, Any], path: str = "/v1/chat/completions"
+) -> socket.socket:
+    """Send a chat request on a raw socket (nothing read yet)."""
     sock = socket.socket()
     sock.setblocking(False)
     loop = asyncio.get_running_loop()
@@ -310,8 +425,9 @@ async def post_raw(host: str, port: int, body: dict[str, Any]) -> socket.socket:
     data = json.dumps(body).encode()
     await loop.sock_sendall(
         sock,
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
-        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(data), data),
+        b"POST %s HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+        % (path.encode(), len(data), data),
     )
     return sock
 

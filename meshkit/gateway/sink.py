@@ -127,6 +127,9 @@ class Sink:
         "_chunk",
         "_chunked",
         "_encode",
+        "_held",
+        "_held_size",
+        "_loop",
         "_response",
         "_send_timeout",
         "_transport",
@@ -154,6 +157,9 @@ class Sink:
         self._response = response
         self._writer = writer
         self._transport = transport
+        self._loop = asyncio.get_running_loop()
+        self._held: list[bytes] = []  # framed events not written yet (this loop pass's)
+        self._held_size = 0
         # Framed as aiohttp framed the head (it chunks a body of unknown length).
         self._chunked = "chunked" in response.headers.get("Transfer-Encoding", "").lower()
         self._chunk = encode
@@ -202,23 +208,39 @@ class Sink:
         return data
 
     def emit(self, chunk: Chunk) -> bool:
-        """Write one chunk now; False when the caller has gone away."""
+        """Take one chunk now, written by the end of this loop pass; False when the
+        caller has gone away."""
         if chunk.finish_reason is not None or chunk.usage is not None:
             self.ends.append(chunk)  # the few chunks the answer's counts come from
         data = self._encode(chunk)
         if not data:
             return True
-        transport = self._transport
-        if transport.is_closing():
+        if self._transport.is_closing():
             return False
-        transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
+        held = self._held
+        if not held:
+            # The first event of this pass: the others that arrive in the same pass
+            # (one upstream read often carries several) leave with it, in one write.
+            self._loop.call_soon(self._flush)
+        held.append(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
+        self._held_size += len(data)
         self.sent += 1
         return True
+
+    def _flush(self) -> None:
+        """Write the events held since the last write, with one ``transport.write``."""
+        held = self._held
+        if not held:
+            return
+        self._held = []
+        self._held_size = 0
+        if not self._transport.is_closing():  # (a caller that left reads nothing)
+            self._transport.write(held[0] if len(held) == 1 else b"".join(held))
 
     @property
     def full(self) -> bool:
         """Whether the caller's buffer is past the high-water mark."""
-        return self._transport.get_write_buffer_size() > self.HIGH_WATER
+        return self._transport.get_write_buffer_size() + self._held_size > self.HIGH_WATER
 
     async def drain(self) -> None:
         """Wait until the caller has read its buffer down to the low-water mark.
@@ -230,6 +252,7 @@ class Sink:
             ConnectionResetError: The caller left, or read nothing for
                 ``send_timeout`` seconds (its connection is then aborted).
         """
+        self._flush()
         try:
             async with asyncio.timeout(self._send_timeout or None):
                 await self._writer.drain()
@@ -246,7 +269,8 @@ class Sink:
             raise ConnectionResetError("the caller went away") from exc
 
     async def close(self, last: bytes) -> None:
-        """Write the last event and end the body."""
+        """Write the last event and end the body (after every event held)."""
+        self._flush()
         await self._response.write_eof(last)
 
 
@@ -254,11 +278,7 @@ class _Compressed(Sink):
     """A sink for a compressed response: events go through aiohttp's compressor, so
     each is held until :meth:`drain` (it is :attr:`full` meanwhile)."""
 
-    __slots__ = ("_held",)
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._held: list[bytes] = []
+    __slots__ = ()
 
     def _start(self) -> None:
         pass  # the head leaves with the first compressed bytes
