@@ -9,10 +9,11 @@ every stream. Which way each answer went is counted in ``meshkit_streams_total``
 
 Every byte of the response goes through the sink: the head (aiohttp's public
 ``send_headers``, in its stream-writer interface since 3.12, so no aiohttp default
-decides when it leaves), each event (one
-``transport.write``, chunk-framed, no await), and the last event with the end of the
-body (``write_eof``). Backpressure waits on the transport's own resume-writing signal
-(aiohttp's ``drain``), bounded by ``send_timeout``.
+decides when it leaves), the events (chunk-framed, no await; the events of one loop
+pass, which is one upstream read on the fast path, leave together in one
+``transport.write``), and the last event with the end of the body (``write_eof``,
+after any event still held). Backpressure waits on the transport's own resume-writing
+signal (aiohttp's ``drain``), bounded by ``send_timeout``.
 """
 
 from __future__ import annotations
@@ -108,16 +109,21 @@ async def stream_answer(
 class Sink:
     """The only writer of one streamed response (a :class:`~meshkit.protocol.push.ChunkSink`).
 
-    :meth:`emit` encodes a chunk and writes it with one ``transport.write``, framed as
-    the response's transfer encoding says, with no await: a spliced stream calls it
-    from the upstream connection's callback. A producer stops once :attr:`full` and
-    waits for :meth:`drain`, which ends on the transport's signal that the caller read
-    its buffer down (asyncio's ``resume_writing``, as aiohttp's ``drain`` awaits it),
+    :meth:`emit` encodes a chunk, framed as the response's transfer encoding says,
+    with no await: a spliced stream calls it from the upstream connection's callback.
+    The events emitted in one loop pass leave together with one ``transport.write``
+    at the end of the pass (one upstream read often carries several, each otherwise a
+    system call of its own); every other write, the last event's or a wait's, first
+    writes what is held, so nothing is reordered or held past the pass. A producer
+    stops once :attr:`full` (held bytes count) and waits for :meth:`drain`, which ends
+    on the transport's signal that the caller read its buffer down (asyncio's
+    ``resume_writing``, as aiohttp's ``drain`` awaits it),
     or after ``send_timeout`` seconds without it: the caller's connection is then
     aborted and the stream ends as for a caller that left.
 
     Attributes:
-        first: ``time.perf_counter()`` when the first byte of an event was written.
+        first: ``time.perf_counter()`` when the first byte of an event was emitted
+            (it is written by the end of that loop pass).
         sent: Events written.
         ends: Chunks that carried a finish reason or usage.
         spliced: The stream was spliced into the sink (not pulled).

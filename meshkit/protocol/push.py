@@ -26,7 +26,12 @@ class ChunkSink(Protocol):
     """Where a stream's chunks go, one writer per answer."""
 
     def emit(self, chunk: Chunk) -> bool:
-        """Take one chunk now, without waiting; False when the reader is gone (stop)."""
+        """Take one chunk now, without waiting; False when the reader is gone (stop).
+
+        A sink may hold the chunk until the end of the loop pass, to write all the
+        chunks of one read together, but never past it, and never after anything it
+        writes later.
+        """
         ...
 
     @property
