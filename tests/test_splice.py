@@ -291,9 +291,7 @@ class TestSlowCaller:
 
 
 class TestEventsOfOneRead:
-    """Several upstream events in one TCP read reach the caller whole, in order, before
-    the end (the sink writes a read's events together, and flushes them before the end
-    or an error event)."""
+    """Several upstream events in one read reach the caller whole and in order, then the end."""
 
     @pytest.mark.parametrize("fault", [None, "error"], ids=["whole", "broken"])
     @pytest.mark.parametrize("split", [False, True], ids=["one-read", "head-first"])
@@ -301,6 +299,9 @@ class TestEventsOfOneRead:
     async def test_a_reads_events_arrive_intact_and_in_order(
         self, gateway, api: str, split: bool, fault: str | None
     ) -> None:
+        """one-read: the whole answer, end or error event included, in the read that
+        carries the head (the splice returns without waiting); head-first: every event
+        after the first, and the end, in one later read."""
         tokens = [f" t{i}" for i in range(8)]
         script = Script(body={}, model="llama3.2:1b", tokens=tokens)
         if api == "openai":
