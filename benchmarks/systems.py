@@ -291,6 +291,42 @@ class AiohttpFloor(System):
         wait_http(self.url + "/v1/models", self.startup_timeout, proc.alive)
 
 
+class LeanFloor(System):
+    """A protocol-level relay on meshkit's own client (``lean_floor.py``): what a
+    Python gateway with a lean server side costs before any feature."""
+
+    name = "lean-floor"
+
+    def version(self) -> str:
+        described = subprocess.run(
+            ["git", "-C", str(REPO), "describe", "--always", "--dirty", "--abbrev=7"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+        return f"httptools {metadata.version('httptools')}, meshkit.client ({described})"
+
+    def _start(self, upstream: str, work: Path) -> None:
+        listen = free_port()
+        path = os.environ.get("PYTHONPATH")
+        # meshkit.client from this checkout, as the meshkit system imports it
+        env = {"PYTHONPATH": str(REPO) + (os.pathsep + path if path else "")}
+        proc = self._spawn(
+            [
+                sys.executable,
+                str(HERE / "lean_floor.py"),
+                "--port",
+                str(listen),
+                "--upstream",
+                upstream,
+            ],
+            env=env,
+            cwd=REPO,
+        )
+        self.url = f"http://127.0.0.1:{listen}"
+        wait_http(self.url + "/v1/models", self.startup_timeout, proc.alive)
+
+
 class Meshkit(System):
     """``meshkit serve <yaml>`` with the lead's env contract, run from a source tree.
 
@@ -524,6 +560,8 @@ def make(
         return Nginx(cpu)
     if name == "aiohttp":
         return AiohttpFloor(cpu)
+    if name == "lean-floor":
+        return LeanFloor(cpu)
     if name == "opea":
         return Opea(cpu)
     if name == "litellm":
@@ -545,4 +583,13 @@ def make(
     raise ValueError(f"unknown system {name!r}")
 
 
-ALL = ("direct", "nginx", "aiohttp", "meshkit", "meshkit-nometrics", "opea", "litellm")
+ALL = (
+    "direct",
+    "nginx",
+    "aiohttp",
+    "lean-floor",
+    "meshkit",
+    "meshkit-nometrics",
+    "opea",
+    "litellm",
+)

@@ -8,9 +8,13 @@ benchmark's own fake upstream in a subprocess, aiohttp servers for failures.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -200,6 +204,133 @@ class TestBurst:
         assert sorted(errors, key=str) == [None] * 19 + ["TimeoutError"]
         done = [o for o in outcomes if o.error is None]
         assert all(loadgen.verify(o.raw, 5, 5)[0] for o in done)
+
+
+@pytest.fixture
+def lean_floor(upstream: str) -> Iterator[systems.LeanFloor]:
+    """The lean floor relaying to the fake upstream, stopped after the test."""
+    system = systems.LeanFloor(0)
+    system.start(upstream.removesuffix("/v1/chat/completions"))
+    try:
+        yield system
+    finally:
+        system.stop()
+
+
+def post(url: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers (lower-cased names) and body of one POST."""
+    request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, {k.lower(): v for k, v in exc.headers.items()}, exc.read()
+
+
+class TestLeanFloor:
+    """``lean_floor.py`` relays what the upstream says, whole or chunk by chunk."""
+
+    def test_whole_answer(self, upstream: str, lean_floor: systems.LeanFloor) -> None:
+        """A JSON answer arrives whole, with its length, byte for byte the upstream's."""
+        body = b'{"model":"bench","messages":[{"role":"user","content":"chunks=16"}]}'
+        direct = post(upstream, body)
+        status, headers, relayed = post(lean_floor.chat_url, body)
+        assert (status, relayed) == (200, direct[2])
+        assert headers["content-length"] == str(len(relayed))
+        assert headers["content-type"] == "application/json"
+        assert loadgen.sequences(relayed) == list(range(16))
+
+    async def test_burst_streams(self, lean_floor: systems.LeanFloor) -> None:
+        """200 streams opened at once, each on a new connection: every one complete and in order."""
+        outcomes = await run_burst(lean_floor.chat_url, 200)
+        assert [o.error for o in outcomes] == [None] * 200
+        for out in outcomes:
+            assert loadgen.verify(out.raw, 20, 20) == (True, True, 20)
+
+    async def test_keep_alive_streams(self, lean_floor: systems.LeanFloor) -> None:
+        """Streams one after another on kept-alive connections, via ``loadgen.py``."""
+        out = await asyncio.to_thread(
+            subprocess.run,
+            [
+                sys.executable,
+                str(HERE / "loadgen.py"),
+                "--url",
+                lean_floor.chat_url,
+                "--concurrency",
+                "4",
+                "--requests",
+                "40",
+                "--chunks",
+                "64",
+                "--gap-ms",
+                "0",
+                "--timeout",
+                "30",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        summary = loadgen_json(out.stdout)
+        assert (summary["complete"], summary["in_order"], summary["errors"]) == (40, 40, {})
+
+    async def test_cut_upstream(self) -> None:
+        """A stream the upstream cuts reaches the caller cut, never as a complete answer."""
+
+        async def cut(request: web.Request) -> web.StreamResponse:
+            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await resp.prepare(request)
+            await resp.write(b"data: s00000| \n\n")
+            assert request.transport is not None
+            request.transport.close()  # no last chunk
+            return resp
+
+        async def models(request: web.Request) -> web.Response:
+            return web.json_response({"data": []})
+
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", cut)
+        app.router.add_get("/v1/models", models)
+        system = systems.LeanFloor(0)
+        async with TestServer(app) as server:
+            await asyncio.to_thread(system.start, str(server.make_url("")).rstrip("/"))
+            try:
+                outcomes = await run_burst(system.chat_url, 10)
+                assert [o.error for o in outcomes] == ["truncated chunked body"] * 10
+            finally:
+                await asyncio.to_thread(system.stop)
+
+    def test_dead_upstream(self) -> None:
+        """An upstream nobody listens on is a 502 naming the failure, not an empty 200."""
+        port = systems.free_port()
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                str(HERE / "lean_floor.py"),
+                "--port",
+                str(port),
+                "--upstream",
+                f"http://127.0.0.1:{systems.free_port()}",
+            ],
+            env={**os.environ, "PYTHONPATH": str(systems.REPO)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            url = f"http://127.0.0.1:{port}/v1/chat/completions"
+            for _ in range(100):  # bounded: until it listens (at most ~10 s)
+                try:
+                    status, _, text = post(url, b"{}")
+                    break
+                except urllib.error.URLError:
+                    time.sleep(0.1)
+            else:
+                pytest.fail("lean_floor.py did not listen within 10 s")
+            assert (status, text) == (502, b"UpstreamConnectError")
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
 
 
 def loadgen_json(stdout: str) -> dict[str, Any]:
