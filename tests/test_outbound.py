@@ -487,6 +487,14 @@ class TestDialStorm:
 
         return resolver
 
+    def fetches(self, client: HttpClient, port: int, count: int) -> list[asyncio.Future[bytes]]:
+        """``count`` GETs of the test name started at once, each needing a new connection."""
+        url = self.URL.format(port=port)
+        return [
+            asyncio.ensure_future(client.fetch("GET", url, service="llm", timeouts=Timeouts()))
+            for _ in range(count)
+        ]
+
     async def test_concurrent_dials_share_one_lookup(self) -> None:
         """20 calls opening new connections to one name at once ask the resolver once;
         nothing is kept after it answered (a later dial asks again)."""
@@ -495,14 +503,7 @@ class TestDialStorm:
             asked: list[str] = []
             release = asyncio.Event()
             async with HttpClient(resolver=self.gated_resolver(asked, release)) as client:
-                calls = [
-                    asyncio.ensure_future(
-                        client.fetch(
-                            "GET", self.URL.format(port=port), service="llm", timeouts=Timeouts()
-                        )
-                    )
-                    for _ in range(20)
-                ]
+                calls = self.fetches(client, port, 20)
                 # Every call reached the lookup in the loop pass before the one that ran
                 # the resolver: once it has been asked, all 20 are waiting on it.
                 await until(lambda: len(asked) >= 1)
@@ -520,14 +521,7 @@ class TestDialStorm:
         asked: list[str] = []
         release = asyncio.Event()
         async with HttpClient(resolver=self.gated_resolver(asked, release, fail=True)) as client:
-            calls = [
-                asyncio.ensure_future(
-                    client.fetch(
-                        "GET", self.URL.format(port=port), service="llm", timeouts=Timeouts()
-                    )
-                )
-                for _ in range(5)
-            ]
+            calls = self.fetches(client, port, 5)
             await until(lambda: len(asked) >= 1)
             release.set()
             results = await asyncio.gather(*calls, return_exceptions=True)
@@ -543,14 +537,7 @@ class TestDialStorm:
             asked: list[str] = []
             release = asyncio.Event()
             async with HttpClient(resolver=self.gated_resolver(asked, release)) as client:
-                calls = [
-                    asyncio.ensure_future(
-                        client.fetch(
-                            "GET", self.URL.format(port=port), service="llm", timeouts=Timeouts()
-                        )
-                    )
-                    for _ in range(3)
-                ]
+                calls = self.fetches(client, port, 3)
                 await until(lambda: len(asked) >= 1)
                 calls[0].cancel()  # the dial that started the lookup leaves
                 release.set()
