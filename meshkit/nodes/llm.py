@@ -303,7 +303,7 @@ class RemoteLLM(MicroService):
             if response is not None:
                 client.finish(response, ok=False)
             replicas.release(replica)
-            err = self._failure(exc, timeouts, before_first=True)
+            err = self.failure(exc, timeouts, before_first=True)
             if isinstance(exc, asyncio.CancelledError) and eviction(replica, task):
                 err = UpstreamConnectError(
                     f"{self.name}: replica went down before answering", service=self.name
@@ -323,7 +323,7 @@ class RemoteLLM(MicroService):
         replicas.release(replica)
         return probe.completed(self._codec.completion(raw, request))
 
-    def _failure(
+    def failure(
         self, exc: BaseException, timeouts: Timeouts, *, before_first: bool
     ) -> MeshError | None:
         """The meshkit error for an exception from an upstream call (None: re-raise)."""

@@ -29,7 +29,7 @@ class Owner(Protocol):
     replicas: ReplicaSet
     timeouts: Timeouts
 
-    def _failure(
+    def failure(
         self, exc: BaseException, timeouts: Timeouts, *, before_first: bool
     ) -> MeshError | None: ...
 
@@ -120,7 +120,7 @@ class UpstreamStream(PushStream):
         gateway itself is cutting streams short)."""
         if self._client.aborting:
             return ShuttingDown("the gateway is shutting down; the answer was cut short")
-        err = self._llm._failure(exc, self._llm.timeouts, before_first=False)
+        err = self._llm.failure(exc, self._llm.timeouts, before_first=False)
         assert err is not None
         self._llm.replicas.failed(self._replica, err)
         return err
