@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 from aiohttp import web
 
-from ..errors import Overloaded, ShuttingDown
+from ..errors import MeshError, Overloaded, ShuttingDown
 
 log = structlog.get_logger(__name__)
 
@@ -43,30 +43,45 @@ class Admission:
         self._idle = asyncio.Event()
         self._idle.set()
 
-    @web.middleware
-    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """aiohttp middleware applying the bound."""
-        if request.path in EXEMPT:
-            return await handler(request)
+    def refusal(self) -> MeshError | None:
+        """Why a request arriving now is refused (None: it may be admitted)."""
         if self.draining:
-            err: ShuttingDown | Overloaded = ShuttingDown("the gateway is shutting down")
+            err: MeshError = ShuttingDown("the gateway is shutting down")
             err.retry_after = self.retry_after
-            raise err
+            return err
         if self.limit is not None and self.in_flight >= self.limit:
             self.refused += 1
             err = Overloaded(
                 f"the gateway is serving its limit of {self.limit} requests; retry shortly"
             )
             err.retry_after = self.retry_after
-            raise err
+            return err
+        return None
+
+    def enter(self) -> None:
+        """One more request in flight (after :meth:`refusal` found none)."""
         self.in_flight += 1
         self._idle.clear()
+
+    def leave(self) -> None:
+        """One request fewer in flight."""
+        self.in_flight -= 1
+        if not self.in_flight:
+            self._idle.set()
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """aiohttp middleware applying the bound."""
+        if request.path in EXEMPT:
+            return await handler(request)
+        err = self.refusal()
+        if err is not None:
+            raise err
+        self.enter()
         try:
             return await handler(request)
         finally:
-            self.in_flight -= 1
-            if not self.in_flight:
-                self._idle.set()
+            self.leave()
 
     async def wait_idle(self, seconds: float) -> bool:
         """Wait up to ``seconds`` for no request to be in flight; True if none is."""

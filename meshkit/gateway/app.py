@@ -16,7 +16,8 @@ from .admission import Admission
 from .auth import ApiKeys
 from .dialect import assign_request_id, json_response
 from .route import Route
-from .sink import STREAMING, Streaming
+from .exchange import Streaming
+from .web_exchange import STREAMING
 from .ui import mount as mount_ui
 
 log = structlog.get_logger(__name__)

@@ -1,36 +1,39 @@
 """What every dialect shares: running a chat through a pipeline and writing the answer.
 
 A dialect supplies a parser (body → :class:`ChatRequest`) and an encoder (chunks →
-bytes); :func:`serve_chat` does the rest: status before the first byte, a whole answer
-as JSON, or a stream written by its :class:`~meshkit.gateway.sink.Sink` (spliced or
-pulled, a final error event when the stream breaks, the pipeline's stream closed —
-cancelling the upstream call — however the response ends).
+bytes); :func:`answer_chat` and :func:`serve_chat` do the rest: status before the first
+byte, a whole answer as JSON, or a stream written by its
+:class:`~meshkit.gateway.sink.Sink` (spliced or pulled, a final error event when the
+stream breaks, the pipeline's stream closed — cancelling the upstream call — however
+the response ends). They run on an :class:`~meshkit.gateway.exchange.Exchange`, so the
+same code answers on aiohttp and on the lean intake.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import structlog
 from aiohttp import web
 
-from .. import _json
 from ..client.deadline import deadline_from
 from ..errors import MeshError, UpstreamError
 from ..graph.orchestrator import ServiceOrchestrator
 from ..nodes.base import Context
-from ..observability.observer import ERROR_CODE, observe
 from ..protocol.streams import aggregate, single
 from ..protocol.types import ChatRequest, Chunk, Completion
 from ..protocol.wire import new_id
+from .exchange import Exchange, error_answer, json_answer
+from .route import Route
 from .sink import stream_answer
+from .web_exchange import RequestExchange, to_response
 
 log = structlog.get_logger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+R = TypeVar("R")
 
 #: Where a request keeps its id once chosen.
 REQUEST_ID = web.RequestKey("meshkit.request_id", str)
@@ -75,42 +78,69 @@ def assign_request_id(request: web.Request) -> str:
     return given
 
 
-_JSON = {"Content-Type": "application/json"}
-
-
 def json_response(obj: Any, *, status: int = 200, rid: str | None = None) -> web.Response:
     """A JSON response serialised with meshkit's fast encoder."""
-    # The type as a plain header: aiohttp's ``content_type=`` parses it again (~1 µs).
-    headers = {"X-Request-ID": rid, **_JSON} if rid else _JSON
-    return web.Response(body=_json.dumps(obj), status=status, headers=headers)
+    return to_response(json_answer(obj, status=status, rid=rid))
 
 
 def error_json(body: Any, err: MeshError) -> web.Response:
     """An error body as a response, with the headers its error asks for
     (``Retry-After`` when it says when to come back, ``WWW-Authenticate`` on 401)."""
-    response = json_response(body, status=err.status)
-    response[ERROR_CODE] = err.code  # for the access line
-    if err.retry_after is not None:
-        response.headers["Retry-After"] = str(max(1, math.ceil(err.retry_after)))
-    if err.status == 401:
-        response.headers["WWW-Authenticate"] = 'Bearer realm="meshkit"'
-    return response
+    return to_response(error_answer(body, err))
+
+
+#: A dialect's error body for an error.
+ErrorBody = Callable[[MeshError], Any]
+
+
+def chat_handler(
+    route: Route,
+    parse: Callable[[bytes], ChatRequest],
+    make_encoder: Callable[[ChatRequest], Encoder],
+    error_body: ErrorBody,
+) -> Handler:
+    """An aiohttp handler answering one chat endpoint from ``route``'s pipeline."""
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        exchange = RequestExchange(request)
+        return await answer_chat(
+            exchange, request_id(request), route, parse, make_encoder, error_body
+        )
+
+    return chat
+
+
+async def answer_chat(
+    exchange: Exchange[R],
+    rid: str,
+    route: Route,
+    parse: Callable[[bytes], ChatRequest],
+    make_encoder: Callable[[ChatRequest], Encoder],
+    error_body: ErrorBody,
+) -> R:
+    """Read, check and answer one chat request; a refusal in the route's dialect."""
+    try:
+        parsed = parse(await exchange.body()).with_model(route.default_model())
+        return await serve_chat(exchange, route.orchestrator, parsed, make_encoder, rid)
+    except MeshError as err:
+        return exchange.answer(error_answer(error_body(err), err))
 
 
 async def serve_chat(
-    request: web.Request,
+    exchange: Exchange[R],
     orchestrator: ServiceOrchestrator,
     chat: ChatRequest,
     make_encoder: Callable[[ChatRequest], Encoder],
     rid: str,
-) -> web.StreamResponse:
+) -> R:
     """Run ``chat`` through ``orchestrator`` and answer in the encoder's dialect."""
-    observer = observe(request, chat.model, chat.stream)
+    observer = exchange.observe(chat.model, chat.stream)
+    headers = exchange.headers
     ctx = Context(
         client=orchestrator.client,
         request_id=rid,
-        headers=request.headers,
-        deadline=deadline_from(request.headers),
+        headers=headers,
+        deadline=deadline_from(headers),
         request=chat,
         observer=observer,
     )
@@ -120,20 +150,20 @@ async def serve_chat(
         # An LLM answers a whole Completion: no coroutine to collect it.
         completion = result if isinstance(result, Completion) else await collect(result)
         observer.completed(completion)
-        return json_response(encoder.completion(completion), rid=rid)
-    headers = {
+        return exchange.answer(json_answer(encoder.completion(completion), rid=rid))
+    stream_headers = {
         "Content-Type": encoder.content_type,
         "Cache-Control": "no-cache",
         "X-Accel-Buffering": "no",
         "X-Request-ID": rid,
     }
     return await stream_answer(
-        request,
+        exchange,
         as_stream(result),
         encoder.chunk,
         encoder.end,
         encoder.error,
-        headers,
+        stream_headers,
         observer,
         rid,
     )

@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from typing import Any
 
 from aiohttp import web
 
 from ..errors import MeshError
 from ..protocol.ollama import error_body, parse_chat, parse_generate
 from ..protocol.ollama_ndjson import ChatEncoder, GenerateEncoder
-from . import ollama_api
-from .dialect import Handler, error_json, json_response, request_id, serve_chat
+from . import dialect, ollama_api
+from .dialect import Handler, error_json, json_response
 from .route import Route
 
 
@@ -24,26 +23,14 @@ def error_response(err: MeshError) -> web.Response:
     return error_json(error_body(err), err)
 
 
-def _handler(route: Route, parse: Any, encoder: Any) -> Handler:
-    async def handle(request: web.Request) -> web.StreamResponse:
-        rid = request_id(request)
-        try:
-            parsed = parse(await request.read()).with_model(route.default_model())
-            return await serve_chat(request, route.orchestrator, parsed, encoder, rid)
-        except MeshError as err:
-            return error_response(err)
-
-    return handle
-
-
 def generate_handler(route: Route) -> Handler:
     """The ``/api/generate`` handler answering from ``route``'s pipeline."""
-    return _handler(route, parse_generate, GenerateEncoder)
+    return dialect.chat_handler(route, parse_generate, GenerateEncoder, error_body)
 
 
 def chat_handler(route: Route) -> Handler:
     """The ``/api/chat`` handler answering from ``route``'s pipeline."""
-    return _handler(route, parse_chat, ChatEncoder)
+    return dialect.chat_handler(route, parse_chat, ChatEncoder, error_body)
 
 
 def add_routes(router: web.UrlDispatcher, route: Route) -> None:

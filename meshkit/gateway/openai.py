@@ -10,8 +10,8 @@ from aiohttp import web
 from ..errors import MeshError
 from ..protocol.openai import parse_request as parse_chat
 from ..protocol.openai_sse import ChatEncoder, error_body
-from . import embeddings
-from .dialect import Handler, error_json, json_response, request_id, serve_chat
+from . import dialect, embeddings
+from .dialect import Handler, error_json, json_response
 from .route import Route
 
 
@@ -22,17 +22,7 @@ def error_response(err: MeshError) -> web.Response:
 
 def chat_handler(route: Route) -> Handler:
     """The ``/v1/chat/completions`` handler answering from ``route``'s pipeline."""
-
-    async def chat(request: web.Request) -> web.StreamResponse:
-        rid = request_id(request)
-        try:
-            body = await request.read()
-            parsed = parse_chat(body).with_model(route.default_model())
-            return await serve_chat(request, route.orchestrator, parsed, ChatEncoder, rid)
-        except MeshError as err:
-            return error_response(err)
-
-    return chat
+    return dialect.chat_handler(route, parse_chat, ChatEncoder, error_body)
 
 
 def add_routes(router: web.UrlDispatcher, route: Route) -> None:

@@ -7,13 +7,13 @@ remote LLM: each chunk is encoded and written from the upstream connection's own
 callback), else *pulled* chunk by chunk. The gateway setting ``splice: false`` pulls
 every stream. Which way each answer went is counted in ``meshkit_streams_total``.
 
-Every byte of the response goes through the sink: the head (aiohttp's public
-``send_headers``, in its stream-writer interface since 3.12, so no aiohttp default
-decides when it leaves), the events (chunk-framed, no await; the events of one loop
-pass, which is one upstream read on the fast path, leave together in one
-``transport.write``), and the last event with the end of the body (``write_eof``,
-after any event still held). Backpressure waits on the transport's own resume-writing
-signal (aiohttp's ``drain``), bounded by ``send_timeout``.
+Every byte of the response goes through the sink and the server's
+:class:`~meshkit.gateway.exchange.Wire` (aiohttp's stream writer, or the lean intake's
+connection): the head (sent at once, so no server default decides when it leaves), the
+events (chunk-framed, no await; the events of one loop pass, which is one upstream read
+on the fast path, leave together in one ``transport.write``), and the last event with
+the end of the body (after any event still held). Backpressure waits on the transport's
+own resume-writing signal, bounded by ``send_timeout``.
 """
 
 from __future__ import annotations
@@ -21,43 +21,26 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TypeVar
 
-import attrs
 import structlog
-from aiohttp import web
 
 from ..errors import InternalError, MeshError
 from ..nodes.probe import RequestObserver
 from ..protocol.push import PushStream
 from ..protocol.streams import aclose
 from ..protocol.types import Chunk
+from .exchange import Exchange, Streaming, Wire
+
+__all__ = ["Sink", "Streaming", "stream_answer"]
 
 log = structlog.get_logger(__name__)
 
-
-@attrs.frozen
-class Streaming:
-    """How the gateway writes streamed answers (the ``gateway`` section's settings).
-
-    Attributes:
-        send_timeout: Seconds a stream waits for a caller that reads nothing before it
-            ends the stream and closes the caller's connection (0: wait for ever).
-        splice: Relay a one-LLM pipeline's stream from the upstream's callbacks
-            (False: pull every stream chunk by chunk).
-    """
-
-    send_timeout: float = 60.0
-    splice: bool = True
-
-
-#: App setting: how streamed answers are written (defaults when absent).
-STREAMING = web.AppKey("meshkit.streaming", Streaming)
-_DEFAULT = Streaming()
+R = TypeVar("R")
 
 
 async def stream_answer(
-    request: web.Request,
+    exchange: Exchange[R],
     stream: AsyncIterator[Chunk],
     encode: Callable[[Chunk], bytes | None],
     end: Callable[[], bytes],
@@ -65,14 +48,13 @@ async def stream_answer(
     headers: dict[str, str],
     observer: RequestObserver,
     rid: str,
-) -> web.StreamResponse:
+) -> R:
     """Write ``stream`` as a streamed response (``encode`` per chunk, ``end`` or
     ``error`` last), closing the stream however the response ends."""
-    settings = request.app.get(STREAMING, _DEFAULT)
-    response = web.StreamResponse(headers=headers)
+    settings = exchange.streaming
     sink: Sink | None = None
     try:
-        sink = await Sink.open(request, response, encode, settings.send_timeout)
+        sink = Sink.over(await exchange.open_stream(headers), encode, settings.send_timeout)
         try:
             if settings.splice and isinstance(stream, PushStream):
                 sink.spliced = True
@@ -103,7 +85,7 @@ async def stream_answer(
     finally:
         observer.streamed(sink)
         await aclose(stream)
-    return response
+    return exchange.streamed()
 
 
 class Sink:
@@ -136,10 +118,9 @@ class Sink:
         "_held",
         "_held_size",
         "_loop",
-        "_response",
         "_send_timeout",
         "_transport",
-        "_writer",
+        "_wire",
         "ends",
         "first",
         "sent",
@@ -153,21 +134,14 @@ class Sink:
     LOW_WATER = 1 << 14
 
     def __init__(
-        self,
-        response: web.StreamResponse,
-        writer: Any,
-        transport: asyncio.Transport,
-        encode: Callable[[Chunk], bytes | None],
-        send_timeout: float,
+        self, wire: Wire, encode: Callable[[Chunk], bytes | None], send_timeout: float
     ) -> None:
-        self._response = response
-        self._writer = writer
-        self._transport = transport
+        self._wire = wire
+        self._transport = wire.transport
         self._loop = asyncio.get_running_loop()
         self._held: list[bytes] = []  # framed events not written yet (this loop pass's)
         self._held_size = 0
-        # Framed as aiohttp framed the head (it chunks a body of unknown length).
-        self._chunked = "chunked" in response.headers.get("Transfer-Encoding", "").lower()
+        self._chunked = wire.chunked
         self._chunk = encode
         self._encode: Callable[[Chunk], bytes | None] = self._first_encode  # then ``encode``
         self._send_timeout = send_timeout
@@ -177,33 +151,25 @@ class Sink:
         self.spliced = False
 
     @classmethod
-    async def open(
-        cls,
-        request: web.Request,
-        response: web.StreamResponse,
-        encode: Callable[[Chunk], bytes | None],
-        send_timeout: float,
+    def over(
+        cls, wire: Wire, encode: Callable[[Chunk], bytes | None], send_timeout: float
     ) -> Sink:
-        """Send ``response``'s head and return its sink.
+        """The sink of a response whose head ``wire`` has ready: it sends the head now.
 
         Raises:
             ConnectionResetError: The caller is gone already.
         """
-        writer = await response.prepare(request)
-        transport = request.transport
-        if writer is None or transport is None or transport.is_closing():
+        if wire.transport.is_closing():
             raise ConnectionResetError("the caller went away")
-        sink: Sink = (_Compressed if response.compression else cls)(
-            response, writer, transport, encode, send_timeout
-        )
+        sink: Sink = (_Compressed if wire.compressed else cls)(wire, encode, send_timeout)
         sink._start()
         return sink
 
     def _start(self) -> None:
         self._transport.set_write_buffer_limits(high=self.HIGH_WATER, low=self.LOW_WATER)
-        # The head leaves now, before any event is written past aiohttp's writer
+        # The head leaves now, before any event is written past the server's writer
         # (aiohttp may hold it back to send it with the first body bytes).
-        self._writer.send_headers()
+        self._wire.send_head()
 
     def _first_encode(self, chunk: Chunk) -> bytes | None:
         """Encode until the first byte, noting when it goes out (time to first token)."""
@@ -251,7 +217,7 @@ class Sink:
     async def drain(self) -> None:
         """Wait until the caller has read its buffer down to the low-water mark.
 
-        The wait is aiohttp's ``drain``, which returns when the transport resumes
+        The wait is the wire's ``drain``, which returns when the transport resumes
         writing; a transport without flow control is never waited on.
 
         Raises:
@@ -261,7 +227,7 @@ class Sink:
         self._flush()
         try:
             async with asyncio.timeout(self._send_timeout or None):
-                await self._writer.drain()
+                await self._wire.drain()
         except TimeoutError:
             size = self._transport.get_write_buffer_size()
             log.warning(
@@ -277,11 +243,11 @@ class Sink:
     async def close(self, last: bytes) -> None:
         """Write the last event and end the body (after every event held)."""
         self._flush()
-        await self._response.write_eof(last)
+        await self._wire.end(last)
 
 
 class _Compressed(Sink):
-    """A sink for a compressed response: events go through aiohttp's compressor, so
+    """A sink for a compressed response: events go through the server's compressor, so
     each is held until :meth:`drain` (it is :attr:`full` meanwhile)."""
 
     __slots__ = ()
@@ -307,8 +273,8 @@ class _Compressed(Sink):
     async def drain(self) -> None:
         held, self._held = self._held, []
         if held:
-            await self._response.write(b"".join(held))
+            await self._wire.write(b"".join(held))
 
     async def close(self, last: bytes) -> None:
         await self.drain()
-        await self._response.write_eof(last)
+        await self._wire.end(last)
