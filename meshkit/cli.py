@@ -139,9 +139,8 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the gateway until interrupted."""
-    from aiohttp import web
-
     from .gateway import build_app
+    from .gateway.intake_serve import run_app
 
     try:
         as_json = configure_logging(args.log_level)
@@ -179,7 +178,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"raise net.core.somaxconn to {BACKLOG}",
         )
 
-    def ready(*_: object) -> None:
+    def ready() -> None:
         url = f"http://{host}:{port}"
         if as_json:
             structlog.get_logger(__name__).info("meshkit.gateway.ready", url=url)
@@ -187,13 +186,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"meshkit gateway ready on {url}", file=sys.stderr, flush=True)
 
     # SIGTERM: the app drains for gateway.shutdown_grace itself (on_shutdown), then
-    # ends open streams with a final error event; aiohttp's own wait only mops up.
-    web.run_app(
+    # ends open streams with a final error event; the servers' own wait only mops up.
+    # The chat endpoints are read by the lean intake (gateway.intake), the rest by
+    # aiohttp; both behind the same listening socket.
+    run_app(
         app,
         host=host,
         port=port,
         handler_cancellation=True,
-        print=ready,
+        ready=ready,
         access_log=None,
         loop=loop,
         shutdown_timeout=3.0,

@@ -61,6 +61,7 @@ from typing import Any
 import attrs
 from aiohttp import web
 
+from .gateway.intake_serve import IntakeRunner
 from .testing_wire import Script
 
 Send = Callable[[bytes], Awaitable[None]]
@@ -71,11 +72,12 @@ async def serve_app(
     app: web.Application, host: str = "127.0.0.1", port: int = 0
 ) -> AsyncIterator[str]:
     """Serve ``app`` on ``host:port`` (0: a free port) until the block ends; yield its
-    base URL. Handlers are cancelled when their client leaves, as in ``meshkit serve``."""
-    runner = web.AppRunner(app, handler_cancellation=True)
+    base URL. Handlers are cancelled when their client leaves, and an app meshkit built
+    has its chat endpoints read by the lean intake, as in ``meshkit serve``."""
+    runner = IntakeRunner(app, handler_cancellation=True)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port)
+        site = runner.site(host, port)
         await site.start()
         bound = runner.addresses[0][1] if runner.addresses else port
         yield f"http://{host}:{bound}"

@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import structlog
 from aiohttp import web
 
-from ..errors import BadRequest, MeshError, MethodNotAllowed, NotFound, PayloadTooLarge
+from ..errors import BadRequest, InternalError, MeshError, MethodNotAllowed, NotFound
 from ..graph.mesh import Mesh
 from ..graph.orchestrator import ServiceOrchestrator
 from ..observability.observer import Observer
 from . import ollama, openai
 from .admission import Admission
 from .auth import ApiKeys
-from .dialect import assign_request_id, json_response
-from .route import Route
+from .dialect import assign_request_id, dialect_for, json_response, render, too_large
 from .exchange import Streaming
-from .web_exchange import STREAMING
+from .fastpath import GATE, Gate
+from .route import Route
 from .ui import mount as mount_ui
+from .web_exchange import STREAMING, to_response
 
 log = structlog.get_logger(__name__)
 
@@ -32,30 +33,12 @@ MAX_BODY = 8 * 1024 * 1024
 _MOUNT = {"openai": openai.add_routes, "ollama": ollama.add_routes}
 
 
-def _dialect_for(path: str, routes: Iterable[Route]) -> str:
-    """Which dialect's error shape fits a path nobody routed."""
-    for route in routes:
-        if route.dialect == "ollama" and path.startswith(route.prefix + "/api/"):
-            return "ollama"
-    return "openai"
-
-
 def _routes(app: web.Application) -> list[Route]:
     return app[ROUTES] if ROUTES in app else []
 
 
-def _size(n: int) -> str:
-    """A byte count as people read it (``8 MiB``)."""
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= scale:
-            return f"{n / scale:g} {unit} ({n} bytes)"
-    return f"{n} bytes"
-
-
 def _render(err: MeshError, dialect: str) -> web.Response:
-    if dialect == "ollama":
-        return ollama.error_response(err)
-    return openai.error_response(err)
+    return to_response(render(err, dialect))
 
 
 @web.middleware
@@ -73,19 +56,22 @@ async def _errors(
         elif exc.status == 405:
             err = MethodNotAllowed(f"{request.method} is not allowed on {request.path}")
         elif exc.status == 413:
-            limit = request.app._client_max_size
-            err = PayloadTooLarge(
-                f"request body is larger than the gateway's limit of {_size(limit)}"
-            )
+            err = too_large(request.app._client_max_size)
         else:
             err = BadRequest(exc.reason)
             err.status = exc.status
-        response = _render(err, _dialect_for(request.path, _routes(request.app)))
+        response = _render(err, dialect_for(request.path, _routes(request.app)))
         if exc.status == 405:
             response.headers["Allow"] = exc.headers.get("Allow", "")
         return response
     except MeshError as err:
-        return _render(err, _dialect_for(request.path, _routes(request.app)))
+        return _render(err, dialect_for(request.path, _routes(request.app)))
+    except Exception:
+        # A bug, not a refusal: logged in full, answered as a 500 in the caller's dialect
+        # (the lean intake answers the same).
+        log.exception("meshkit.gateway.crashed", path=request.path)
+        crash = InternalError("internal error in the gateway")
+        return _render(crash, dialect_for(request.path, _routes(request.app)))
 
 
 def mount(app: web.Application, routes: list[Route]) -> None:
@@ -130,12 +116,11 @@ def build_app(
         *([keys.middleware] if keys else []),
         admission.middleware,
     ]
-    app = web.Application(
-        client_max_size=gw.max_body if max_body is None else max_body, middlewares=middlewares
-    )
+    limit = gw.max_body if max_body is None else max_body
+    app = web.Application(client_max_size=limit, middlewares=middlewares)
     app[MESH] = mesh
     app[ADMISSION] = admission
-    app[STREAMING] = Streaming(gw.send_timeout, gw.splice)
+    streaming = app[STREAMING] = Streaming(gw.send_timeout, gw.splice)
     specs = list(mesh.spec.gateway.routes)
     routes: list[Route] = []
     if specs:
@@ -151,6 +136,17 @@ def build_app(
         routes = [Route("openai", only), Route("ollama", only)]
     mount(app, routes)
     observer.mount(app, routes)
+    if gw.intake == "lean":
+        app[GATE] = Gate(
+            observer,
+            routes,
+            (),
+            limit,
+            streaming,
+            keys if keys else None,
+            admission,
+            tuple(middlewares),
+        )
 
     async def readyz(request: web.Request) -> web.Response:
         # Ready when every required service can take a request now; an optional

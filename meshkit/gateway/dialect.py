@@ -12,20 +12,22 @@ same code answers on aiohttp and on the lean intake.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any, Protocol, TypeVar
 
 import structlog
 from aiohttp import web
 
 from ..client.deadline import deadline_from
-from ..errors import MeshError, UpstreamError
+from ..errors import MeshError, PayloadTooLarge, UpstreamError
 from ..graph.orchestrator import ServiceOrchestrator
 from ..nodes.base import Context
+from ..protocol import ollama as ollama_wire
+from ..protocol import openai_sse
 from ..protocol.streams import aggregate, single
 from ..protocol.types import ChatRequest, Chunk, Completion
 from ..protocol.wire import new_id
-from .exchange import Exchange, error_answer, json_answer
+from .exchange import Answer, Exchange, error_answer, json_answer
 from .route import Route
 from .sink import stream_answer
 from .web_exchange import RequestExchange, to_response
@@ -71,11 +73,53 @@ def request_id(request: web.Request) -> str:
 def assign_request_id(request: web.Request) -> str:
     """:func:`request_id` for the first middleware, which knows none was chosen yet
     (a look-up that misses raises a KeyError inside aiohttp's mapping: ~1 µs)."""
-    given = request.headers.get("X-Request-ID", "")
+    given = request[REQUEST_ID] = choose_request_id(request.headers)
+    return given
+
+
+def choose_request_id(headers: Mapping[str, str]) -> str:
+    """The caller's ``X-Request-ID`` when sane (printable, 1 to 128 characters), else a new id."""
+    given = headers.get("X-Request-ID", "")
     if not (0 < len(given) <= 128 and given.isprintable()):
         given = new_id()
-    request[REQUEST_ID] = given
     return given
+
+
+class Prefixed(Protocol):
+    """What :func:`dialect_for` reads of a route."""
+
+    @property
+    def dialect(self) -> str: ...
+    @property
+    def prefix(self) -> str: ...
+
+
+def dialect_for(path: str, routes: Iterable[Prefixed]) -> str:
+    """Which dialect's error shape fits a refusal before any handler ran on ``path``
+    (a path under an Ollama route's ``/api/``: Ollama's; any other: OpenAI's)."""
+    for route in routes:
+        if route.dialect == "ollama" and path.startswith(route.prefix + "/api/"):
+            return "ollama"
+    return "openai"
+
+
+def render(err: MeshError, dialect: str) -> Answer:
+    """``err`` in ``dialect``'s error shape."""
+    body = ollama_wire.error_body(err) if dialect == "ollama" else openai_sse.error_body(err)
+    return error_answer(body, err)
+
+
+def _size(n: int) -> str:
+    """A byte count as people read it (``8 MiB``)."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:g} {unit} ({n} bytes)"
+    return f"{n} bytes"
+
+
+def too_large(limit: int) -> PayloadTooLarge:
+    """The refusal of a body over ``limit`` bytes."""
+    return PayloadTooLarge(f"request body is larger than the gateway's limit of {_size(limit)}")
 
 
 def json_response(obj: Any, *, status: int = 200, rid: str | None = None) -> web.Response:

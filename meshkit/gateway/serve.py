@@ -20,6 +20,9 @@ from ..observability.observer import Observer
 from . import ollama, openai
 from .app import MAX_BODY, _errors, healthz, mount
 from .dialect import Handler, assign_request_id, json_response
+from .exchange import Streaming
+from .fastpath import GATE, Gate
+from .intake_serve import run_app
 from .route import Route
 
 DIALECTS = ("openai", "ollama")
@@ -36,14 +39,28 @@ class App:
         host: Interface to bind.
         port: Port to bind.
         max_body: Largest request body accepted (a 413 beyond it).
+        intake: ``"lean"``: the chat endpoints are read by meshkit's own intake when the
+            app is served by :meth:`run` or :func:`meshkit.testing.serve_app`;
+            ``"aiohttp"``: aiohttp reads every request.
     """
 
-    def __init__(self, *, host: str = "0.0.0.0", port: int = 8008, max_body: int = MAX_BODY):
+    def __init__(
+        self,
+        *,
+        host: str = "0.0.0.0",
+        port: int = 8008,
+        max_body: int = MAX_BODY,
+        intake: str = "lean",
+    ):
+        if intake not in ("lean", "aiohttp"):
+            raise ValueError(f"intake must be 'lean' or 'aiohttp', not {intake!r}")
         self.host = host
         self.port = port
         self.max_body = max_body
+        self.intake = intake
         self._routes: list[Route] = []
         self._paths: list[tuple[str, Handler]] = []
+        self._chat_paths: list[tuple[str, Route]] = []
 
     def mount(
         self,
@@ -77,6 +94,7 @@ class App:
         if chat_path is not None:
             chat = openai.chat_handler if dialect == "openai" else ollama.chat_handler
             self._paths.append((chat_path, chat(route)))
+            self._chat_paths.append((chat_path, route))
         return self
 
     def application(self) -> web.Application:
@@ -84,13 +102,23 @@ class App:
         ``/metrics``."""
         routes = list(self._routes)
         observer = Observer(request_id=assign_request_id)
-        app = web.Application(
-            client_max_size=self.max_body, middlewares=[observer.middleware, _errors]
-        )
+        middlewares = (observer.middleware, _errors)
+        app = web.Application(client_max_size=self.max_body, middlewares=middlewares)
         mount(app, routes)
         observer.mount(app, routes)
         for path, handler in self._paths:
             app.router.add_post(path, handler)
+        if self.intake == "lean":
+            app[GATE] = Gate(
+                observer,
+                routes,
+                tuple(self._chat_paths),
+                self.max_body,
+                Streaming(),
+                None,
+                None,
+                middlewares,
+            )
         pipelines = list({id(r.orchestrator): r.orchestrator for r in routes}.values())
         extra = list(
             {
@@ -136,13 +164,12 @@ class App:
 
     def run(self, *, handle_signals: bool = True) -> None:
         """Serve until interrupted (blocking)."""
-        web.run_app(
+        run_app(
             self.application(),
             host=self.host,
             port=self.port,
             handle_signals=handle_signals,
             handler_cancellation=True,
-            print=None,
         )
 
 

@@ -151,9 +151,7 @@ class Sink:
         self.spliced = False
 
     @classmethod
-    def over(
-        cls, wire: Wire, encode: Callable[[Chunk], bytes | None], send_timeout: float
-    ) -> Sink:
+    def over(cls, wire: Wire, encode: Callable[[Chunk], bytes | None], send_timeout: float) -> Sink:
         """The sink of a response whose head ``wire`` has ready: it sends the head now.
 
         Raises:

@@ -92,7 +92,7 @@ class RequestExchange:
         transport = self._request.transport
         if writer is None or transport is None or transport.is_closing():
             raise ConnectionResetError("the caller went away")
-        return ResponseWire(response, writer, transport)  # type: ignore[arg-type]
+        return ResponseWire(response, writer, transport)
 
     def streamed(self) -> web.StreamResponse:
         if self._response is None:

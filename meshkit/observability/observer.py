@@ -103,6 +103,14 @@ class Observer:
             app.router.add_get(METRICS_PATH, self.scrape)
         app.cleanup_ctx.append(self._lifecycle)
 
+    def labels_for(self, path: str) -> Labels:
+        """The labels of the mounted resource at ``path`` (a server other than aiohttp
+        serving that resource's requests labels them the same way)."""
+        for resource, labels in self._labels.items():
+            if resource.canonical == path:
+                return labels
+        return _UNROUTED
+
     def _prepare(self, routes: list[Route]) -> None:
         metrics = self.metrics
         assert metrics is not None

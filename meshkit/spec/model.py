@@ -274,6 +274,11 @@ class GatewaySpec:
         "relay a one-LLM pipeline's stream from the upstream's callbacks (false: pull it)",
         True,
     )
+    intake: str = setting(
+        kinds.choice("lean", "aiohttp"),
+        "who reads the chat requests: meshkit's lean intake, or aiohttp for every request",
+        "lean",
+    )
 
 
 @attrs.frozen
