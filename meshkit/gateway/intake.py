@@ -60,6 +60,10 @@ class Intake:
         server: aiohttp's server for the same app (the protocol factory requests are
             handed to).
         keepalive_timeout: Seconds an idle connection stays open (0: for ever).
+
+    Attributes:
+        answered: Requests answered here.
+        handed_off: Connections handed to aiohttp.
     """
 
     def __init__(self, gate: Any, server: web.Server, *, keepalive_timeout: float) -> None:
@@ -71,6 +75,8 @@ class Intake:
         self.keepalive_timeout = keepalive_timeout
         self.connections: set[Connection] = set()
         self.closing = False
+        self.answered = 0
+        self.handed_off = 0
         self._second = -1
         self._date = b""
 
@@ -235,6 +241,7 @@ class Connection(asyncio.Protocol):
         if not done:
             return
         self._call = None
+        self.intake.answered += 1
         self.task = self.loop.create_task(self._serve(call))
 
     def _head(self, size: int) -> Call | None:
@@ -293,6 +300,7 @@ class Connection(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
         self.intake.connections.discard(self)
+        self.intake.handed_off += 1
         self.transport = None
         data = bytes(self._buf)
         self._buf.clear()

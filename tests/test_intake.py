@@ -1,0 +1,593 @@
+"""The lean intake: the chat endpoints read by meshkit's own protocol, answered exactly as
+aiohttp answers them.
+
+Every equivalence test sends the same bytes to one services file served twice —
+``gateway.intake: lean`` and ``gateway.intake: aiohttp`` — on raw sockets or with the
+real ``openai`` and ``ollama`` clients, and compares what comes back: status, headers
+(all but ``Date``), and the body (JSON compared without the ids and clocks that differ
+per answer). The intake's ``answered`` and ``handed_off`` counts show which side served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import attrs
+import ollama
+import openai
+import pytest
+import yaml
+from structlog.testing import capture_logs
+
+from meshkit import Mesh, build_app
+from meshkit.gateway.intake import Intake
+from meshkit.gateway.intake_serve import IntakeRunner
+from meshkit.spec import loads
+from meshkit.testing import FakeLLM
+
+from .conftest import until
+from .test_metrics import parse, value
+
+INTAKES = ("lean", "aiohttp")
+RID = "req-intake-1"
+CHAT = {"model": "llama3.2:1b", "messages": [{"role": "user", "content": "hi"}]}
+#: Fields that differ between two answers to the same request (ids and clocks).
+VOLATILE = frozenset(
+    {
+        "id",
+        "created",
+        "created_at",
+        "total_duration",
+        "load_duration",
+        "prompt_eval_duration",
+        "eval_duration",
+    }
+)
+
+
+def spec(url: str, intake: str, **gateway: Any) -> str:
+    """A one-LLM services file at ``url``, both dialects mounted, read by ``intake``."""
+    return yaml.safe_dump(
+        {
+            "services": {"llm": {"type": "llm", "endpoint": url, "model": "llama3.2:1b"}},
+            "pipelines": {"chat": {"nodes": ["llm"]}},
+            "gateway": {
+                "intake": intake,
+                "routes": [
+                    {"dialect": "openai", "pipeline": "chat"},
+                    {"dialect": "ollama", "pipeline": "chat"},
+                ],
+                **gateway,
+            },
+        }
+    )
+
+
+@attrs.define
+class Served:
+    """A gateway being served: its URL and the lean intake in front (None: aiohttp's)."""
+
+    url: str
+    intake: Intake | None
+    runner: IntakeRunner
+
+
+@contextlib.asynccontextmanager
+async def serve(text: str, **runner: Any) -> AsyncIterator[Served]:
+    """Serve the services file ``text`` as ``meshkit serve`` does, until the block ends."""
+    app = build_app(Mesh(loads(text, env={})))
+    server = IntakeRunner(app, handler_cancellation=True, **runner)
+    await server.setup()
+    try:
+        site = server.site("127.0.0.1", 0)
+        await site.start()
+        port = server.addresses[0][1]
+        yield Served(f"http://127.0.0.1:{port}", server.intake, server)
+    finally:
+        await server.cleanup()
+
+
+@attrs.define
+class Reply:
+    """One HTTP answer as read off the wire."""
+
+    status_line: str
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    @property
+    def status(self) -> int:
+        return int(self.status_line.split(" ")[1])
+
+    def header(self, name: str) -> str | None:
+        for key, val in self.headers:
+            if key.lower() == name.lower():
+                return val
+        return None
+
+    def stable(self) -> tuple[str, list[tuple[str, str]], Any]:
+        """What must be equal across intakes: all but ``Date``, ids and clocks (and
+        the length, which the clocks' digits change; the reader framed the body by it)."""
+        headers = [(k, v) for k, v in self.headers if k.lower() not in ("date", "content-length")]
+        return self.status_line, sorted(headers), stable_body(self.body)
+
+
+def strip(obj: Any) -> Any:
+    """``obj`` without the fields that differ per answer."""
+    if isinstance(obj, dict):
+        return {k: strip(v) for k, v in obj.items() if k not in VOLATILE}
+    if isinstance(obj, list):
+        return [strip(v) for v in obj]
+    return obj
+
+
+def stable_body(body: bytes) -> Any:
+    """A JSON, SSE or NDJSON body parsed and stripped; other bodies as they are."""
+    text = body.decode("utf-8", "replace")
+    try:
+        return strip(json.loads(text))
+    except ValueError:
+        pass
+    if text.startswith("data: "):
+        events = [b[6:] for b in text.split("\n\n") if b.startswith("data: ")]
+        return [e if e == "[DONE]" else strip(json.loads(e)) for e in events]
+    lines = [line for line in text.split("\n") if line]
+    try:
+        return [strip(json.loads(line)) for line in lines]
+    except ValueError:
+        return text
+
+
+class Conn:
+    """A raw client connection: bytes out, framed answers in."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, url: str) -> Conn:
+        host, port = url.split("//", 1)[1].rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        return cls(reader, writer)
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def head(self) -> tuple[str, list[tuple[str, str]]]:
+        async with asyncio.timeout(10):
+            raw = await self.reader.readuntil(b"\r\n\r\n")
+        lines = raw.decode("latin-1").split("\r\n")
+        headers = [tuple(line.split(": ", 1)) for line in lines[1:] if line]
+        return lines[0], headers  # type: ignore[return-value]
+
+    async def answer(self) -> Reply:
+        """The next answer (a ``100 Continue`` before it is returned as its own reply)."""
+        status, headers = await self.head()
+        reply = Reply(status, headers, b"")
+        async with asyncio.timeout(10):
+            if reply.status == 100:
+                return reply
+            if "chunked" in (reply.header("Transfer-Encoding") or ""):
+                parts = []
+                for _ in range(100_000):
+                    size = int((await self.reader.readuntil(b"\r\n"))[:-2], 16)
+                    data = await self.reader.readexactly(size + 2)
+                    if not size:
+                        break
+                    parts.append(data[:-2])
+                reply.body = b"".join(parts)
+            elif reply.header("Content-Length") is not None:
+                reply.body = await self.reader.readexactly(int(reply.header("Content-Length") or 0))
+            else:
+                reply.body = await self.reader.read()  # ends with the connection
+        return reply
+
+    async def closed(self) -> bool:
+        """Whether the server closes the connection (nothing more arrives, then EOF)."""
+        async with asyncio.timeout(10):
+            return await self.reader.read(1) == b""
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def post(path: str, body: bytes, *, version: str = "1.1", extra: str = "") -> bytes:
+    """A ``POST`` with a ``Content-Length`` body and the test's request id."""
+    return (
+        f"POST {path} HTTP/{version}\r\nHost: t\r\nX-Request-ID: {RID}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n{extra}\r\n"
+    ).encode() + body
+
+
+def chat(stream: bool = False, **fields: Any) -> bytes:
+    return json.dumps({**CHAT, "stream": stream, **fields}).encode()
+
+
+async def both(
+    fake: FakeLLM, data: bytes, answers: int = 1, **gateway: Any
+) -> dict[str, list[Reply]]:
+    """``data`` sent on one connection to each intake; the ``answers`` read back."""
+    out: dict[str, list[Reply]] = {}
+    for intake in INTAKES:
+        async with serve(spec(fake.url, intake, **gateway)) as gw:
+            conn = await Conn.open(gw.url)
+            try:
+                await conn.send(data)
+                out[intake] = [await conn.answer() for _ in range(answers)]
+            finally:
+                conn.close()
+            if intake == "lean":
+                assert gw.intake is not None and gw.intake.answered >= 1
+                assert gw.intake.handed_off == 0
+    return out
+
+
+def same(replies: dict[str, list[Reply]]) -> list[Reply]:
+    """The lean intake's replies, checked equal to aiohttp's."""
+    lean, aio = replies["lean"], replies["aiohttp"]
+    assert [r.stable() for r in lean] == [r.stable() for r in aio]
+    return lean
+
+
+OPENAI = "/v1/chat/completions"
+
+
+class TestSameAnswers:
+    """The same request gets the same answer from both intakes."""
+
+    @pytest.mark.parametrize(
+        ("path", "body"),
+        [
+            (OPENAI, chat()),
+            (OPENAI, chat(stream=True)),
+            ("/api/chat", chat()),
+            ("/api/chat", chat(stream=True)),
+            ("/api/generate", json.dumps({"model": "llama3.2:1b", "prompt": "hi"}).encode()),
+        ],
+        ids=["openai", "openai-stream", "ollama", "ollama-stream", "generate-stream"],
+    )
+    async def test_answers(self, fake: FakeLLM, path: str, body: bytes) -> None:
+        """Whole and streamed answers in both dialects: same head, same events."""
+        (reply,) = same(await both(fake, post(path, body)))
+        assert reply.status == 200
+        assert reply.header("X-Request-ID") == RID
+        assert stable_body(reply.body)
+
+    @pytest.mark.parametrize(
+        ("path", "body", "status", "needle"),
+        [
+            (OPENAI, b"{not json", 400, "not valid JSON"),
+            (OPENAI, b"", 400, ""),
+            (OPENAI, json.dumps({"model": "x"}).encode(), 400, "messages"),
+            (OPENAI, chat(temperature="hot"), 400, "temperature"),
+            ("/api/chat", b"[1]", 400, ""),
+            ("/api/chat", json.dumps({"messages": 3}).encode(), 400, "messages"),
+        ],
+        ids=["bad-json", "empty", "no-messages", "bad-field", "ollama-array", "ollama-bad"],
+    )
+    async def test_refusals(
+        self, fake: FakeLLM, path: str, body: bytes, status: int, needle: str
+    ) -> None:
+        """A bad body is refused in the route's dialect, with the same body."""
+        (reply,) = same(await both(fake, post(path, body)))
+        assert reply.status == status
+        assert needle in reply.body.decode()
+
+    async def test_wrong_key(self, fake: FakeLLM) -> None:
+        """A missing key: 401 with ``WWW-Authenticate``, in each dialect."""
+        for path in (OPENAI, "/api/chat"):
+            (reply,) = same(await both(fake, post(path, chat()), api_keys=["sesame"]))
+            assert reply.status == 401
+            assert reply.header("WWW-Authenticate") == 'Bearer realm="meshkit"'
+        (ok,) = same(
+            await both(
+                fake,
+                post(OPENAI, chat(), extra="Authorization: Bearer sesame\r\n"),
+                api_keys=["sesame"],
+            )
+        )
+        assert ok.status == 200
+
+    async def test_body_too_large(self, fake: FakeLLM) -> None:
+        """A body at the limit: the same 413 and message as aiohttp's."""
+        body = chat(pad="x" * 2000)
+        (reply,) = same(await both(fake, post(OPENAI, body), max_body=1024))
+        assert reply.status == 413
+        assert "limit of 1 KiB (1024 bytes)" in reply.body.decode()
+        (fits,) = same(await both(fake, post(OPENAI, chat()), max_body=1024))
+        assert fits.status == 200
+
+    async def test_chunked_body(self, fake: FakeLLM) -> None:
+        """A chunked request body (with an extension and a trailer) is read whole."""
+        body = chat()
+        framed = b"%x;ext=1\r\n%b\r\n%x\r\n%b\r\n0\r\nX-Trailer: 1\r\n\r\n" % (
+            10,
+            body[:10],
+            len(body) - 10,
+            body[10:],
+        )
+        head = (
+            f"POST {OPENAI} HTTP/1.1\r\nHost: t\r\nX-Request-ID: {RID}\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n"
+        ).encode()
+        (reply,) = same(await both(fake, head + framed))
+        assert reply.status == 200
+        assert fake.requests[-1]["messages"][0]["content"] == "hi"
+
+    async def test_expect_continue(self, fake: FakeLLM) -> None:
+        """``Expect: 100-continue``: a 100 before the answer, from both."""
+        replies = same(
+            await both(fake, post(OPENAI, chat(), extra="Expect: 100-continue\r\n"), answers=2)
+        )
+        assert [r.status for r in replies] == [100, 200]
+
+    async def test_http_10(self, fake: FakeLLM) -> None:
+        """HTTP/1.0: whole answers with a length, streams ending with the connection."""
+        (whole,) = same(await both(fake, post(OPENAI, chat(), version="1.0")))
+        assert whole.status_line.startswith("HTTP/1.0 200")
+        (streamed,) = same(await both(fake, post(OPENAI, chat(stream=True), version="1.0")))
+        assert streamed.header("Transfer-Encoding") is None
+        assert stable_body(streamed.body)[-1] == "[DONE]"
+        (kept,) = same(
+            await both(
+                fake, post(OPENAI, chat(), version="1.0", extra="Connection: keep-alive\r\n")
+            )
+        )
+        assert kept.header("Connection") == "keep-alive"
+
+    async def test_connection_close(self, fake: FakeLLM) -> None:
+        """``Connection: close``: the answer says so and the connection closes."""
+        for intake in INTAKES:
+            async with serve(spec(fake.url, intake)) as gw:
+                conn = await Conn.open(gw.url)
+                await conn.send(post(OPENAI, chat(), extra="Connection: close\r\n"))
+                reply = await conn.answer()
+                assert reply.header("Connection") == "close"
+                assert await conn.closed()
+                conn.close()
+
+    async def test_pipelined(self, fake: FakeLLM) -> None:
+        """Two requests in one write: two answers, in order."""
+        first = post(OPENAI, chat(stream=True))
+        second = post("/api/chat", chat())
+        replies = same(await both(fake, first + second, answers=2))
+        assert stable_body(replies[0].body)[-1] == "[DONE]"
+        assert stable_body(replies[1].body)["done"] is True
+
+    async def test_over_the_limit(self, fake: FakeLLM) -> None:
+        """Past ``max_inflight``: 429 with ``Retry-After``, in the route's dialect."""
+        held = FakeLLM(stall_after=1)
+        async with held.serve():
+            out: dict[str, Reply] = {}
+            for intake in INTAKES:
+                async with serve(spec(held.url, intake, max_inflight=1)) as gw:
+                    busy = await Conn.open(gw.url)
+                    await busy.send(post(OPENAI, chat(stream=True)))
+                    await busy.head()  # the first request is in flight
+                    conn = await Conn.open(gw.url)
+                    await conn.send(post("/api/chat", chat()))
+                    out[intake] = await conn.answer()
+                    conn.close()
+                    busy.close()
+            held.release()
+        assert out["lean"].stable() == out["aiohttp"].stable()
+        assert out["lean"].status == 429
+        assert out["lean"].header("Retry-After") == "1"
+        assert "error" in json.loads(out["lean"].body)
+
+
+class TestClients:
+    """The official clients, through the lean intake."""
+
+    async def test_openai_and_ollama(self, fake: FakeLLM) -> None:
+        """Whole and streamed answers read by ``openai`` and ``ollama``."""
+        async with serve(spec(fake.url, "lean")) as gw:
+            oa = openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key="x", max_retries=0)
+            ol = ollama.AsyncClient(host=gw.url)
+            try:
+                messages: Any = CHAT["messages"]
+                whole = await oa.chat.completions.create(model="llama3.2:1b", messages=messages)
+                assert whole.choices[0].message.content == "The sky appears blue."
+                stream = await oa.chat.completions.create(
+                    model="llama3.2:1b", messages=messages, stream=True
+                )
+                pieces = [c.choices[0].delta.content async for c in stream if c.choices]
+                assert "".join(p for p in pieces if p) == "The sky appears blue."
+                answer = await ol.chat(model="llama3.2:1b", messages=messages)
+                assert answer.message.content == "The sky appears blue."
+                text = ""
+                async for part in await ol.chat(
+                    model="llama3.2:1b", messages=messages, stream=True
+                ):
+                    text += part.message.content or ""
+                assert text == "The sky appears blue."
+                models = await oa.models.list()
+                assert [m.id for m in models.data] == ["llama3.2:1b"]
+            finally:
+                await oa.close()
+            assert gw.intake is not None and gw.intake.answered == 4
+
+
+class TestHandoff:
+    """Everything but the chat endpoints goes to aiohttp, on the same connection."""
+
+    async def test_one_keep_alive_connection(self, fake: FakeLLM) -> None:
+        """Models, chat, metrics, health on one connection: all answered in turn."""
+        for first in ("GET /v1/models", "POST"):
+            async with serve(spec(fake.url, "lean")) as gw:
+                conn = await Conn.open(gw.url)
+                requests = [
+                    b"GET /v1/models HTTP/1.1\r\nHost: t\r\n\r\n",
+                    post(OPENAI, chat()),
+                    b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n",
+                    b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n",
+                ]
+                if first == "POST":
+                    requests.insert(0, requests.pop(1))
+                bodies = []
+                for request in requests:
+                    await conn.send(request)
+                    reply = await conn.answer()
+                    assert reply.status == 200, reply
+                    bodies.append(reply.body)
+                conn.close()
+                assert gw.intake is not None and gw.intake.handed_off == 1
+                # A chat first is the lean intake's; after the hand-off, aiohttp's.
+                assert gw.intake.answered == (1 if first == "POST" else 0)
+                chat_body = bodies[[r.startswith(b"POST") for r in requests].index(True)]
+                assert json.loads(chat_body)["choices"][0]["message"]["content"]
+                assert b"meshkit_requests_total" in bodies[-2]
+                assert json.loads(bodies[-1]) == {"status": "ok"}
+
+    async def test_unsure_goes_to_aiohttp(self, fake: FakeLLM) -> None:
+        """A malformed head, an unknown ``Expect``, an ``Upgrade``: aiohttp's answers."""
+        cases = [
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Length: x\r\n\r\n",
+            post(OPENAI, chat(), extra="Expect: teapot\r\n"),
+            b"NOT A REQUEST\r\n\r\n",
+            post(OPENAI, chat(), extra="Content-Length: 3\r\n"),
+        ]
+        for data in cases:
+            replies = await both_raw(fake, data)
+            assert replies["lean"][0] == replies["aiohttp"][0], data
+            assert replies["lean"][0] >= 400, data
+
+
+async def both_raw(fake: FakeLLM, data: bytes) -> dict[str, tuple[int, bool]]:
+    """The status and whether the connection closed, for ``data`` sent to each intake."""
+    out: dict[str, tuple[int, bool]] = {}
+    for intake in INTAKES:
+        async with serve(spec(fake.url, intake)) as gw:
+            conn = await Conn.open(gw.url)
+            await conn.send(data)
+            reply = await conn.answer()
+            out[intake] = (reply.status, reply.header("Connection") == "close")
+            conn.close()
+    return out
+
+
+class TestRecord:
+    """The request's record: metrics and the access line, as on aiohttp."""
+
+    async def test_metrics_and_access_line(self, fake: FakeLLM) -> None:
+        """Counts by status, streams by path, the in-flight gauge, the caller's trace."""
+        lines: dict[str, list[dict[str, Any]]] = {}
+        counts: dict[str, tuple[float, ...]] = {}
+        trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        for intake in INTAKES:
+            async with serve(spec(fake.url, intake)) as gw:
+                conn = await Conn.open(gw.url)
+                with capture_logs() as logs:
+                    await conn.send(post(OPENAI, chat(), extra=f"traceparent: {trace}\r\n"))
+                    await conn.answer()
+                    await conn.send(post("/api/chat", chat(stream=True)))
+                    await conn.answer()
+                    await conn.send(post(OPENAI, b"{"))
+                    await conn.answer()
+                    await conn.send(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
+                    samples = parse((await conn.answer()).body.decode())
+                conn.close()
+            lines[intake] = [
+                {k: v for k, v in e.items() if k not in ("duration_ms", "ttft_ms")}
+                for e in logs
+                if e["event"] == "meshkit.request"
+            ]
+            counts[intake] = (
+                value(samples, "meshkit_requests_total", code="200"),
+                value(samples, "meshkit_requests_total", code="400"),
+                value(samples, "meshkit_streams_total", path="spliced"),
+                value(samples, "meshkit_requests_in_flight"),
+            )
+        assert lines["lean"] == lines["aiohttp"]
+        assert counts["lean"] == counts["aiohttp"] == (2, 1, 1, 0)
+        assert lines["lean"][0]["trace_id"] == trace.split("-")[1]
+        assert lines["lean"][2]["error"] == "invalid_request"
+
+
+class TestCallerLeaves:
+    """A caller that leaves cancels the upstream call, as aiohttp's cancellation does."""
+
+    @pytest.mark.parametrize("intake", INTAKES)
+    async def test_before_the_answer(self, intake: str) -> None:
+        """Gone before the first byte: the handler is cancelled, logged as 499."""
+        slow = FakeLLM(first_delay=30)
+        async with slow.serve():
+            async with serve(spec(slow.url, intake)) as gw:
+                with capture_logs() as logs:
+                    conn = await Conn.open(gw.url)
+                    await conn.send(post(OPENAI, chat()))
+                    await until(lambda: bool(slow.requests))
+                    conn.close()
+                    await until(lambda: any(e["event"] == "meshkit.request" for e in logs))
+        (line,) = [e for e in logs if e["event"] == "meshkit.request"]
+        assert line["status"] == 499
+        assert line["disconnected"] is True
+
+    @pytest.mark.parametrize("intake", INTAKES)
+    async def test_mid_stream(self, intake: str) -> None:
+        """Gone mid-stream: the upstream stream is cancelled, the line says disconnected."""
+        slow = FakeLLM(stall_after=2)
+        async with slow.serve():
+            async with serve(spec(slow.url, intake)) as gw:
+                with capture_logs() as logs:
+                    conn = await Conn.open(gw.url)
+                    await conn.send(post(OPENAI, chat(stream=True)))
+                    await conn.head()
+                    conn.close()
+                    async with asyncio.timeout(10):
+                        await slow.cancelled.wait()
+                    await until(lambda: any(e["event"] == "meshkit.request" for e in logs))
+            slow.release()
+        (line,) = [e for e in logs if e["event"] == "meshkit.request"]
+        assert line["status"] == 200
+        assert line["disconnected"] is True
+
+
+class TestShutdown:
+    """Shutdown ends what is open through the app's drain, on either intake."""
+
+    @pytest.mark.parametrize("intake", INTAKES)
+    async def test_open_stream_and_idle_connection(self, intake: str) -> None:
+        """An open stream ends with a final error event; an idle connection is closed."""
+        slow = FakeLLM(tokens=[f" w{i}" for i in range(100)], delay=0.1)
+        async with slow.serve():
+            text = spec(slow.url, intake, shutdown_grace=0.2)
+            app = build_app(Mesh(loads(text, env={})))
+            runner = IntakeRunner(app, handler_cancellation=True, shutdown_timeout=5)
+            await runner.setup()
+            site = runner.site("127.0.0.1", 0)
+            await site.start()
+            url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+            idle = await Conn.open(url)
+            await idle.send(post("/api/chat", chat()))
+            assert (await idle.answer()).status == 200
+            conn = await Conn.open(url)
+            await conn.send(post(OPENAI, chat(stream=True)))
+            reading = asyncio.ensure_future(conn.answer())
+            await until(lambda: bool(slow.sent) and len(slow.sent[-1]) >= 2)
+            await runner.cleanup()
+            reply = await reading
+        events = stable_body(reply.body)
+        assert "error" in events[-1], events
+        assert await idle.closed()
+        idle.close()
+        conn.close()
+
+
+class TestIdle:
+    """An idle keep-alive connection is closed after the keep-alive timeout."""
+
+    async def test_keepalive_timeout(self, fake: FakeLLM) -> None:
+        """After its answer, a silent connection is closed by the server."""
+        async with serve(spec(fake.url, "lean"), keepalive_timeout=0.2) as gw:
+            conn = await Conn.open(gw.url)
+            await conn.send(post(OPENAI, chat()))
+            assert (await conn.answer()).status == 200
+            assert await conn.closed()
+            conn.close()
