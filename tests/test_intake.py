@@ -411,6 +411,7 @@ class TestClients:
                 assert [m.id for m in models.data] == ["llama3.2:1b"]
             finally:
                 await oa.close()
+                await ol.close()
             assert gw.intake is not None and gw.intake.answered == 4
 
 
