@@ -23,9 +23,10 @@ import pytest
 import yaml
 from structlog.testing import capture_logs
 
-from meshkit import Mesh, build_app
+from meshkit import App, Mesh, build_app
 from meshkit.gateway.intake import Intake
 from meshkit.gateway.intake_serve import IntakeRunner
+from meshkit.nodes.llm import RemoteLLM
 from meshkit.spec import loads
 from meshkit.testing import FakeLLM
 
@@ -226,6 +227,8 @@ async def both(
             if intake == "lean":
                 assert gw.intake is not None and gw.intake.answered >= 1
                 assert gw.intake.handed_off == 0
+            else:
+                assert gw.intake is None  # gateway.intake: aiohttp
     return out
 
 
@@ -416,6 +419,31 @@ class TestClients:
                 await oa.close()
                 await ol.close()
             assert gw.intake is not None and gw.intake.answered == 4
+
+
+class TestApp:
+    """``App`` (pipelines built in code) is served by the lean intake too."""
+
+    async def test_chat_path_and_mounts(self, fake: FakeLLM) -> None:
+        """A mount's chat endpoints and its extra ``chat_path`` answer on the lean path."""
+        llm = RemoteLLM("llm", endpoint=fake.url, model="llama3.2:1b")
+        app = App().mount(llm, chat_path="/v1/example-service").mount(llm, dialect="ollama")
+        runner = IntakeRunner(app.application(), handler_cancellation=True)
+        await runner.setup()
+        try:
+            await runner.site("127.0.0.1", 0).start()
+            url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+            conn = await Conn.open(url)
+            await conn.send(post("/v1/example-service", chat()))
+            whole = await conn.answer()
+            await conn.send(post("/api/generate", b'{"prompt": "hi", "stream": false}'))
+            generated = await conn.answer()
+            conn.close()
+            assert runner.intake is not None and runner.intake.answered == 2
+        finally:
+            await runner.cleanup()
+        assert json.loads(whole.body)["choices"][0]["message"]["content"] == "The sky appears blue."
+        assert json.loads(generated.body)["response"] == "The sky appears blue."
 
 
 class TestHandoff:
