@@ -120,6 +120,7 @@ class Connection(asyncio.Protocol):
         self._buf = bytearray()
         self._call: Call | None = None  # the request whose body is being read
         self._timer: asyncio.TimerHandle | None = None
+        self._idle_since: float | None = None  # loop time the connection went idle
         self._reading_paused = False
         self._writing_paused = False
         self._writable: asyncio.Future[None] | None = None
@@ -132,10 +133,7 @@ class Connection(asyncio.Protocol):
         self._idle()
 
     def data_received(self, data: bytes) -> None:
-        timer = self._timer
-        if timer is not None:
-            timer.cancel()
-            self._timer = None
+        self._idle_since = None
         self._buf += data
         if self.task is None:
             self._advance()
@@ -187,13 +185,25 @@ class Connection(asyncio.Protocol):
     # -- idle and closing -------------------------------------------------------------------
 
     def _idle(self) -> None:
+        # One timer per connection, re-armed only when it fires early (not a timer made
+        # and cancelled per request: that was 2 % of a request's CPU).
         timeout = self.intake.keepalive_timeout
         if timeout > 0:
-            self._timer = self.loop.call_later(timeout, self._expire)
+            now = self.loop.time()
+            self._idle_since = now
+            if self._timer is None:
+                self._timer = self.loop.call_at(now + timeout, self._expire)
 
     def _expire(self) -> None:
         self._timer = None
-        self.close_if_idle()
+        since = self._idle_since
+        if since is None:
+            return  # busy: armed again when it goes idle
+        left = since + self.intake.keepalive_timeout - self.loop.time()
+        if left > 0:
+            self._timer = self.loop.call_at(self.loop.time() + left, self._expire)
+        else:
+            self.close_if_idle()
 
     def close_if_idle(self) -> None:
         """Close the connection if no request is being read or answered."""
