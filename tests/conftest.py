@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -12,12 +13,32 @@ import openai
 import pytest
 import yaml
 from aiohttp.test_utils import TestClient, TestServer
+from yarl import URL
 
 from meshkit import Mesh, build_app
+from meshkit.gateway.intake_serve import IntakeRunner
 from meshkit.spec import loads
 from meshkit.testing import FakeLLM
 
 SERVER_KWARGS = {"handler_cancellation": True}
+#: Which intake the ``gateway`` fixture serves through: ``lean`` (as ``meshkit serve``
+#: does) unless ``MESHKIT_TEST_INTAKE=aiohttp`` (aiohttp's own test server).
+INTAKE = os.environ.get("MESHKIT_TEST_INTAKE", "lean")
+
+
+class LeanTestServer(TestServer):
+    """aiohttp's test server, listening through meshkit's :class:`IntakeRunner` (the lean
+    intake in front of the chat endpoints, as under ``meshkit serve``)."""
+
+    async def start_server(self, loop: Any = None, **kwargs: Any) -> None:
+        if self.runner:
+            return
+        runner = self.runner = IntakeRunner(self.app, **{**SERVER_KWARGS, **kwargs})
+        await runner.setup()
+        await runner.site(self.host, self.port or 0).start()
+        self.port = runner.addresses[0][1]
+        self.scheme = "http"
+        self._root = URL(f"http://{self.host}:{self.port}")
 
 
 def mesh_yaml(endpoint: str, **llm: Any) -> str:
@@ -75,7 +96,8 @@ async def gateway(
     async def make(source: str | FakeLLM, **llm: Any) -> TestClient[Any, Any]:
         text = source if isinstance(source, str) else mesh_yaml(source.url, **llm)
         mesh = Mesh(loads(text, env={}))
-        server = TestServer(build_app(mesh), **SERVER_KWARGS)
+        serving = LeanTestServer if INTAKE == "lean" else TestServer
+        server = serving(build_app(mesh), **SERVER_KWARGS)
         return await aiohttp_client(server)
 
     return make
