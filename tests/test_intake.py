@@ -477,6 +477,18 @@ class TestHandoff:
                 assert b"meshkit_requests_total" in bodies[-2]
                 assert json.loads(bodies[-1]) == {"status": "ok"}
 
+    async def test_pipelined_behind_a_chat(self, fake: FakeLLM) -> None:
+        """A chat and a models request in one write: the chat here, the rest aiohttp's."""
+        async with serve(spec(fake.url, "lean")) as gw:
+            conn = await Conn.open(gw.url)
+            await conn.send(post(OPENAI, chat()) + b"GET /v1/models HTTP/1.1\r\nHost: t\r\n\r\n")
+            replies = [await conn.answer(), await conn.answer()]
+            conn.close()
+            assert gw.intake is not None
+            assert (gw.intake.answered, gw.intake.handed_off) == (1, 1)
+        assert json.loads(replies[0].body)["object"] == "chat.completion"
+        assert json.loads(replies[1].body)["object"] == "list"
+
     async def test_unsure_goes_to_aiohttp(self, fake: FakeLLM) -> None:
         """A malformed head, an unknown ``Expect``, an ``Upgrade``: aiohttp's answers."""
         cases = [
@@ -484,6 +496,7 @@ class TestHandoff:
             post(OPENAI, chat(), extra="Expect: teapot\r\n"),
             b"NOT A REQUEST\r\n\r\n",
             post(OPENAI, chat(), extra="Content-Length: 3\r\n"),
+            post(OPENAI, chat(), extra=f"X-Long: {'a' * 9000}\r\n"),
         ]
         for data in cases:
             replies = await both_raw(fake, data)

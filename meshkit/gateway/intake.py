@@ -42,8 +42,9 @@ from .intake_call import SERVER, Call, HeadReader
 
 log = structlog.get_logger(__name__)
 
-#: Longest request head read here; a longer one goes to aiohttp (which refuses it).
-MAX_HEAD = 1 << 16
+#: Longest request head read here: a longer one goes to aiohttp, which decides (its
+#: limit on one line is 8190 bytes; a chat request's head is a few hundred).
+MAX_HEAD = 8190
 #: Bytes of later requests buffered while one is answered before reading pauses.
 MAX_PENDING = 1 << 20
 #: aiohttp's idle keep-alive timeout under ``web.run_app``.
@@ -236,7 +237,7 @@ class Connection(asyncio.Protocol):
                 if len(buf) > MAX_HEAD:
                     self._hand_off()
                 return
-            call = self._head(end + 4)
+            call = self._head(end + 4) if end + 4 <= MAX_HEAD else None
             if call is None:
                 self._hand_off()
                 return
