@@ -26,7 +26,9 @@ from structlog.testing import capture_logs
 from meshkit import App, Mesh, build_app
 from meshkit.gateway.intake import Intake
 from meshkit.gateway.intake_serve import IntakeRunner
+from meshkit.nodes.base import Context, MicroService
 from meshkit.nodes.llm import RemoteLLM
+from meshkit.protocol.types import Completion
 from meshkit.spec import loads
 from meshkit.testing import FakeLLM
 
@@ -444,6 +446,38 @@ class TestApp:
             await runner.cleanup()
         assert json.loads(whole.body)["choices"][0]["message"]["content"] == "The sky appears blue."
         assert json.loads(generated.body)["response"] == "The sky appears blue."
+
+
+class Broken(MicroService):
+    """A custom node whose answer cannot be written (a bug in it, not a refusal)."""
+
+    async def process(self, data: Any, ctx: Context) -> Completion:
+        return Completion(text=object())  # type: ignore[arg-type]
+
+
+class TestCrash:
+    """A crash in the gateway's own code is a 500 in the caller's dialect on both."""
+
+    async def test_unwritable_answer(self) -> None:
+        """The same 500 body, logged as a crash, from both intakes."""
+        replies: dict[str, Reply] = {}
+        for intake in INTAKES:
+            app = App(intake=intake).mount(Broken("broken")).mount(Broken("b2"), dialect="ollama")
+            runner = IntakeRunner(app.application(), handler_cancellation=True)
+            await runner.setup()
+            try:
+                await runner.site("127.0.0.1", 0).start()
+                conn = await Conn.open(f"http://127.0.0.1:{runner.addresses[0][1]}")
+                with capture_logs() as logs:
+                    await conn.send(post("/api/chat", chat()))
+                    replies[intake] = await conn.answer()
+                conn.close()
+            finally:
+                await runner.cleanup()
+            assert "meshkit.gateway.crashed" in [e["event"] for e in logs]
+        assert replies["lean"].stable() == replies["aiohttp"].stable()
+        assert replies["lean"].status == 500
+        assert json.loads(replies["lean"].body) == {"error": "internal error in the gateway"}
 
 
 class TestHandoff:
