@@ -29,18 +29,14 @@ from __future__ import annotations
 import asyncio
 import time
 from email.utils import formatdate
-from typing import Any
 
 import httptools
-import structlog
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from .exchange import Streaming
-from .fastpath import Endpoint, serve
+from .fastpath import Endpoint, Gate, serve
 from .intake_call import SERVER, Call, HeadReader
-
-log = structlog.get_logger(__name__)
 
 #: Longest request head read here: a longer one goes to aiohttp, which decides (its
 #: limit on one line is 8190 bytes; a chat request's head is a few hundred).
@@ -67,11 +63,11 @@ class Intake:
         handed_off: Connections handed to aiohttp.
     """
 
-    def __init__(self, gate: Any, server: web.Server, *, keepalive_timeout: float) -> None:
+    def __init__(self, gate: Gate, server: web.Server, *, keepalive_timeout: float) -> None:
         self.gate = gate
         self.server = server
         self.endpoints: dict[bytes, Endpoint] = gate.endpoints()
-        self.max_body: int = gate.max_body
+        self.max_body = gate.max_body
         self.streaming: Streaming = gate.streaming
         self.keepalive_timeout = keepalive_timeout
         self.connections: set[Connection] = set()
