@@ -425,7 +425,7 @@ class Record(RequestObserver):
             trace_id = self.observer.tracing.trace_id(span)  # type: ignore[union-attr]
         elif self.parent is not None:
             trace_id = trace_id_of(self.parent[0])
-        access_log.line(
+        access_log.request(
             request_id=self.rid,
             trace_id=trace_id,
             pipeline=self.pipeline,
