@@ -31,6 +31,8 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from .timers import Cancellable, wheel
+
 #: Buffered body bytes past which an awaited response stops reading from the socket.
 READ_LIMIT = 1 << 16
 #: Longest answer head (status line and headers) accepted from an upstream.
@@ -99,17 +101,36 @@ def encode_request(
     method: str, path: bytes, host: bytes, headers: Mapping[str, str], body: bytes | None
 ) -> bytes:
     """One request's bytes: request line, headers and body (never chunked)."""
+    return complete_request(encode_head(method, path, host, headers), {}, body)
+
+
+def encode_head(method: str, path: bytes, host: bytes, headers: Mapping[str, str]) -> bytes:
+    """A request's line and ``headers``, unterminated: the part of a request that can
+    be made once for every request to one upstream (see :func:`complete_request`)."""
     lines = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method.encode("ascii"), path, host)]
-    for name, value in headers.items():
-        if "\r" in value or "\n" in value or "\r" in name or "\n" in name or ":" in name:
-            raise ValueError(f"header {name!r} has a line break or colon in it")
-        lines.append(b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1")))
+    _header_lines(lines, headers)
+    return b"".join(lines)
+
+
+def complete_request(head: bytes, headers: Mapping[str, str], body: bytes | None) -> bytes:
+    """A request's bytes: ``head`` (from :func:`encode_head`), then ``headers`` and
+    ``body``."""
+    lines = [head]
+    if headers:
+        _header_lines(lines, headers)
     if body is not None:
         lines.append(b"Content-Length: %d\r\n\r\n" % len(body))
         lines.append(body)
     else:
         lines.append(b"\r\n")
     return b"".join(lines)
+
+
+def _header_lines(lines: list[bytes], headers: Mapping[str, str]) -> None:
+    for name, value in headers.items():
+        if "\r" in value or "\n" in value or "\r" in name or "\n" in name or ":" in name:
+            raise ValueError(f"header {name!r} has a line break or colon in it")
+        lines.append(b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1")))
 
 
 class Headers(dict[str, str]):
@@ -198,7 +219,7 @@ class Response:
         #: A timer bounding the whole call, cancelled when the response is given back.
         self.timer: asyncio.TimerHandle | None = None
         #: A timer bounding the wait for the start of the answer (see :meth:`expire_at`).
-        self.head_timer: asyncio.TimerHandle | None = None
+        self.head_timer: Cancellable | None = None
 
     # -- parser callbacks (called by httptools from Connection.data_received) -------------
 
@@ -323,10 +344,12 @@ class Response:
         self._ended(exc)
         self._conn.abandon(self)
 
-    def expire_at(self, when: float, exc: BaseException) -> None:
-        """Fail the response with ``exc`` at loop time ``when`` unless :meth:`in_time`
-        is called first: one timer, cheaper than a timeout around each await."""
-        self.head_timer = self._conn.loop.call_at(when, self.fail, exc)
+    def expire_at(self, when: float, why: str) -> None:
+        """Fail the response with ``TimeoutError(why)`` at loop time ``when`` unless
+        :meth:`in_time` is called first: one deadline, cheaper than a timeout around
+        each await, filed in the loop's :class:`~meshkit.client.timers.Wheel` (a far
+        one fires up to a slot late, and costs no loop timer of its own)."""
+        self.head_timer = wheel(self._conn.loop).call_at(when, _expire, (self, why))
 
     def in_time(self) -> None:
         """What :meth:`expire_at` waited for has arrived: stop its timer."""
@@ -449,6 +472,11 @@ class Response:
             self.fail(BrokenBody("the response was closed"))  # a pipe's end learns why
         self._on_data = self._on_end = None
         self._conn.abandon(self)
+
+
+def _expire(late: tuple[Response, str]) -> None:
+    response, why = late
+    response.fail(TimeoutError(why))
 
 
 def _interim(status: int) -> bool:

@@ -102,6 +102,15 @@ class RemoteLLM(MicroService):
         self.fallback = fallback if isinstance(fallback, MicroService) else None
         self._fallback_name = fallback if isinstance(fallback, str) else None
         self._headers = bearer(api_key)
+        #: A first try's timeouts when the request has no deadline of its own (made
+        #: from ``_first_of``: the node's timeouts, unless replaced since).
+        self._first_of = self.timeouts
+        self._first = Timeouts(
+            min(self.timeouts.connect, self.timeouts.first_byte),
+            self.timeouts.first_byte,
+            self.timeouts.idle,
+            self.timeouts.total,
+        )
         self._secrets = (api_key,) if api_key else ()
         self._prober: asyncio.Task[None] | None = None
 
@@ -182,8 +191,16 @@ class RemoteLLM(MicroService):
         tried = [replica]
         try:
             # The first try is made before any retry machinery is built: most calls
-            # need none, and stamina costs tens of microseconds per call.
-            return await self._attempt(replica, body, request, ctx, budget_end)
+            # need none, and stamina costs tens of microseconds per call. Without a
+            # request deadline its timeouts are the node's, made once.
+            return await self._attempt(
+                replica,
+                body,
+                request,
+                ctx,
+                budget_end,
+                self._first if ctx.deadline is None and self.timeouts is self._first_of else None,
+            )
         except UpstreamError as err:
             if not self.retry.retries or not retryable(err):
                 raise
@@ -240,25 +257,33 @@ class RemoteLLM(MicroService):
         request: ChatRequest,
         ctx: Context,
         budget_end: float,
+        timeouts: Timeouts | None = None,
     ) -> Completion | ChunkStream:
-        """One try on one replica, up to the first chunk (or the whole answer)."""
+        """One try on one replica, up to the first chunk (or the whole answer).
+
+        ``timeouts``: the call's own, when the caller knows them (a first try with no
+        request deadline: the node's, made once).
+        """
         remaining = budget_end - time.monotonic()
         if remaining <= 0:
             raise UpstreamTimeout(f"{self.name}: no time left for the call", service=self.name)
-        timeouts = self.timeouts
-        if ctx.deadline is not None:
-            timeouts = timeouts.within(ctx.deadline - time.monotonic())
-        timeouts = Timeouts(
-            min(timeouts.connect, remaining), remaining, timeouts.idle, timeouts.total
-        )
-        headers = dict(self._headers)
-        headers["X-Request-ID"] = ctx.request_id
+        if timeouts is None:
+            timeouts = self.timeouts
+            if ctx.deadline is not None:
+                timeouts = timeouts.within(ctx.deadline - time.monotonic())
+            timeouts = Timeouts(
+                min(timeouts.connect, remaining), remaining, timeouts.idle, timeouts.total
+            )
+        # The node's own headers are fixed (the client renders them once per URL);
+        # these are the request's.
+        headers = {"X-Request-ID": ctx.request_id}
         if ctx.deadline is not None:
             headers[DEADLINE_HEADER] = header_value(ctx.deadline)
         client = ctx.client
         replicas = self.replicas
         replicas.acquire(replica)
         task = asyncio.current_task()
+        loop = asyncio.get_running_loop() if task is None else task.get_loop()
         url = replica.url + self.path
         probe = ctx.observer.attempt(self.name, replica.name, url, request.model, headers)
         head: list[Chunk] = []
@@ -274,9 +299,10 @@ class RemoteLLM(MicroService):
                     service=self.name,
                     timeouts=timeouts,
                     body=body,
-                    headers=headers,
+                    headers=self._headers,
+                    more_headers=headers,
                     secrets=self._secrets,
-                    answer_by=asyncio.get_running_loop().time() + remaining,
+                    answer_by=loop.time() + remaining,
                 )
                 if request.stream:
                     parser = LineParser(self.name, self._codec.line_parser())
