@@ -31,8 +31,6 @@ from urllib.parse import urlsplit
 
 import httptools
 
-from .timers import Cancellable, wheel
-
 #: Buffered body bytes past which an awaited response stops reading from the socket.
 READ_LIMIT = 1 << 16
 #: Longest answer head (status line and headers) accepted from an upstream.
@@ -158,6 +156,8 @@ class Connection(Protocol):
     def resume_reading(self) -> None: ...
     def finished(self, response: Response) -> None: ...
     def abandon(self, response: Response) -> None: ...
+    def expire_at(self, response: Response, when: float, why: str) -> None: ...
+    def in_time(self, response: Response) -> None: ...
     def reuse(self, response: Response) -> None: ...
 
 
@@ -185,7 +185,7 @@ class Response:
         "_waiter",
         "begun",
         "complete",
-        "head_timer",
+        "due",
         "max_size",
         "parser",
         "reason",
@@ -218,8 +218,8 @@ class Response:
         self._headers: Headers | None = None
         #: A timer bounding the whole call, cancelled when the response is given back.
         self.timer: asyncio.TimerHandle | None = None
-        #: A timer bounding the wait for the start of the answer (see :meth:`expire_at`).
-        self.head_timer: Cancellable | None = None
+        #: A deadline bounds the wait for the start of the answer (see :meth:`expire_at`).
+        self.due = False
 
     # -- parser callbacks (called by httptools from Connection.data_received) -------------
 
@@ -346,16 +346,17 @@ class Response:
 
     def expire_at(self, when: float, why: str) -> None:
         """Fail the response with ``TimeoutError(why)`` at loop time ``when`` unless
-        :meth:`in_time` is called first: one deadline, cheaper than a timeout around
-        each await, filed in the loop's :class:`~meshkit.client.timers.Wheel` (a far
-        one fires up to a slot late, and costs no loop timer of its own)."""
-        self.head_timer = wheel(self._conn.loop).call_at(when, _expire, (self, why))
+        :meth:`in_time` is called first: cheaper than a timeout around each await, and
+        cheaper than a timer per call (the connection keeps one lazy timer for the
+        deadlines of every response it carries)."""
+        self.due = True
+        self._conn.expire_at(self, when, why)
 
     def in_time(self) -> None:
-        """What :meth:`expire_at` waited for has arrived: stop its timer."""
-        if self.head_timer is not None:
-            self.head_timer.cancel()
-            self.head_timer = None
+        """What :meth:`expire_at` waited for has arrived: its deadline is over."""
+        if self.due:
+            self.due = False
+            self._conn.in_time(self)
 
     def _ended(self, exc: BaseException | None) -> None:
         """The body is over (``exc`` None) or broken: wake a reader, end a pipe once."""
@@ -461,9 +462,9 @@ class Response:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        if self.head_timer is not None:
-            self.head_timer.cancel()
-            self.head_timer = None
+        if self.due:
+            self.due = False
+            self._conn.in_time(self)
 
     def close(self) -> None:
         """Done, whatever was left unread: the connection is closed."""
@@ -472,11 +473,6 @@ class Response:
             self.fail(BrokenBody("the response was closed"))  # a pipe's end learns why
         self._on_data = self._on_end = None
         self._conn.abandon(self)
-
-
-def _expire(late: tuple[Response, str]) -> None:
-    response, why = late
-    response.fail(TimeoutError(why))
 
 
 def _interim(status: int) -> bool:

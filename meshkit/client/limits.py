@@ -15,7 +15,6 @@ import attrs
 
 from ..errors import UpstreamTimeout
 from . import h1
-from .timers import Cancellable, wheel
 
 
 @attrs.frozen
@@ -108,12 +107,10 @@ class IdleWatch:
     read. A wait found older than ``idle`` fails the response with
     :class:`TimeoutError`. Time the reader spends elsewhere (writing to a slow caller)
     never counts. A response relayed by callbacks marks ``reading`` with the time of
-    its last piece of data instead. The timer is filed in the loop's
-    :class:`~meshkit.client.timers.Wheel`: an idle bound of a second or more fires up
-    to a slot late and costs no loop timer of its own.
+    its last piece of data instead.
     """
 
-    __slots__ = ("_handle", "_idle", "_loop", "_response", "_wheel", "reading")
+    __slots__ = ("_handle", "_idle", "_loop", "_response", "reading")
 
     def __init__(self, response: h1.Response, idle: float | None) -> None:
         self._loop = asyncio.get_running_loop()
@@ -121,10 +118,9 @@ class IdleWatch:
         self._idle = idle
         #: Loop time the current wait for data began; None while not waiting.
         self.reading: float | None = None
-        self._handle: Cancellable | None = None
-        self._wheel = wheel(self._loop)
+        self._handle: asyncio.TimerHandle | None = None
         if idle:
-            self._handle = self._wheel.call_at(self._loop.time() + idle, _watch, self)
+            self._handle = self._loop.call_at(self._loop.time() + idle, self._check)
 
     def _check(self) -> None:
         idle = self._idle
@@ -135,15 +131,10 @@ class IdleWatch:
             self._handle = None
             self._response.fail(TimeoutError("Timeout on reading data from socket"))
             return
-        when = (now if started is None else started) + idle
-        self._handle = self._wheel.call_at(when, _watch, self)
+        self._handle = self._loop.call_at((now if started is None else started) + idle, self._check)
 
     def cancel(self) -> None:
         """Stop watching (the stream ended)."""
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
-
-
-def _watch(watch: IdleWatch) -> None:
-    watch._check()
