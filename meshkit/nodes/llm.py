@@ -156,43 +156,23 @@ class RemoteLLM(MicroService):
     async def process(self, data: Any, ctx: Context) -> Completion | ChunkStream:
         """Send the chat request; stream chunks back or return the whole completion.
 
-        Fails over to :attr:`fallback` (if any) when this service fails before
+        Tries replicas until one answers, retrying safe failures within the budget,
+        then fails over to :attr:`fallback` (if any) when this service failed before
         streaming anything, within what is left of the request's deadline.
         """
         request = _as_chat(data).with_model(self.model)
-        try:
-            return await self._call(request, ctx)
-        except UpstreamError as err:
-            fallback = self.fallback
-            if fallback is None or isinstance(err, UpstreamRejected | ShuttingDown):
-                raise
-            log.warning(
-                "meshkit.llm.fallback",
-                service=self.name,
-                fallback=fallback.name,
-                error=err.code,
-                request_id=ctx.request_id,
-            )
-            own_model = getattr(fallback, "model", None)
-            if own_model:
-                request = attrs.evolve(request, model=own_model)
-            result: Completion | ChunkStream = await fallback.process(request, ctx)
-            return result
-
-    async def _call(self, request: ChatRequest, ctx: Context) -> Completion | ChunkStream:
-        """Try replicas until one answers, retrying safe failures within the budget."""
         body = self._codec.body(request, stream=request.stream)
         budget_end = time.monotonic() + self.timeouts.first_byte
         if ctx.deadline is not None:
             budget_end = min(budget_end, ctx.deadline)
         replica = self.replicas.pick()
-        if replica is None:
-            raise self._circuit_open()
-        tried = [replica]
         try:
-            # The first try is made before any retry machinery is built: most calls
-            # need none, and stamina costs tens of microseconds per call. Without a
-            # request deadline its timeouts are the node's, made once.
+            if replica is None:
+                raise self._circuit_open()
+            # The first try is made here, before any retry or fallback machinery: most
+            # calls need none (stamina costs tens of microseconds per call, a coroutine
+            # layer one or two). Without a request deadline its timeouts are the
+            # node's, made once.
             return await self._attempt(
                 replica,
                 body,
@@ -202,9 +182,51 @@ class RemoteLLM(MicroService):
                 self._first if ctx.deadline is None and self.timeouts is self._first_of else None,
             )
         except UpstreamError as err:
-            if not self.retry.retries or not retryable(err):
+            return await self._recover(err, replica, body, request, ctx, budget_end)
+
+    async def _recover(
+        self,
+        err: UpstreamError,
+        replica: Replica | None,
+        body: dict[str, Any],
+        request: ChatRequest,
+        ctx: Context,
+        budget_end: float,
+    ) -> Completion | ChunkStream:
+        """After the first try failed with ``err``: the retries, then the fallback."""
+        try:
+            if replica is None or not self.retry.retries or not retryable(err):
+                raise err
+            return await self._retry(err, replica, body, request, ctx, budget_end)
+        except UpstreamError as final:
+            fallback = self.fallback
+            if fallback is None or isinstance(final, UpstreamRejected | ShuttingDown):
                 raise
-            failure: UpstreamError | None = err
+            log.warning(
+                "meshkit.llm.fallback",
+                service=self.name,
+                fallback=fallback.name,
+                error=final.code,
+                request_id=ctx.request_id,
+            )
+            own_model = getattr(fallback, "model", None)
+            if own_model:
+                request = attrs.evolve(request, model=own_model)
+            result: Completion | ChunkStream = await fallback.process(request, ctx)
+            return result
+
+    async def _retry(
+        self,
+        err: UpstreamError,
+        replica: Replica,
+        body: dict[str, Any],
+        request: ChatRequest,
+        ctx: Context,
+        budget_end: float,
+    ) -> Completion | ChunkStream:
+        """Retry safe failures on other replicas (or the same) within the budget."""
+        tried = [replica]
+        failure: UpstreamError | None = err
 
         def fresh() -> bool:
             now = self.replicas.clock()
@@ -229,12 +251,12 @@ class RemoteLLM(MicroService):
                 request_id=ctx.request_id,
             )
             ctx.observer.retried(self.name)
-            replica = self.replicas.pick(tried) or self.replicas.pick()
-            if replica is None:
+            other = self.replicas.pick(tried) or self.replicas.pick()
+            if other is None:
                 raise retrying.last
-            tried.append(replica)
+            tried.append(other)
             with attempt:
-                return await self._attempt(replica, body, request, ctx, budget_end)
+                return await self._attempt(other, body, request, ctx, budget_end)
         raise AssertionError("unreachable: stamina lets the last failure out")
 
     def _circuit_open(self) -> CircuitOpen:
