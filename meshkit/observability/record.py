@@ -50,6 +50,10 @@ def _outcome(exc: BaseException) -> str:
     return "error"
 
 
+#: A model's metric keys: of its time series, of its input and of its output tokens.
+ModelKeys = tuple[tuple[str, str], tuple[str, str, str], tuple[str, str, str]]
+
+
 class Labels:
     """One mounted resource's label values and the metric keys its requests update,
     made once when the app is built instead of as tuples on every request.
@@ -60,7 +64,16 @@ class Labels:
         route: The route's path template (never the raw path).
     """
 
-    __slots__ = ("_codes", "_nodes", "dialect", "pipeline", "pipeline_key", "route", "route_key")
+    __slots__ = (
+        "_codes",
+        "_models",
+        "_nodes",
+        "dialect",
+        "pipeline",
+        "pipeline_key",
+        "route",
+        "route_key",
+    )
 
     def __init__(self, pipeline: str, dialect: str, route: str) -> None:
         self.pipeline = pipeline
@@ -70,6 +83,9 @@ class Labels:
         self.route_key = (pipeline, dialect)
         self._codes: dict[int, tuple[str, str, str]] = {}
         self._nodes: dict[str, tuple[str, str]] = {}
+        self._models: dict[
+            str, tuple[tuple[str, str], tuple[str, str, str], tuple[str, str, str]]
+        ] = {}
 
     def code_key(self, status: int) -> tuple[str, str, str]:
         """The key of ``meshkit_requests`` for an answer with ``status``."""
@@ -77,6 +93,20 @@ class Labels:
         if key is None:
             key = self._codes[status] = (self.pipeline, self.dialect, str(status))
         return key
+
+    def model_keys(self, model: str) -> ModelKeys:
+        """The keys for ``model`` (a metric label value): of the time series
+        (``meshkit_ttft_seconds``, ``meshkit_tpot_seconds``) and of the input and output
+        token counts."""
+        keys = self._models.get(model)
+        if keys is None:
+            pipeline = self.pipeline
+            keys = self._models[model] = (
+                (pipeline, model),
+                (pipeline, model, "input"),
+                (pipeline, model, "output"),
+            )
+        return keys
 
     def node_key(self, node: str) -> tuple[str, str]:
         """The key of ``meshkit_node_duration_seconds`` for ``node``."""
@@ -405,14 +435,15 @@ class Record(RequestObserver):
             if self.model and model != self.model and 200 <= status < 300:
                 metrics.learn_models((self.model,))  # the upstream answered: it knows it
                 model = metrics.model(self.model)
+            timed, inputs, outputs = labels.model_keys(model)
             if ttft is not None:
-                metrics.ttft.observe((pipeline, model), ttft)
+                metrics.ttft.observe(timed, ttft)
             if tpot is not None:
-                metrics.tpot.observe((pipeline, model), tpot)
+                metrics.tpot.observe(timed, tpot)
             if tokens_in:
-                metrics.tokens.inc((pipeline, model, "input"), tokens_in)
+                metrics.tokens.inc(inputs, tokens_in)
             if tokens_out:
-                metrics.tokens.inc((pipeline, model, "output"), tokens_out)
+                metrics.tokens.inc(outputs, tokens_out)
             for attempt in self.attempts:
                 outcome = attempt.outcome or "ok"
                 metrics.upstream.inc((attempt.service, attempt.replica, outcome))
