@@ -161,12 +161,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         pass
     app = build_app(mesh)
     # Everything loaded so far lives as long as the process: keep it out of the cyclic
-    # collector's way. The young-generation threshold stays at Python's default: a
-    # high one (tried: 50 000) made each collection ~10 ms long, hitting 1 % of
-    # requests at concurrency 1, and saved no CPU (benchmarks/results/optimisations.md,
-    # row 10).
+    # collector's way. A young generation of 5 000 (Python: 700) cut a 1000-stream
+    # burst's CPU by ~15 %, for young collections of ~3 ms instead of ~0.5 (50 000 made
+    # them ~10 ms, hitting 1 % of requests at concurrency 1: optimisations.md, row 10;
+    # 5 000: session5-own.md).
     gc.collect()
     gc.freeze()
+    gc.set_threshold(5000, *gc.get_threshold()[1:])
 
     cap = backlog_capped()
     if cap is not None:

@@ -165,6 +165,7 @@ fields = dict(request_id="r-1", trace_id=None, pipeline="chat", dialect="openai"
     duration_ms=12.25, tokens_in=3, tokens_out=None, error=None, disconnected=False)
 configure_logging(sys.argv[1], sys.argv[2])
 access_log.line(**fields)
+access_log.request(**fields)
 with capture_logs() as captured:
     access_log.line(**fields)
 print("captured", len(captured), file=sys.stderr)
@@ -207,8 +208,9 @@ class TestDirectLine:
 
     @pytest.mark.parametrize("fmt", ["console", "json"])
     def test_the_same_line_as_through_structlog(self, fmt: str) -> None:
-        direct, captured, with_var, through = _lines("info", fmt)
+        direct, record, captured, with_var, through = _lines("info", fmt)
         assert _unstamped(direct, fmt) == _unstamped(through, fmt)
+        assert _unstamped(record, fmt) == _unstamped(through, fmt)  # a record's own line
         assert timedelta(0) <= _stamp(through, fmt) - _stamp(direct, fmt) < timedelta(seconds=5)
         assert captured == "captured 1"  # capture_logs still sees it
         if fmt == "json":

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
+from meshkit.protocol.ollama import parse_chat
 from meshkit.testing import FakeLLM
 
 
@@ -81,3 +84,15 @@ class TestChat:
         gw = await gateway(fake)
         listing = await clients.ollama(gw).list()
         assert [m.model for m in listing.models] == ["llama3.2:1b"]
+
+
+class TestPlainChat:
+    """A chat of only model, messages and stream parses as the full reader would."""
+
+    @pytest.mark.parametrize("stream", [True, False, None])
+    def test_same_as_with_every_other_field_null(self, stream: bool | None) -> None:
+        plain = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": stream}
+        full = {**plain, "options": {}, "format": None, "keep_alive": None, "tools": None}
+        fast = parse_chat(json.dumps(plain).encode())
+        assert fast == parse_chat(json.dumps(full).encode())
+        assert fast.stream is (stream is not False) and fast.model == "m" and fast.extra == {}

@@ -650,3 +650,43 @@ class TestSpecKeys:
         llm = spec.services["llm"]
         assert (llm.max_connections, llm.max_response_body) == (1000, 64 << 20)
         assert spec.gateway.send_timeout == 60.0
+
+
+# -- request heads kept per upstream --------------------------------------------------------
+
+
+class TestKeptRequestHeads:
+    """A node's fixed headers are rendered once per URL; a request's own never stick."""
+
+    async def test_fixed_and_own_headers_arrive_as_sent(self) -> None:
+        seen: list[dict[str, str]] = []
+
+        async def echo(request: web.Request) -> web.Response:
+            seen.append(dict(request.headers))
+            return web.json_response(await request.json())
+
+        app = web.Application()
+        app.router.add_post("/echo", echo)
+        async with serve_app(app) as url, HttpClient() as client:
+
+            async def call(fixed: dict[str, str], own: dict[str, str], n: int) -> Any:
+                async with client.request(
+                    "POST",
+                    url + "/echo",
+                    service="svc",
+                    timeouts=Timeouts(),
+                    body={"n": n},
+                    headers=fixed,
+                    more_headers=own,
+                ) as response:
+                    return json.loads(await response.read())
+
+            assert await call({"Authorization": "Bearer a"}, {"X-Request-ID": "r1"}, 1) == {"n": 1}
+            assert await call({"Authorization": "Bearer a"}, {"X-Request-ID": "r2"}, 2) == {"n": 2}
+            assert await call({"Authorization": "Bearer b"}, {}, 3) == {"n": 3}
+            with pytest.raises(ValueError, match="line break"):
+                await call({}, {"X-Request-ID": "r\r\nX-Evil: 1"}, 4)
+        assert [h.get("Authorization") for h in seen] == ["Bearer a", "Bearer a", "Bearer b"]
+        assert [h.get("X-Request-ID") for h in seen] == ["r1", "r2", None]
+        assert {h["Content-Type"] for h in seen} == {"application/json"}
+        assert all("X-Evil" not in h for h in seen)

@@ -99,17 +99,36 @@ def encode_request(
     method: str, path: bytes, host: bytes, headers: Mapping[str, str], body: bytes | None
 ) -> bytes:
     """One request's bytes: request line, headers and body (never chunked)."""
+    return complete_request(encode_head(method, path, host, headers), {}, body)
+
+
+def encode_head(method: str, path: bytes, host: bytes, headers: Mapping[str, str]) -> bytes:
+    """A request's line and ``headers``, unterminated: the part of a request that can
+    be made once for every request to one upstream (see :func:`complete_request`)."""
     lines = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method.encode("ascii"), path, host)]
-    for name, value in headers.items():
-        if "\r" in value or "\n" in value or "\r" in name or "\n" in name or ":" in name:
-            raise ValueError(f"header {name!r} has a line break or colon in it")
-        lines.append(b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1")))
+    _header_lines(lines, headers)
+    return b"".join(lines)
+
+
+def complete_request(head: bytes, headers: Mapping[str, str], body: bytes | None) -> bytes:
+    """A request's bytes: ``head`` (from :func:`encode_head`), then ``headers`` and
+    ``body``."""
+    lines = [head]
+    if headers:
+        _header_lines(lines, headers)
     if body is not None:
         lines.append(b"Content-Length: %d\r\n\r\n" % len(body))
         lines.append(body)
     else:
         lines.append(b"\r\n")
     return b"".join(lines)
+
+
+def _header_lines(lines: list[bytes], headers: Mapping[str, str]) -> None:
+    for name, value in headers.items():
+        if "\r" in value or "\n" in value or "\r" in name or "\n" in name or ":" in name:
+            raise ValueError(f"header {name!r} has a line break or colon in it")
+        lines.append(b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1")))
 
 
 class Headers(dict[str, str]):
@@ -137,6 +156,8 @@ class Connection(Protocol):
     def resume_reading(self) -> None: ...
     def finished(self, response: Response) -> None: ...
     def abandon(self, response: Response) -> None: ...
+    def expire_at(self, response: Response, when: float, why: str) -> None: ...
+    def in_time(self, response: Response) -> None: ...
     def reuse(self, response: Response) -> None: ...
 
 
@@ -164,7 +185,7 @@ class Response:
         "_waiter",
         "begun",
         "complete",
-        "head_timer",
+        "due",
         "max_size",
         "parser",
         "reason",
@@ -197,8 +218,8 @@ class Response:
         self._headers: Headers | None = None
         #: A timer bounding the whole call, cancelled when the response is given back.
         self.timer: asyncio.TimerHandle | None = None
-        #: A timer bounding the wait for the start of the answer (see :meth:`expire_at`).
-        self.head_timer: asyncio.TimerHandle | None = None
+        #: A deadline bounds the wait for the start of the answer (see :meth:`expire_at`).
+        self.due = False
 
     # -- parser callbacks (called by httptools from Connection.data_received) -------------
 
@@ -323,16 +344,19 @@ class Response:
         self._ended(exc)
         self._conn.abandon(self)
 
-    def expire_at(self, when: float, exc: BaseException) -> None:
-        """Fail the response with ``exc`` at loop time ``when`` unless :meth:`in_time`
-        is called first: one timer, cheaper than a timeout around each await."""
-        self.head_timer = self._conn.loop.call_at(when, self.fail, exc)
+    def expire_at(self, when: float, why: str) -> None:
+        """Fail the response with ``TimeoutError(why)`` at loop time ``when`` unless
+        :meth:`in_time` is called first: cheaper than a timeout around each await, and
+        cheaper than a timer per call (the connection keeps one lazy timer for the
+        deadlines of every response it carries)."""
+        self.due = True
+        self._conn.expire_at(self, when, why)
 
     def in_time(self) -> None:
-        """What :meth:`expire_at` waited for has arrived: stop its timer."""
-        if self.head_timer is not None:
-            self.head_timer.cancel()
-            self.head_timer = None
+        """What :meth:`expire_at` waited for has arrived: its deadline is over."""
+        if self.due:
+            self.due = False
+            self._conn.in_time(self)
 
     def _ended(self, exc: BaseException | None) -> None:
         """The body is over (``exc`` None) or broken: wake a reader, end a pipe once."""
@@ -438,9 +462,9 @@ class Response:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        if self.head_timer is not None:
-            self.head_timer.cancel()
-            self.head_timer = None
+        if self.due:
+            self.due = False
+            self._conn.in_time(self)
 
     def close(self) -> None:
         """Done, whatever was left unread: the connection is closed."""

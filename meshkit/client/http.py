@@ -122,6 +122,8 @@ class HttpClient(Resource):
         self._gates: dict[str, Gate] = {}
         self._pool: Pool | None = None
         self._live: dict[h1.Response, Gate] = {}
+        #: Request heads made once per (method, URL, fixed headers, body or not).
+        self._heads: dict[tuple[Any, ...], bytes] = {}
         self.aborting = False
 
     async def open(self) -> None:
@@ -139,6 +141,7 @@ class HttpClient(Resource):
                     https=proxies.https.name if proxies.https else None,
                     no_proxy=",".join(proxies.no_proxy),
                 )
+            self._heads.clear()  # a new pool may route differently (proxies from env)
             self._pool = Pool(
                 keepalive=self._keepalive,
                 max_idle=self._limit,
@@ -261,6 +264,7 @@ class HttpClient(Resource):
         timeouts: Timeouts,
         body: Any = None,
         headers: Mapping[str, str] | None = None,
+        more_headers: Mapping[str, str] | None = None,
         secrets: tuple[str, ...] = (),
         bounded: bool = False,
         answer_by: float | None = None,
@@ -286,17 +290,28 @@ class HttpClient(Resource):
         reads after them until it calls ``response.in_time()``; it implies ``bounded``.
         A request written on a reused connection that ends before any byte of an answer
         (the upstream closed it while idle) is sent again at once on a new connection.
+        ``more_headers`` says ``headers`` are the same on every call to this URL (a
+        node's fixed ones): the request's line and those headers are then rendered
+        once and kept, and only ``more_headers`` (the request's own) are rendered per
+        call, after them.
         """
         if self._pool is None:
             await self.open()
         pool = self.pool
         data = body if body is None or isinstance(body, bytes) else _json.dumps(body)
-        all_headers = {"Content-Type": "application/json"} if data is not None else {}
-        if headers:
-            all_headers.update(headers)
         key, path, host = h1.target(url)
         route = pool.route(key)
-        wire = _encode(route, method, path, host, all_headers, data)
+        if more_headers is not None:
+            fixed = tuple(headers.items()) if headers else ()
+            head = self._heads.get((method, url, fixed, data is None))
+            if head is None:
+                head = self._head(method, url, fixed, data is None, route)
+            wire = h1.complete_request(head, more_headers, data)
+        else:
+            all_headers = {"Content-Type": "application/json"} if data is not None else {}
+            if headers:
+                all_headers.update(headers)
+            wire = _encode(route, method, path, host, all_headers, data)
         gate = self._gates.get(service) or self._gate(service)
         if not gate.take():
             await self._queue(gate, service, timeouts, answer_by)
@@ -349,6 +364,20 @@ class HttpClient(Resource):
             raise err
         return response
 
+    def _head(
+        self, method: str, url: str, fixed: tuple[tuple[str, str], ...], bare: bool, route: Route
+    ) -> bytes:
+        """The kept head of requests to ``url`` with the ``fixed`` headers (``bare``:
+        without a body); the routes of a client never change, so neither does it."""
+        if len(self._heads) >= _MAX_HEADS:
+            self._heads.clear()  # callers varying their fixed headers: start over
+        _, path, host = h1.target(url)
+        headers = dict(fixed) if bare else {"Content-Type": "application/json", **dict(fixed)}
+        head = self._heads[(method, url, fixed, bare)] = h1.encode_head(
+            method, *_target(route, path, host, headers)
+        )
+        return head
+
     async def _queue(
         self, gate: Gate, service: str, timeouts: Timeouts, answer_by: float | None
     ) -> None:
@@ -394,7 +423,7 @@ class HttpClient(Resource):
                 reuse = False
                 continue
             if answer_by is not None:
-                response.expire_at(answer_by, TimeoutError("no answer in time"))
+                response.expire_at(answer_by, "no answer in time")
             try:
                 await response.head()
             except h1.ClosedEarly:
@@ -449,6 +478,22 @@ class _ConnectTimeout(Exception):
     """No connection within the connect timeout (told apart from the head's timeout)."""
 
 
+#: Most request heads a client keeps (one per upstream URL and node in practice).
+_MAX_HEADS = 256
+
+
+def _target(
+    route: Route, path: bytes, host: bytes, headers: Mapping[str, str]
+) -> tuple[bytes, bytes, Mapping[str, str]]:
+    """Path, host and headers of a request for ``route``: a forwarding proxy gets the
+    absolute URL and the proxy's credentials."""
+    if route.forward:
+        path = b"http://" + host + path
+        if route.authorization:
+            headers = {**headers, "Proxy-Authorization": route.authorization}
+    return path, host, headers
+
+
 def _encode(
     route: Route,
     method: str,
@@ -457,10 +502,6 @@ def _encode(
     headers: Mapping[str, str],
     body: bytes | None,
 ) -> bytes:
-    """A request's bytes for ``route``: a forwarding proxy gets the absolute URL and
-    the proxy's credentials."""
-    if route.forward:
-        path = b"http://" + host + path
-        if route.authorization:
-            headers = {**headers, "Proxy-Authorization": route.authorization}
+    """A request's bytes for ``route``."""
+    path, host, headers = _target(route, path, host, headers)
     return h1.encode_request(method, path, host, headers, body)

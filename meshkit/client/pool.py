@@ -77,6 +77,11 @@ class Connection(asyncio.Protocol):
         #: It has carried a request before (it came out of the pool's idle list).
         self.reused = False
         self.idle_since = 0.0
+        #: Loop time the response being waited for must have begun by (None: no bound).
+        self.due: float | None = None
+        self._due_why = ""
+        self._due_timer: asyncio.TimerHandle | None = None
+        self._due_armed = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -109,6 +114,10 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: BaseException | None) -> None:
         self.transport = None
         self.streaming = None
+        self.due = None
+        if self._due_timer is not None:
+            self._due_timer.cancel()
+            self._due_timer = None
         response = self.response
         if response is not None:
             response.lost(exc)
@@ -131,6 +140,44 @@ class Connection(asyncio.Protocol):
         self.response = response
         transport.write(data)
         return response
+
+    def expire_at(self, response: Response, when: float, why: str) -> None:
+        """Fail ``response`` (the one this connection carries) with ``TimeoutError(why)``
+        at loop time ``when`` unless :meth:`in_time` comes first.
+
+        One lazy timer per connection, not one per call: it is armed only when none is
+        or the new deadline is sooner; when it fires it fails the response if the
+        deadline has passed and otherwise re-arms for the deadline now set. Calls end
+        long before their bound, so a keep-alive connection arms about one timer per
+        budget (60 s by default) rather than one per request: a deadline costs two
+        stores.
+        """
+        self.due = when
+        self._due_why = why
+        timer = self._due_timer
+        if timer is None or when < self._due_armed:
+            if timer is not None:
+                timer.cancel()
+            self._due_armed = when
+            self._due_timer = self.loop.call_at(when, self._overdue)
+
+    def in_time(self, response: Response) -> None:
+        """``response`` no longer needs its deadline (its answer came, or it is over)."""
+        if self.response is response:
+            self.due = None
+
+    def _overdue(self) -> None:
+        self._due_timer = None
+        due = self.due
+        if due is None:
+            return  # nothing is waiting: the next deadline arms a timer again
+        if self.loop.time() < due:  # a later request's deadline: wait for that one
+            self._due_armed = due
+            self._due_timer = self.loop.call_at(due, self._overdue)
+            return
+        self.due = None
+        if self.response is not None:
+            self.response.fail(TimeoutError(self._due_why))
 
     def finished(self, response: Response) -> None:
         """The response's body is complete: note whether the connection may be reused."""

@@ -47,6 +47,8 @@ Clock = Callable[[], float]
 
 def safe_url(url: str) -> str:
     """``url`` without any ``user:password@`` part, fit for logs and messages."""
+    if "@" not in url:
+        return url  # nothing to hide: no parse (a replica's name is asked per request)
     parts = urlsplit(url)
     if "@" not in parts.netloc:
         return url
@@ -150,8 +152,13 @@ class ReplicaSet:
 
     def pick(self, exclude: Collection[Replica] = ()) -> Replica | None:
         """The replica for the next request, or None when none may take one now."""
-        now = self.clock()
         replicas = self.replicas
+        if len(replicas) == 1 and not exclude:
+            # One replica, healthy (the usual case): no turn to keep, no clock to read.
+            only = replicas[0]
+            if not only.unreachable and not only.open_until:
+                return only
+        now = self.clock()
         n = len(replicas)
         start = self._turn
         self._turn = (start + 1) % n

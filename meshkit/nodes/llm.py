@@ -102,6 +102,15 @@ class RemoteLLM(MicroService):
         self.fallback = fallback if isinstance(fallback, MicroService) else None
         self._fallback_name = fallback if isinstance(fallback, str) else None
         self._headers = bearer(api_key)
+        #: A first try's timeouts when the request has no deadline of its own (made
+        #: from ``_first_of``: the node's timeouts, unless replaced since).
+        self._first_of = self.timeouts
+        self._first = Timeouts(
+            min(self.timeouts.connect, self.timeouts.first_byte),
+            self.timeouts.first_byte,
+            self.timeouts.idle,
+            self.timeouts.total,
+        )
         self._secrets = (api_key,) if api_key else ()
         self._prober: asyncio.Task[None] | None = None
 
@@ -147,21 +156,57 @@ class RemoteLLM(MicroService):
     async def process(self, data: Any, ctx: Context) -> Completion | ChunkStream:
         """Send the chat request; stream chunks back or return the whole completion.
 
-        Fails over to :attr:`fallback` (if any) when this service fails before
+        Tries replicas until one answers, retrying safe failures within the budget,
+        then fails over to :attr:`fallback` (if any) when this service failed before
         streaming anything, within what is left of the request's deadline.
         """
         request = _as_chat(data).with_model(self.model)
+        body = self._codec.body(request, stream=request.stream)
+        budget_end = time.monotonic() + self.timeouts.first_byte
+        if ctx.deadline is not None:
+            budget_end = min(budget_end, ctx.deadline)
+        replica = self.replicas.pick()
         try:
-            return await self._call(request, ctx)
+            if replica is None:
+                raise self._circuit_open()
+            # The first try is made here, before any retry or fallback machinery: most
+            # calls need none (stamina costs tens of microseconds per call, a coroutine
+            # layer one or two). Without a request deadline its timeouts are the
+            # node's, made once.
+            return await self._attempt(
+                replica,
+                body,
+                request,
+                ctx,
+                budget_end,
+                self._first if ctx.deadline is None and self.timeouts is self._first_of else None,
+            )
         except UpstreamError as err:
+            return await self._recover(err, replica, body, request, ctx, budget_end)
+
+    async def _recover(
+        self,
+        err: UpstreamError,
+        replica: Replica | None,
+        body: dict[str, Any],
+        request: ChatRequest,
+        ctx: Context,
+        budget_end: float,
+    ) -> Completion | ChunkStream:
+        """After the first try failed with ``err``: the retries, then the fallback."""
+        try:
+            if replica is None or not self.retry.retries or not retryable(err):
+                raise err
+            return await self._retry(err, replica, body, request, ctx, budget_end)
+        except UpstreamError as final:
             fallback = self.fallback
-            if fallback is None or isinstance(err, UpstreamRejected | ShuttingDown):
+            if fallback is None or isinstance(final, UpstreamRejected | ShuttingDown):
                 raise
             log.warning(
                 "meshkit.llm.fallback",
                 service=self.name,
                 fallback=fallback.name,
-                error=err.code,
+                error=final.code,
                 request_id=ctx.request_id,
             )
             own_model = getattr(fallback, "model", None)
@@ -170,24 +215,18 @@ class RemoteLLM(MicroService):
             result: Completion | ChunkStream = await fallback.process(request, ctx)
             return result
 
-    async def _call(self, request: ChatRequest, ctx: Context) -> Completion | ChunkStream:
-        """Try replicas until one answers, retrying safe failures within the budget."""
-        body = self._codec.body(request, stream=request.stream)
-        budget_end = time.monotonic() + self.timeouts.first_byte
-        if ctx.deadline is not None:
-            budget_end = min(budget_end, ctx.deadline)
-        replica = self.replicas.pick()
-        if replica is None:
-            raise self._circuit_open()
+    async def _retry(
+        self,
+        err: UpstreamError,
+        replica: Replica,
+        body: dict[str, Any],
+        request: ChatRequest,
+        ctx: Context,
+        budget_end: float,
+    ) -> Completion | ChunkStream:
+        """Retry safe failures on other replicas (or the same) within the budget."""
         tried = [replica]
-        try:
-            # The first try is made before any retry machinery is built: most calls
-            # need none, and stamina costs tens of microseconds per call.
-            return await self._attempt(replica, body, request, ctx, budget_end)
-        except UpstreamError as err:
-            if not self.retry.retries or not retryable(err):
-                raise
-            failure: UpstreamError | None = err
+        failure: UpstreamError | None = err
 
         def fresh() -> bool:
             now = self.replicas.clock()
@@ -212,12 +251,12 @@ class RemoteLLM(MicroService):
                 request_id=ctx.request_id,
             )
             ctx.observer.retried(self.name)
-            replica = self.replicas.pick(tried) or self.replicas.pick()
-            if replica is None:
+            other = self.replicas.pick(tried) or self.replicas.pick()
+            if other is None:
                 raise retrying.last
-            tried.append(replica)
+            tried.append(other)
             with attempt:
-                return await self._attempt(replica, body, request, ctx, budget_end)
+                return await self._attempt(other, body, request, ctx, budget_end)
         raise AssertionError("unreachable: stamina lets the last failure out")
 
     def _circuit_open(self) -> CircuitOpen:
@@ -240,25 +279,33 @@ class RemoteLLM(MicroService):
         request: ChatRequest,
         ctx: Context,
         budget_end: float,
+        timeouts: Timeouts | None = None,
     ) -> Completion | ChunkStream:
-        """One try on one replica, up to the first chunk (or the whole answer)."""
+        """One try on one replica, up to the first chunk (or the whole answer).
+
+        ``timeouts``: the call's own, when the caller knows them (a first try with no
+        request deadline: the node's, made once).
+        """
         remaining = budget_end - time.monotonic()
         if remaining <= 0:
             raise UpstreamTimeout(f"{self.name}: no time left for the call", service=self.name)
-        timeouts = self.timeouts
-        if ctx.deadline is not None:
-            timeouts = timeouts.within(ctx.deadline - time.monotonic())
-        timeouts = Timeouts(
-            min(timeouts.connect, remaining), remaining, timeouts.idle, timeouts.total
-        )
-        headers = dict(self._headers)
-        headers["X-Request-ID"] = ctx.request_id
+        if timeouts is None:
+            timeouts = self.timeouts
+            if ctx.deadline is not None:
+                timeouts = timeouts.within(ctx.deadline - time.monotonic())
+            timeouts = Timeouts(
+                min(timeouts.connect, remaining), remaining, timeouts.idle, timeouts.total
+            )
+        # The node's own headers are fixed (the client renders them once per URL);
+        # these are the request's.
+        headers = {"X-Request-ID": ctx.request_id}
         if ctx.deadline is not None:
             headers[DEADLINE_HEADER] = header_value(ctx.deadline)
         client = ctx.client
         replicas = self.replicas
         replicas.acquire(replica)
         task = asyncio.current_task()
+        loop = asyncio.get_running_loop() if task is None else task.get_loop()
         url = replica.url + self.path
         probe = ctx.observer.attempt(self.name, replica.name, url, request.model, headers)
         head: list[Chunk] = []
@@ -274,9 +321,10 @@ class RemoteLLM(MicroService):
                     service=self.name,
                     timeouts=timeouts,
                     body=body,
-                    headers=headers,
+                    headers=self._headers,
+                    more_headers=headers,
                     secrets=self._secrets,
-                    answer_by=asyncio.get_running_loop().time() + remaining,
+                    answer_by=loop.time() + remaining,
                 )
                 if request.stream:
                     parser = LineParser(self.name, self._codec.line_parser())

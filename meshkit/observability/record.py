@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping, Sequence
 from types import TracebackType
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
@@ -50,6 +50,10 @@ def _outcome(exc: BaseException) -> str:
     return "error"
 
 
+#: A model's metric keys: of its time series, of its input and of its output tokens.
+ModelKeys = tuple[tuple[str, str], tuple[str, str, str], tuple[str, str, str]]
+
+
 class Labels:
     """One mounted resource's label values and the metric keys its requests update,
     made once when the app is built instead of as tuples on every request.
@@ -60,7 +64,16 @@ class Labels:
         route: The route's path template (never the raw path).
     """
 
-    __slots__ = ("_codes", "_nodes", "dialect", "pipeline", "pipeline_key", "route", "route_key")
+    __slots__ = (
+        "_codes",
+        "_models",
+        "_nodes",
+        "dialect",
+        "pipeline",
+        "pipeline_key",
+        "route",
+        "route_key",
+    )
 
     def __init__(self, pipeline: str, dialect: str, route: str) -> None:
         self.pipeline = pipeline
@@ -70,6 +83,9 @@ class Labels:
         self.route_key = (pipeline, dialect)
         self._codes: dict[int, tuple[str, str, str]] = {}
         self._nodes: dict[str, tuple[str, str]] = {}
+        self._models: dict[
+            str, tuple[tuple[str, str], tuple[str, str, str], tuple[str, str, str]]
+        ] = {}
 
     def code_key(self, status: int) -> tuple[str, str, str]:
         """The key of ``meshkit_requests`` for an answer with ``status``."""
@@ -77,6 +93,20 @@ class Labels:
         if key is None:
             key = self._codes[status] = (self.pipeline, self.dialect, str(status))
         return key
+
+    def model_keys(self, model: str) -> ModelKeys:
+        """The keys for ``model`` (a metric label value): of the time series
+        (``meshkit_ttft_seconds``, ``meshkit_tpot_seconds``) and of the input and output
+        token counts."""
+        keys = self._models.get(model)
+        if keys is None:
+            pipeline = self.pipeline
+            keys = self._models[model] = (
+                (pipeline, model),
+                (pipeline, model, "input"),
+                (pipeline, model, "output"),
+            )
+        return keys
 
     def node_key(self, node: str) -> tuple[str, str]:
         """The key of ``meshkit_node_duration_seconds`` for ``node``."""
@@ -125,7 +155,8 @@ class _Node(NodeProbe):
         if exc is not None:
             self.end(exc)
         elif self.stream:
-            self.record.open_nodes.append(self)  # ends with the request
+            record = self.record
+            record.open_nodes = (*record.open_nodes, self)  # ends with the request
         else:
             self.end(None)
 
@@ -262,11 +293,13 @@ class Record(RequestObserver):
         self.first: float | None = None
         self.end: float | None = None
         self.sent = 0
-        self.ends: list[Chunk] = []
+        # The two sequences below stay empty tuples until something goes in: fewer
+        # objects made (and tracked by the cyclic collector) per request.
+        self.ends: Sequence[Chunk] = ()
         #: How a streamed answer reached the caller ("spliced" or "pulled").
         self.path: str | None = None
         self.response: Completion | None = None
-        self.open_nodes: list[_Node] = []
+        self.open_nodes: Sequence[_Node] = ()
         self.attempts: list[_Attempt] = []
         tracing = observer.tracing
         self.parent: tuple[str, str | None] | None = None
@@ -402,14 +435,15 @@ class Record(RequestObserver):
             if self.model and model != self.model and 200 <= status < 300:
                 metrics.learn_models((self.model,))  # the upstream answered: it knows it
                 model = metrics.model(self.model)
+            timed, inputs, outputs = labels.model_keys(model)
             if ttft is not None:
-                metrics.ttft.observe((pipeline, model), ttft)
+                metrics.ttft.observe(timed, ttft)
             if tpot is not None:
-                metrics.tpot.observe((pipeline, model), tpot)
+                metrics.tpot.observe(timed, tpot)
             if tokens_in:
-                metrics.tokens.inc((pipeline, model, "input"), tokens_in)
+                metrics.tokens.inc(inputs, tokens_in)
             if tokens_out:
-                metrics.tokens.inc((pipeline, model, "output"), tokens_out)
+                metrics.tokens.inc(outputs, tokens_out)
             for attempt in self.attempts:
                 outcome = attempt.outcome or "ok"
                 metrics.upstream.inc((attempt.service, attempt.replica, outcome))
@@ -425,7 +459,7 @@ class Record(RequestObserver):
             trace_id = self.observer.tracing.trace_id(span)  # type: ignore[union-attr]
         elif self.parent is not None:
             trace_id = trace_id_of(self.parent[0])
-        access_log.line(
+        access_log.request(
             request_id=self.rid,
             trace_id=trace_id,
             pipeline=self.pipeline,

@@ -66,8 +66,21 @@ def timestamp() -> str:
 def parse_chat(body: bytes) -> ChatRequest:
     """Validate an ``/api/chat`` body."""
     obj = f.parse_object(body)
+    if obj.keys() <= _PLAIN:
+        # Nothing but a model, messages and a stream switch (the usual chat): the
+        # options' and other fields' readers would each find their field absent.
+        return ChatRequest(
+            messages=_messages(f.message_list(obj)),
+            model=f.opt_str(obj, "model") or None,
+            stream=f.opt_bool(obj, "stream", True),
+            include_usage=True,
+        )
     _known(obj, _CHAT_FIELDS)
     return _common(obj, _messages(f.message_list(obj)))
+
+
+#: The fields of a plain chat request, read by :func:`parse_chat`'s short path.
+_PLAIN = frozenset({"model", "messages", "stream"})
 
 
 def parse_generate(body: bytes) -> ChatRequest:

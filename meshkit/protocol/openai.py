@@ -16,7 +16,17 @@ from .. import _json
 from ..errors import BadRequest, UpstreamError
 from . import fields as f
 from .codec import LineParse
-from .types import ChatRequest, Chunk, Completion, Message, Part, ToolCall, ToolCallDelta, Usage
+from .types import (
+    ROLES,
+    ChatRequest,
+    Chunk,
+    Completion,
+    Message,
+    Part,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+)
 from .wire import END_ONLY, SSE_DONE
 
 CHAT_PATH = "/v1/chat/completions"
@@ -80,7 +90,7 @@ def parse_request(body: bytes) -> ChatRequest:
     """Validate a ``/v1/chat/completions`` body (BadRequest names the bad field)."""
     obj = f.parse_object(body)
     items = f.message_list(obj)
-    messages = tuple(_message(item, f"messages[{i}]") for i, item in enumerate(items))
+    messages = tuple([_message(item, i) for i, item in enumerate(items)])
     if obj.keys() <= _PLAIN:
         # Nothing but a model, messages and a stream switch (the usual chat): the
         # other fields' readers would each find their field absent.
@@ -141,11 +151,13 @@ def _top_logprobs(obj: dict[str, Any]) -> int | None:
     return top
 
 
-def _message(item: dict[str, Any], where: str) -> Message:
-    role = f.role(item, where)
+def _message(item: dict[str, Any], index: int) -> Message:
     content = item.get("content")
-    if len(item) == 2 and isinstance(content, str):
-        return Message(role, content)  # the common case: role and text
+    role = item.get("role")
+    if len(item) == 2 and type(content) is str and type(role) is str and role in ROLES:
+        return Message(role, content)  # the common case: role and text, nothing to name
+    where = f"messages[{index}]"
+    role = f.role(item, where)
     reasoning = f.opt_str(item, "reasoning_content", param=f"{where}.reasoning_content")
     if reasoning is None:
         reasoning = f.opt_str(item, "reasoning", param=f"{where}.reasoning")
