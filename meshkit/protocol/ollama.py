@@ -358,7 +358,7 @@ class Upstream:
 
     def line_parser(self) -> LineParse:
         """A parser for one stream's lines (it numbers the stream's tool calls)."""
-        return _Lines(self.name).line
+        return _Lines(self.name)
 
     def completion(self, raw: bytes, request: ChatRequest) -> Completion:
         """A whole (non-streamed) answer."""
@@ -400,7 +400,11 @@ class _Lines:
         self._name = name
         self._calls = 0
 
-    def line(self, line: bytes) -> Sequence[Chunk]:
+    def whole(self, data: bytes) -> Chunk | None:
+        """Nothing is recognised without parsing: each record's time stamp differs."""
+        return None
+
+    def __call__(self, line: bytes) -> Sequence[Chunk]:
         """One NDJSON record as chunks (ending with ``END`` on the last one)."""
         line = line.strip()
         if not line:
