@@ -15,7 +15,7 @@ parsing it would give. Anything else is parsed.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from .. import _json
@@ -105,18 +105,17 @@ class Events:
         self._tries -= 1
         payload = chunk.raw
         assert payload is not None
-        found = _text_token(payload, chunk.text)
-        if found is None:
-            return
-        start, stop = found
-        probe = payload[:start] + _PROBE_TOKEN + payload[stop:]
-        try:
-            expected: Any = _json.loads(payload)
-            expected["choices"][0]["delta"]["content"] = _PROBE
-            if _json.loads(probe) != expected:
-                return
-        except (ValueError, TypeError, KeyError, IndexError):
-            return
+        for start, stop in _text_tokens(payload, chunk.text):
+            probe = payload[:start] + _PROBE_TOKEN + payload[stop:]
+            try:
+                expected: Any = _json.loads(payload)
+                expected["choices"][0]["delta"]["content"] = _PROBE
+                if _json.loads(probe) == expected:
+                    break
+            except (ValueError, TypeError, KeyError, IndexError):
+                pass
+        else:
+            return  # no place where other text changes the text and nothing else
         # The payload is the line from its sixth byte on, stripped (as it was parsed).
         rest = line[5:]
         before = 5 + len(rest) - len(rest.lstrip())
@@ -145,10 +144,12 @@ def _is_plain(chunk: Chunk) -> bool:
     )
 
 
-def _text_token(payload: bytes, text: str) -> tuple[int, int] | None:
+def _text_tokens(payload: bytes, text: str) -> Iterator[tuple[int, int]]:
     """Where in ``payload`` a ``"content"`` member's value is the string ``text``
-    written plainly (start and end of the string token, quotes included)."""
+    written plainly (start and end of each such string token, quotes included)."""
     token = text.encode()
+    if _NOT_PLAIN.search(token) is not None:
+        return
     at = payload.find(b'"content"')
     while at >= 0:
         i = _after_space(payload, at + 9)
@@ -156,10 +157,9 @@ def _text_token(payload: bytes, text: str) -> tuple[int, int] | None:
             i = _after_space(payload, i + 1)
             if payload[i : i + 1] == b'"':
                 end = payload.find(b'"', i + 1)
-                if end > i and payload[i + 1 : end] == token and _NOT_PLAIN.search(token) is None:
-                    return i, end + 1
+                if end > i and payload[i + 1 : end] == token:
+                    yield i, end + 1
         at = payload.find(b'"content"', at + 9)
-    return None
 
 
 def _after_space(data: bytes, i: int) -> int:
