@@ -12,7 +12,6 @@ stay in ``extra["options"]`` and ``keep_alive`` in ``extra["keep_alive"]``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 from .. import _json
@@ -53,11 +52,6 @@ _MESSAGE_FIELDS = frozenset(
 )
 _EFFORTS = ("low", "medium", "high")
 _EMPTY: Mapping[str, Any] = {}
-
-
-def timestamp() -> str:
-    """Now, as Ollama writes ``created_at``."""
-    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
 # -- client side: requests in ------------------------------------------------------------
