@@ -41,12 +41,13 @@ class Events:
     """
 
     __slots__ = (
+        "_after",
+        "_before",
         "_end",
         "_head",
         "_id",
         "_model",
         "_parse",
-        "_skip",
         "_start",
         "_stop",
         "_tail",
@@ -60,7 +61,8 @@ class Events:
         self._end = b""  # the tail, then the blank line that ends the event
         self._start = 0  # len(head)
         self._stop = 0  # len(tail)
-        self._skip = (0, 0)  # bytes of the line before and after its payload
+        self._before = 0  # bytes of the line before its payload
+        self._after = 0  # and after it
         self._model: str | None = None
         self._id: str | None = None
         self._tries = _TRIES
@@ -68,7 +70,7 @@ class Events:
     def __call__(self, line: bytes) -> Sequence[Chunk]:
         head = self._head
         if head is not None and line.startswith(head) and line.endswith(self._tail):
-            chunk = self._plain(line)
+            chunk = self._plain(line, len(line))
             if chunk is not None:
                 return (chunk,)
         chunks = self._parse(line)
@@ -83,21 +85,20 @@ class Events:
         if head is None or not data.startswith(head) or not data.endswith(self._end):
             return None
         # A plain text has no newline, so ``data`` is exactly one line and a blank one.
-        return self._plain(data[:-2])
+        return self._plain(data, len(data) - 2)
 
-    def _plain(self, line: bytes) -> Chunk | None:
-        """The chunk of a line that starts with the head and ends with the tail, when
-        what lies between is a plain, non-empty JSON string's text."""
-        size = len(line)
-        middle = line[self._start : size - self._stop]
+    def _plain(self, data: bytes, size: int) -> Chunk | None:
+        """The chunk of the line ``data[:size]``, which starts with the head and ends
+        with the tail, when what lies between is a plain, non-empty JSON string."""
+        middle = data[self._start : size - self._stop]
         if not middle or _NOT_PLAIN.search(middle) is not None:
             return None
         try:
             text = middle.decode()
         except UnicodeDecodeError:
             return None  # parsed, to be refused as a malformed event
-        before, after = self._skip
-        return relayed_text(text, self._model, self._id, line[before : size - after])
+        payload = data[self._before : size - self._after]
+        return relayed_text(text, self._model, self._id, payload)
 
     def _learn(self, line: bytes, chunk: Chunk) -> None:
         """Take the template of ``line``, whose parse is the plain delta ``chunk``, if
@@ -124,7 +125,8 @@ class Events:
         self._end = self._tail + b"\n\n"
         self._start = len(self._head)
         self._stop = len(self._tail)
-        self._skip = (before, len(line) - before - len(payload))
+        self._before = before
+        self._after = len(line) - before - len(payload)
         self._model = chunk.model
         self._id = chunk.id
 
