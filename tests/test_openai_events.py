@@ -72,6 +72,7 @@ LINES = {
     "plain": text(" world"),
     "brackets and braces": text('}]},{"x'.replace('"', "")),
     "raw utf-8": text("héllo 🎉 naïve"),
+    "raw separators and non-characters": text("a\u2028b\x7f\ufeff\uffff\U0010ffff"),
     "escaped unicode": text("héllo", ascii_only=True),
     "escaped quote": text('say "hi"'),
     "escaped newline": text("a\nb"),
@@ -98,7 +99,7 @@ LINES = {
     "carriage return": text("x") + b"\r",
 }
 #: The lines a parser that learned from compact plain deltas recognises by their bytes.
-RECOGNISED = {"plain", "brackets and braces", "raw utf-8"}
+RECOGNISED = {"plain", "brackets and braces", "raw utf-8", "raw separators and non-characters"}
 #: Lines the parse refuses; recognising them from their bytes must refuse them too.
 BAD = {
     "raw control character": text("x").replace(b'"x"', b'"a\x01b"'),
