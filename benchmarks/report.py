@@ -18,7 +18,7 @@ MAIN_ROWS: tuple[tuple[str, str, str, str, str], ...] = (
         "2",
         "cpu_us_per_chunk_100",
         "raw",
-        "7.1 · 88.5 · 674 · ≤ 2× nginx",
+        "7.1 · 88.5 · 674 · ≤ 2x nginx",
     ),
     ("CPU µs per stream, 100 streams x 64 chunks", "2", "cpu_us_per_stream_100", "raw", ""),
     (

@@ -11,13 +11,14 @@ Per chunk it does nothing beyond parsing (one lazy idle timer per stream).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable
 from typing import Protocol
 
 from ..client import h1
 from ..client.http import HttpClient, IdleWatch, Timeouts
 from ..client.replicas import Replica, ReplicaSet
 from ..errors import MeshError, ShuttingDown, UpstreamError
+from ..protocol.codec import LineParse
 from ..protocol.push import ChunkSink, PushStream
 from ..protocol.types import Chunk
 from ..protocol.wire import END
@@ -286,7 +287,7 @@ class LineParser:
 
     __slots__ = ("_name", "_parse", "_rest", "done", "error")
 
-    def __init__(self, name: str, parse: Callable[[bytes], Sequence[Chunk]]) -> None:
+    def __init__(self, name: str, parse: LineParse) -> None:
         self._name = name
         self._parse = parse
         self._rest = b""
@@ -296,6 +297,11 @@ class LineParser:
     def feed(self, data: bytes) -> list[Chunk]:
         if self._rest:
             data = self._rest + data
+        else:
+            # The usual read is one whole event: the dialect may know it by its bytes.
+            chunk = self._parse.whole(data)
+            if chunk is not None:
+                return [chunk]
         lines = data.split(b"\n")
         self._rest = lines.pop()
         out: list[Chunk] = []

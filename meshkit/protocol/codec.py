@@ -6,13 +6,24 @@ holds one and never looks at the dialect again.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from .types import ChatRequest, Chunk, Completion
 
-#: Parses one line of a streamed body into the chunks it completes.
-LineParse = Callable[[bytes], Sequence[Chunk]]
+
+class LineParse(Protocol):
+    """One stream's parser: a whole line of the streamed body in, its chunks out."""
+
+    def __call__(self, line: bytes) -> Sequence[Chunk]:
+        """The chunks ``line`` completes (``END`` marks the end of the stream)."""
+        ...
+
+    def whole(self, data: bytes) -> Chunk | None:
+        """The chunk of ``data`` when it is exactly one whole event of a shape the
+        parser recognises without parsing (the usual read of a stream), else None:
+        ``data`` is then cut into lines and each parsed."""
+        ...
 
 
 class UpstreamCodec(Protocol):

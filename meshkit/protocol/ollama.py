@@ -12,7 +12,6 @@ stay in ``extra["options"]`` and ``keep_alive`` in ``extra["keep_alive"]``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 from .. import _json
@@ -53,11 +52,6 @@ _MESSAGE_FIELDS = frozenset(
 )
 _EFFORTS = ("low", "medium", "high")
 _EMPTY: Mapping[str, Any] = {}
-
-
-def timestamp() -> str:
-    """Now, as Ollama writes ``created_at``."""
-    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
 # -- client side: requests in ------------------------------------------------------------
@@ -371,7 +365,7 @@ class Upstream:
 
     def line_parser(self) -> LineParse:
         """A parser for one stream's lines (it numbers the stream's tool calls)."""
-        return _Lines(self.name).line
+        return _Lines(self.name)
 
     def completion(self, raw: bytes, request: ChatRequest) -> Completion:
         """A whole (non-streamed) answer."""
@@ -413,7 +407,11 @@ class _Lines:
         self._name = name
         self._calls = 0
 
-    def line(self, line: bytes) -> Sequence[Chunk]:
+    def whole(self, data: bytes) -> Chunk | None:
+        """Nothing is recognised without parsing: each record's time stamp differs."""
+        return None
+
+    def __call__(self, line: bytes) -> Sequence[Chunk]:
         """One NDJSON record as chunks (ending with ``END`` on the last one)."""
         line = line.strip()
         if not line:

@@ -13,7 +13,7 @@ from typing import Any
 from .. import _json
 from ..errors import MeshError
 from .content import ToolCallMerger
-from .ollama import done_reason, error_body, render_calls, timestamp
+from .ollama import done_reason, error_body, render_calls
 from .types import ChatRequest, Chunk, Completion, Usage
 from .wire import ndjson_line
 
@@ -23,13 +23,42 @@ def now_ns() -> int:
     return time.perf_counter_ns()
 
 
+class Clock:
+    """``created_at`` stamps, with the date and time of day formatted once a second."""
+
+    __slots__ = ("_prefix", "_second")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def stamp(self, ns: int | None = None) -> str:
+        """Now (or ``ns`` since the epoch), as Ollama writes ``created_at``:
+        ``datetime.isoformat`` in UTC (microseconds only when not zero), ``Z`` for the
+        zone."""
+        second, micro = divmod((time.time_ns() if ns is None else ns) // 1000, 1_000_000)
+        if second != self._second:
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        return f"{self._prefix}.{micro:06d}Z" if micro else self._prefix + "Z"
+
+
+#: Now, as Ollama writes ``created_at`` (one clock per process).
+timestamp = Clock().stamp
+
+
 class _Encoder:
     """NDJSON answer: one object per delta, then a ``done`` object with counts."""
 
     content_type = "application/x-ndjson"
+    #: A text record's bytes before and after its JSON text (see :meth:`_text`).
+    _open = b""
+    _close = b""
 
     def __init__(self, chat: ChatRequest) -> None:
         self.model = chat.model or ""
+        self._head = b""  # a record's bytes up to its time stamp, for ``_head_model``
+        self._head_model: str | None = None
         self.started = now_ns()
         self.first_token: int | None = None
         self.finish: str | None = None
@@ -48,6 +77,19 @@ class _Encoder:
         obj = {"model": self.model, "created_at": timestamp(), **fields, "done": False}
         return ndjson_line(_json.dumps(obj))
 
+    def _text(self, text: str) -> bytes:
+        """``_record(_delta(text))`` joined from bytes made once per answer rather than
+        from a dictionary per record (a plain text piece: nearly every record)."""
+        if self.first_token is None:
+            self.first_token = now_ns()
+        self.pieces += 1
+        if self._head_model is not self.model:
+            self._head_model = self.model
+            self._head = b'{"model":' + _json.dumps(self.model) + b',"created_at":"'
+        # (a time stamp is plain ASCII: quoted, it is its own JSON)
+        stamp = timestamp().encode()
+        return self._head + stamp + self._open + _json.dumps(text) + self._close
+
     def chunk(self, chunk: Chunk) -> bytes | None:
         if chunk.finish_reason:
             self.finish = chunk.finish_reason
@@ -58,10 +100,10 @@ class _Encoder:
         if chunk.tool_calls or chunk.reasoning or chunk.logprobs:
             return self._rich(chunk)
         if chunk.finish_reason and self._calls:
-            return self._flush() + (self._record(self._delta(chunk.text)) if chunk.text else b"")
+            return self._flush() + (self._text(chunk.text) if chunk.text else b"")
         if not chunk.text:
             return None
-        return self._record(self._delta(chunk.text))
+        return self._text(chunk.text)
 
     def _rich(self, chunk: Chunk) -> bytes | None:
         out = b""
@@ -132,6 +174,9 @@ class _Encoder:
 class GenerateEncoder(_Encoder):
     """``/api/generate`` records (``response``, ``thinking``)."""
 
+    _open = b'","response":'
+    _close = b',"done":false}\n'
+
     def _delta(self, text: str, reasoning: str = "") -> dict[str, Any]:
         if reasoning:
             return {"response": text, "thinking": reasoning}
@@ -143,6 +188,9 @@ class GenerateEncoder(_Encoder):
 
 class ChatEncoder(_Encoder):
     """``/api/chat`` records (``message`` with ``content``, ``thinking``, ``tool_calls``)."""
+
+    _open = b'","message":{"role":"assistant","content":'
+    _close = b'},"done":false}\n'
 
     def _delta(self, text: str, reasoning: str = "") -> dict[str, Any]:
         if reasoning:

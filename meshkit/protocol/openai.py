@@ -16,6 +16,7 @@ from .. import _json
 from ..errors import BadRequest, UpstreamError
 from . import fields as f
 from .codec import LineParse
+from .openai_events import Events
 from .types import (
     ROLES,
     ChatRequest,
@@ -366,8 +367,9 @@ class Upstream:
         return request_body(request, stream=stream)
 
     def line_parser(self) -> LineParse:
-        """The parser of one stream's lines (SSE events carry no state between them)."""
-        return self.line
+        """The parser of one stream's lines: :meth:`line`, with its plain text deltas
+        recognised from their bytes once the stream has shown their shape."""
+        return Events(self.line)
 
     def _malformed(self, what: str) -> UpstreamError:
         return UpstreamError(f"{self.name}: malformed {what}", service=self.name)

@@ -25,6 +25,9 @@ def error_body(err: MeshError) -> dict[str, Any]:
     }
 
 
+#: A text event's bytes after its text (as ``_event`` writes them).
+_TEXT_TAIL = b'},"logprobs":null,"finish_reason":null}]}\n\n'
+
 #: Never an upstream id: the answer's id before a first chunk has been seen.
 _UNSET = object()
 
@@ -48,6 +51,9 @@ class ChatEncoder:
         self._relay: object = _UNSET  # the upstream id whose events are relayed as they came
         self._usage: Usage | None = None
         self._usage_relayed = False
+        self._head = b""  # a text event's bytes up to its JSON text, for these two:
+        self._head_id = ""
+        self._head_model: str | None = None
 
     def _event(self, delta: dict[str, Any], finish: str | None, logprobs: Any = None) -> bytes:
         obj = {
@@ -60,6 +66,19 @@ class ChatEncoder:
             ],
         }
         return sse_event(_json.dumps(obj))
+
+    def _text(self, text: str) -> bytes:
+        """``_event({"content": text}, None)``, joined from bytes made once per answer
+        rather than from dictionaries per event (nearly every event)."""
+        if self._head_model is not self.model or self._head_id is not self.id:
+            self._head_id, self._head_model = self.id, self.model
+            self._head = b'{"id":%b,"object":"chat.completion.chunk","created":%b,"model":%b%b' % (
+                _json.dumps(self.id),
+                _json.dumps(self.created),
+                _json.dumps(self.model),
+                b',"choices":[{"index":0,"delta":{"content":',
+            )
+        return b"data: " + self._head + _json.dumps(text) + _TEXT_TAIL
 
     def _bare(self, **fields: Any) -> bytes:
         """A chunk event with no choices, carrying ``fields`` (usage, meshkit)."""
@@ -91,6 +110,15 @@ class ChatEncoder:
                     return sse_event(chunk.raw)
                 self._first = False
                 return sse_event(chunk.raw)
+        if (
+            chunk.text
+            and not self._first
+            and chunk.finish_reason is None
+            and chunk.usage is None
+            and chunk.logprobs is None
+            and not (chunk.meta or chunk.reasoning or chunk.tool_calls)
+        ):
+            return self._text(chunk.text)
         if chunk.usage is not None:
             self._usage = chunk.usage
         out = b""
