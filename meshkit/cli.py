@@ -164,7 +164,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # collector's way. A young generation of 5 000 (Python: 700) cut a 1000-stream
     # burst's CPU by ~15 %, for young collections of ~3 ms instead of ~0.5 (50 000 made
     # them ~10 ms, hitting 1 % of requests at concurrency 1: optimisations.md, row 10;
-    # 5 000: session5-own.md).
+    # 5 000: row 25).
     gc.collect()
     gc.freeze()
     gc.set_threshold(5000, *gc.get_threshold()[1:])
