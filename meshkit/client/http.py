@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -30,7 +30,7 @@ from . import dial, h1
 from .limits import ConnectionsBusy, Gate, IdleWatch, Limits, Timeouts
 from .pool import Key, Pool, Route
 from .proxy import Proxies
-from .upstream import redact, retry_after, status_error, too_large
+from .upstream import HOP_BY_HOP, forwardable, redact, retry_after, status_error, too_large
 
 log = structlog.get_logger(__name__)
 
@@ -45,42 +45,6 @@ __all__ = [
     "redact",
     "retry_after",
 ]
-
-#: Headers that describe one connection, never forwarded to another hop (RFC 9110 7.6.1),
-#: plus the caller's own credentials and the headers meshkit sets itself.
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "proxy-connection",
-        "host",
-        "content-length",
-        "authorization",
-        "cookie",
-    }
-)
-
-
-def forwardable(headers: Mapping[str, str], names: Iterable[str]) -> dict[str, str]:
-    """The subset of a caller's ``headers`` named in ``names`` that may go upstream.
-
-    Hop-by-hop headers, ``Authorization`` and cookies never pass, whatever ``names``
-    says; a node that wants to pass a caller header on must name it.
-    """
-    out: dict[str, str] = {}
-    for name in names:
-        if name.lower() in HOP_BY_HOP:
-            continue
-        value = headers.get(name)
-        if value is not None:
-            out[name] = value
-    return out
 
 
 class HttpClient(Resource):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import time
+from collections.abc import Iterable, Mapping
 
 import structlog
 
@@ -139,3 +140,40 @@ def _error_message(raw: bytes) -> str:
         if err is not None:
             return str(err)[:500]
     return raw.decode("utf-8", "replace")[:500]
+
+
+#: Headers that describe one connection, never forwarded to another hop (RFC 9110 7.6.1),
+#: plus the caller's own credentials and the headers meshkit sets itself.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-connection",
+        "host",
+        "content-length",
+        "authorization",
+        "cookie",
+    }
+)
+
+
+def forwardable(headers: Mapping[str, str], names: Iterable[str]) -> dict[str, str]:
+    """The subset of a caller's ``headers`` named in ``names`` that may go upstream.
+
+    Hop-by-hop headers, ``Authorization`` and cookies never pass, whatever ``names``
+    says; a node that wants to pass a caller header on must name it.
+    """
+    out: dict[str, str] = {}
+    for name in names:
+        if name.lower() in HOP_BY_HOP:
+            continue
+        value = headers.get(name)
+        if value is not None:
+            out[name] = value
+    return out

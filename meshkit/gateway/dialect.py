@@ -22,8 +22,7 @@ from ..client.deadline import deadline_from
 from ..errors import MeshError, PayloadTooLarge, UpstreamError
 from ..graph.orchestrator import ServiceOrchestrator
 from ..nodes.base import Context
-from ..protocol import ollama as ollama_wire
-from ..protocol import openai_sse
+from ..protocol import ollama_ndjson, openai_sse
 from ..protocol.streams import aggregate, single
 from ..protocol.types import ChatRequest, Chunk, Completion
 from ..protocol.wire import new_id
@@ -105,7 +104,7 @@ def dialect_for(path: str, routes: Iterable[Prefixed]) -> str:
 
 def render(err: MeshError, dialect: str) -> Answer:
     """``err`` in ``dialect``'s error shape."""
-    body = ollama_wire.error_body(err) if dialect == "ollama" else openai_sse.error_body(err)
+    body = ollama_ndjson.error_body(err) if dialect == "ollama" else openai_sse.error_body(err)
     return error_answer(body, err)
 
 

@@ -72,12 +72,12 @@ _CHATS: dict[str, tuple[tuple[str, Any, Any, ErrorBody], ...]] = {
         ),
     ),
     "ollama": (
-        ("/api/chat", ollama_wire.parse_chat, ollama_ndjson.ChatEncoder, ollama_wire.error_body),
+        ("/api/chat", ollama_wire.parse_chat, ollama_ndjson.ChatEncoder, ollama_ndjson.error_body),
         (
             "/api/generate",
             ollama_wire.parse_generate,
             ollama_ndjson.GenerateEncoder,
-            ollama_wire.error_body,
+            ollama_ndjson.error_body,
         ),
     ),
 }

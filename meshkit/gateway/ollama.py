@@ -11,8 +11,8 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from ..errors import MeshError
-from ..protocol.ollama import error_body, parse_chat, parse_generate
-from ..protocol.ollama_ndjson import ChatEncoder, GenerateEncoder
+from ..protocol.ollama import parse_chat, parse_generate
+from ..protocol.ollama_ndjson import ChatEncoder, GenerateEncoder, error_body
 from . import dialect, ollama_api
 from .dialect import Handler, error_json, json_response
 from .route import Route

@@ -22,7 +22,7 @@ from ..protocol.streams import is_stream
 from ..protocol.types import Chunk, Completion, Usage
 from . import access_log
 from .metrics import Metrics
-from .tracing import Tracing, current_node, trace_id_of
+from .tracing import Tracing, answer_attributes, current_node, error_status, trace_id_of
 
 
 class Observer(Protocol):
@@ -196,7 +196,7 @@ class _Attempt(AttemptProbe):
         span = self.span
         if span is not None:
             span.set_attribute("error.type", error_type(exc))
-            span.set_status(_error_status())
+            span.set_status(error_status())
             span.end()
             self.span = None
 
@@ -208,28 +208,12 @@ class _Attempt(AttemptProbe):
     def completed(self, completion: T) -> T:
         self.outcome = "ok"
         if self.span is not None and isinstance(completion, Completion):
-            _answer(self.span, completion.model, [completion.finish_reason], completion.usage)
+            answer_attributes(
+                self.span, completion.model, [completion.finish_reason], completion.usage
+            )
             self.span.end()
             self.span = None
         return completion
-
-
-def _error_status() -> Any:
-    from opentelemetry.trace import Status, StatusCode
-
-    return Status(StatusCode.ERROR)
-
-
-def _answer(span: Any, model: str | None, finishes: list[str | None], usage: Usage | None) -> None:
-    """The GenAI attributes of an answer on ``span``."""
-    if model:
-        span.set_attribute("gen_ai.response.model", model)
-    reasons = [f for f in finishes if f]
-    if reasons:
-        span.set_attribute("gen_ai.response.finish_reasons", reasons)
-    if usage is not None:
-        span.set_attribute("gen_ai.usage.input_tokens", usage.prompt_tokens)
-        span.set_attribute("gen_ai.usage.output_tokens", usage.completion_tokens)
 
 
 class Record(RequestObserver):
@@ -418,7 +402,7 @@ class Record(RequestObserver):
             if attempt.outcome is None:
                 attempt.outcome = self._stream_outcome(attempt.service)
                 if attempt.span is not None:
-                    _answer(attempt.span, answer_model, finishes, usage)
+                    answer_attributes(attempt.span, answer_model, finishes, usage)
                     if attempt.outcome != "ok":
                         self.observer.tracing.fail(attempt.span, self.error or "cancelled")  # type: ignore[union-attr]
                     attempt.span.end()

@@ -22,6 +22,8 @@ from typing import Any
 
 import structlog
 
+from ..protocol.types import Usage
+
 log = structlog.get_logger(__name__)
 
 #: The node span of the running node, parent of the upstream attempts made inside it.
@@ -180,3 +182,24 @@ def _exporter(name: str, env: Mapping[str, str]) -> Any:
         )
         return None
     return OTLPSpanExporter()
+
+
+def error_status() -> Any:
+    """OpenTelemetry's error status (imported only when a span fails)."""
+    from opentelemetry.trace import Status, StatusCode
+
+    return Status(StatusCode.ERROR)
+
+
+def answer_attributes(
+    span: Any, model: str | None, finishes: list[str | None], usage: Usage | None
+) -> None:
+    """The GenAI attributes of an answer on ``span``."""
+    if model:
+        span.set_attribute("gen_ai.response.model", model)
+    reasons = [f for f in finishes if f]
+    if reasons:
+        span.set_attribute("gen_ai.response.finish_reasons", reasons)
+    if usage is not None:
+        span.set_attribute("gen_ai.usage.input_tokens", usage.prompt_tokens)
+        span.set_attribute("gen_ai.usage.output_tokens", usage.completion_tokens)

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .. import _json
-from ..errors import BadRequest, MeshError, UpstreamError
+from ..errors import BadRequest, UpstreamError
 from . import fields as f
 from .codec import LineParse
 from .content import call_id, data_url_payload, image_data_url
@@ -478,32 +478,3 @@ def _logprobs(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
 def usage(obj: Mapping[str, Any]) -> Usage:
     """Token counts from an Ollama final record."""
     return Usage(int(obj.get("prompt_eval_count") or 0), int(obj.get("eval_count") or 0))
-
-
-# -- client side: answers out ------------------------------------------------------------
-
-
-def error_body(err: MeshError) -> dict[str, Any]:
-    """Ollama's error object."""
-    return {"error": err.message}
-
-
-def _arguments(text: str) -> Any:
-    """Tool-call arguments as the object Ollama clients expect (the text if not JSON)."""
-    try:
-        return _json.loads(text or "{}")
-    except ValueError:
-        return text
-
-
-def render_calls(calls: Sequence[ToolCall]) -> list[dict[str, Any]]:
-    """Whole tool calls in Ollama's shape (arguments as an object)."""
-    return [
-        {"id": c.id, "function": {"index": i, "name": c.name, "arguments": _arguments(c.arguments)}}
-        for i, c in enumerate(calls)
-    ]
-
-
-def done_reason(finish: str | None) -> str:
-    """Ollama's ``done_reason`` (it says ``stop`` after tool calls too)."""
-    return "length" if finish == "length" else "stop"

@@ -8,14 +8,40 @@ with the counts and durations Ollama clients show.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from .. import _json
 from ..errors import MeshError
 from .content import ToolCallMerger
-from .ollama import done_reason, error_body, render_calls
-from .types import ChatRequest, Chunk, Completion, Usage
+from .types import ChatRequest, Chunk, Completion, ToolCall, Usage
 from .wire import ndjson_line
+
+
+def error_body(err: MeshError) -> dict[str, Any]:
+    """Ollama's error object."""
+    return {"error": err.message}
+
+
+def _arguments(text: str) -> Any:
+    """Tool-call arguments as the object Ollama clients expect (the text if not JSON)."""
+    try:
+        return _json.loads(text or "{}")
+    except ValueError:
+        return text
+
+
+def render_calls(calls: Sequence[ToolCall]) -> list[dict[str, Any]]:
+    """Whole tool calls in Ollama's shape (arguments as an object)."""
+    return [
+        {"id": c.id, "function": {"index": i, "name": c.name, "arguments": _arguments(c.arguments)}}
+        for i, c in enumerate(calls)
+    ]
+
+
+def done_reason(finish: str | None) -> str:
+    """Ollama's ``done_reason`` (it says ``stop`` after tool calls too)."""
+    return "length" if finish == "length" else "stop"
 
 
 def now_ns() -> int:
