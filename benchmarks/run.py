@@ -240,65 +240,22 @@ def run_system(
         )
 
 
-def run_interleaved(
-    chosen: list[systems.System], sid: str, bench: Bench, results: dict[str, Any]
-) -> None:
-    """Run scenario ``sid`` (one that restarts its system before each repetition) with
-    the repetitions interleaved: one repetition of every system in turn, the order
-    rotating, so that drift on the machine, and where a system falls in the run, hit
-    every system alike. Run one system after another, the same meshkit tree measured
-    1.26x the CPU per stream and 1.32x the TTFT p99 of itself as the next system.
-    """
-    _, once = scenarios.SCENARIOS[sid]
-    live: list[tuple[systems.System, dict[str, Any]]] = []
-    for system in chosen:
-        entry = results["systems"].setdefault(system.name, {"status": "ok", "scenarios": {}})
-        record: dict[str, Any] = {"reps": [], "errors": []}
-        entry["scenarios"][sid] = record
-        try:
-            system.start(bench.upstream_url)
-            scenarios.probe(system, bench)
-        except (RuntimeError, subprocess.TimeoutExpired) as exc:
-            _failed(system, sid, entry, record, exc)
-            continue
-        finally:
-            system.stop()
-        live.append((system, record))
-    print(f"scenario {sid}: {bench.plan.reps} rounds over {len(live)} systems", flush=True)
-    for rep in range(bench.plan.reps):
-        turn = rep % len(live) if live else 0
-        for system, record in live[turn:] + live[:turn]:
-            entry = results["systems"][system.name]
-            if not entry["status"].startswith("ok"):
-                continue
-            try:
-                record["reps"].append(once(system, bench))
-            except ScenarioError as exc:
-                record["errors"].append(f"rep {rep}: {exc}")
-                print(f"[{system.name}] scenario {sid} rep {rep}: {exc}", flush=True)
-            except (RuntimeError, subprocess.TimeoutExpired) as exc:
-                _failed(system, sid, entry, record, exc)
-            finally:
-                system.stop()
-    for system, record in live:
-        record["summary"] = report.summarise(record["reps"])
-        print(
-            f"[{system.name}] scenario {sid}: {len(record['reps'])} reps "
-            + _brief(record["summary"]),
-            flush=True,
-        )
-
-
 def run_rounds(
     chosen: list[systems.System], sid: str, bench: Bench, results: dict[str, Any]
 ) -> None:
-    """Run scenario ``sid`` (1, 2 or 3: a system stays up across its repetitions) on
-    every system at once: each is started, probed and warmed, then the repetitions go
-    in rounds, one of every system in turn with the order rotating, and the systems
-    stop together. Drift on the host then hits every system alike, as in
-    :func:`run_interleaved`; the idle systems wait on CPU ``SUT_CPU`` costing nothing.
+    """Run scenario ``sid`` on every system in rounds: one repetition of each system in
+    turn, the order rotating, so that drift on the machine, and where a system falls in
+    the run, hit every system alike (run one system after another, the same meshkit tree
+    measured 1.26x the CPU per stream and 1.32x the TTFT p99 of itself as the next
+    system).
+
+    Scenarios 1-3 keep every system up for the whole scenario (started, probed and
+    warmed once; the idle ones wait on CPU ``SUT_CPU`` costing nothing). Scenario 6
+    restarts its system before each repetition, so a system is only probed here and
+    stopped after each of its repetitions.
     """
     warm, once = scenarios.SCENARIOS[sid]
+    stay_up = sid != "6"
     reps = bench.plan.s3_reps if sid == "3" else bench.plan.reps
     live: list[tuple[systems.System, dict[str, Any]]] = []
     t0 = time.monotonic()
@@ -311,12 +268,14 @@ def run_rounds(
             try:
                 system.start(bench.upstream_url)
                 scenarios.probe(system, bench)
-                if warm is not None:
+                if stay_up and warm is not None:
                     warm(system, bench)
             except (RuntimeError, subprocess.TimeoutExpired) as exc:
                 _failed(system, sid, entry, record, exc)
                 system.stop()
                 continue
+            if not stay_up:
+                system.stop()
             live.append((system, record))
         print(f"scenario {sid}: {reps} rounds over {len(live)} systems", flush=True)
         for rep in range(reps):
@@ -333,6 +292,9 @@ def run_rounds(
                 except (RuntimeError, subprocess.TimeoutExpired) as exc:
                     _failed(system, sid, entry, record, exc)
                     system.stop()
+                finally:
+                    if not stay_up:
+                        system.stop()
     finally:
         for system, _ in live:
             system.stop()
@@ -460,7 +422,7 @@ def run(args: argparse.Namespace, niceness: int, base: baseline.Baseline | None)
                     system.model = args.llm_model
                     run_system(system, ["4"], bench, args.llm_url.rstrip("/"), results)
         if "6" in ids and relays:
-            run_interleaved(relays, "6", bench, results)
+            run_rounds(relays, "6", bench, results)
     finally:
         upstream.stop()
         shutil.rmtree(scratch, ignore_errors=True)
