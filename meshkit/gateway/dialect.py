@@ -47,6 +47,8 @@ class Encoder(Protocol):
 
     def chunk(self, chunk: Chunk) -> bytes | None: ...
 
+    def verbatim(self) -> str | None: ...
+
     def end(self) -> bytes: ...
 
     def error(self, err: MeshError) -> bytes: ...
@@ -204,6 +206,7 @@ async def serve_chat(
         exchange,
         as_stream(result),
         encoder.chunk,
+        encoder.verbatim,
         encoder.end,
         encoder.error,
         stream_headers,

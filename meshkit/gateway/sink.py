@@ -43,6 +43,7 @@ async def stream_answer(
     exchange: Exchange[R],
     stream: AsyncIterator[Chunk],
     encode: Callable[[Chunk], bytes | None],
+    verbatim: Callable[[], str | None],
     end: Callable[[], bytes],
     error: Callable[[MeshError], bytes],
     headers: dict[str, str],
@@ -50,11 +51,14 @@ async def stream_answer(
     rid: str,
 ) -> R:
     """Write ``stream`` as a streamed response (``encode`` per chunk, ``end`` or
-    ``error`` last), closing the stream however the response ends."""
+    ``error`` last), closing the stream however the response ends. ``verbatim`` is
+    the encoder's: which upstream answer's plain events it relays as they came."""
     settings = exchange.streaming
     sink: Sink | None = None
     try:
-        sink = Sink.over(await exchange.open_stream(headers), encode, settings.send_timeout)
+        sink = Sink.over(
+            await exchange.open_stream(headers), encode, settings.send_timeout, verbatim
+        )
         try:
             if settings.splice and isinstance(stream, PushStream):
                 sink.spliced = True
@@ -120,6 +124,7 @@ class Sink:
         "_loop",
         "_send_timeout",
         "_transport",
+        "_verbatim",
         "_wire",
         "ends",
         "first",
@@ -134,7 +139,11 @@ class Sink:
     LOW_WATER = 1 << 14
 
     def __init__(
-        self, wire: Wire, encode: Callable[[Chunk], bytes | None], send_timeout: float
+        self,
+        wire: Wire,
+        encode: Callable[[Chunk], bytes | None],
+        send_timeout: float,
+        verbatim: Callable[[], str | None] | None = None,
     ) -> None:
         self._wire = wire
         self._transport = wire.transport
@@ -145,21 +154,30 @@ class Sink:
         self._chunk = encode
         self._encode: Callable[[Chunk], bytes | None] = self._first_encode  # then ``encode``
         self._send_timeout = send_timeout
+        self._verbatim = verbatim
         self.first: float | None = None
         self.sent = 0
         self.ends: list[Chunk] = []
         self.spliced = False
 
     @classmethod
-    def over(cls, wire: Wire, encode: Callable[[Chunk], bytes | None], send_timeout: float) -> Sink:
+    def over(
+        cls,
+        wire: Wire,
+        encode: Callable[[Chunk], bytes | None],
+        send_timeout: float,
+        verbatim: Callable[[], str | None] | None = None,
+    ) -> Sink:
         """The sink of a response whose head ``wire`` has ready: it sends the head now.
+        ``verbatim`` (the encoder's) says which upstream answer's plain events are
+        relayed as they came (:meth:`relay`).
 
         Raises:
             ConnectionResetError: The caller is gone already.
         """
         if wire.transport.is_closing():
             raise ConnectionResetError("the caller went away")
-        sink: Sink = (_Compressed if wire.compressed else cls)(wire, encode, send_timeout)
+        sink: Sink = (_Compressed if wire.compressed else cls)(wire, encode, send_timeout, verbatim)
         sink._start()
         return sink
 
@@ -194,6 +212,28 @@ class Sink:
             self._loop.call_soon(self._flush)
         held.append(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
         self._held_size += len(data)
+        self.sent += 1
+        return True
+
+    @property
+    def verbatim(self) -> str | None:
+        """The upstream answer id whose plain text delta events :meth:`relay` takes as
+        they came (once the first event is out), or None."""
+        if self.first is None or self._verbatim is None:
+            return None
+        return self._verbatim()
+
+    def relay(self, event: bytes) -> bool:
+        """Take an upstream event that the encoder writes as it came (see
+        :attr:`verbatim`), as :meth:`emit` takes its chunk; False when the caller has
+        gone away."""
+        if self._transport.is_closing():
+            return False
+        held = self._held
+        if not held:
+            self._loop.call_soon(self._flush)
+        held.append(b"%x\r\n%b\r\n" % (len(event), event) if self._chunked else event)
+        self._held_size += len(event)
         self.sent += 1
         return True
 
@@ -263,6 +303,10 @@ class _Compressed(Sink):
             self._held.append(data)
             self.sent += 1
         return True
+
+    @property
+    def verbatim(self) -> str | None:
+        return None  # (every event goes through the compressor as :meth:`emit` takes it)
 
     @property
     def full(self) -> bool:

@@ -54,11 +54,13 @@ class UpstreamStream(PushStream):
         "_llm",
         "_parser",
         "_paused",
+        "_relay",
         "_released",
         "_replica",
         "_response",
         "_sink",
         "_spliced",
+        "_verbatim",
         "_wake",
         "_watch",
     )
@@ -85,6 +87,10 @@ class UpstreamStream(PushStream):
         self._wake: asyncio.Future[None] | None = None
         self._paused = False
         self._error: BaseException | None = None
+        # The answer id whose plain events the sink takes as they came, and the parse
+        # that finds them (see ``_on_data``).
+        self._relay: str | None = None
+        self._verbatim = parser.verbatim
         self._clock = asyncio.get_running_loop().time
         self._gen = self._pull()
 
@@ -183,6 +189,7 @@ class UpstreamStream(PushStream):
             if parser.error is not None:
                 raise self._broken(parser.error) from parser.error
             if self._head and not parser.done:
+                self._relay = None if parser.pending else sink.verbatim
                 await self._push(sink)
                 return  # the connection is released once the body's end is read
         except BaseException:
@@ -221,18 +228,29 @@ class UpstreamStream(PushStream):
         sink = self._sink
         if sink is None:
             return  # over: bytes after the final record are not relayed
-        parser = self._parser
-        for chunk in parser.feed(data):
-            if not sink.emit(chunk):
+        relay = self._relay
+        if relay is not None and self._verbatim(data) == relay:
+            # The usual read: one plain text delta that the caller is sent as it came,
+            # so no chunk is made of it.
+            if not sink.relay(data):
                 self._abort(ConnectionResetError("the caller went away"))
                 return
-        if parser.error is not None:
-            self._abort(self._broken(parser.error))
-        elif parser.done:
-            # The end: the caller may finish now; the connection is released (and
-            # reused) once the body's own end has been read.
-            self._finish(None)
-        elif not sink.full:
+        else:
+            parser = self._parser
+            for chunk in parser.feed(data):
+                if not sink.emit(chunk):
+                    self._abort(ConnectionResetError("the caller went away"))
+                    return
+            if parser.error is not None:
+                self._abort(self._broken(parser.error))
+                return
+            if parser.done:
+                # The end: the caller may finish now; the connection is released (and
+                # reused) once the body's own end has been read.
+                self._finish(None)
+                return
+            self._relay = None if parser.pending else sink.verbatim
+        if not sink.full:
             if not self._paused:  # (a paused read never counts as idle)
                 self._watch.reading = self._clock()
         elif not self._paused:
@@ -285,7 +303,7 @@ class LineParser:
     stops at the final record (``done``) or at a bad one (``error``, raised by the
     reader once the chunks before it are relayed)."""
 
-    __slots__ = ("_name", "_parse", "_rest", "done", "error")
+    __slots__ = ("_name", "_parse", "_rest", "done", "error", "verbatim")
 
     def __init__(self, name: str, parse: LineParse) -> None:
         self._name = name
@@ -293,6 +311,14 @@ class LineParser:
         self._rest = b""
         self.done = False
         self.error: UpstreamError | None = None
+        #: The parse's :meth:`~meshkit.protocol.codec.LineParse.verbatim`: it speaks
+        #: for a read only while no line is :attr:`pending` (the read is then not fed).
+        self.verbatim = parse.verbatim
+
+    @property
+    def pending(self) -> bool:
+        """Part of a line is held until the rest of it arrives."""
+        return bool(self._rest)
 
     def feed(self, data: bytes) -> list[Chunk]:
         if self._rest:

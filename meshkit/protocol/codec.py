@@ -25,6 +25,12 @@ class LineParse(Protocol):
         ``data`` is then cut into lines and each parsed."""
         ...
 
+    def verbatim(self, data: bytes) -> str | None:
+        """The upstream's answer id when ``data`` is exactly one whole event that
+        :meth:`whole` recognises and that is written as a caller of the same dialect
+        is sent such an event (``data: <payload>`` and a blank line), else None."""
+        ...
+
 
 class UpstreamCodec(Protocol):
     """Renders requests for one upstream API and reads its answers back."""

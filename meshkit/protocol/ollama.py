@@ -411,6 +411,10 @@ class _Lines:
         """Nothing is recognised without parsing: each record's time stamp differs."""
         return None
 
+    def verbatim(self, data: bytes) -> str | None:
+        """No record is relayed as it came (an Ollama caller's records are meshkit's own)."""
+        return None
+
     def __call__(self, line: bytes) -> Sequence[Chunk]:
         """One NDJSON record as chunks (ending with ``END`` on the last one)."""
         line = line.strip()

@@ -172,6 +172,10 @@ class _Encoder:
             "eval_duration": end - first,
         }
 
+    def verbatim(self) -> str | None:
+        """None: an Ollama caller's records are meshkit's own, never an upstream's."""
+        return None
+
     def end(self) -> bytes:
         head = self._flush() if self._calls else b""
         final = self._final("")

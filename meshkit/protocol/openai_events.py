@@ -48,6 +48,7 @@ class Events:
         "_id",
         "_model",
         "_parse",
+        "_relayed",
         "_start",
         "_stop",
         "_tail",
@@ -65,6 +66,7 @@ class Events:
         self._after = 0  # and after it
         self._model: str | None = None
         self._id: str | None = None
+        self._relayed: str | None = None  # the id, when the template's events are canonical
         self._tries = _TRIES
 
     def __call__(self, line: bytes) -> Sequence[Chunk]:
@@ -86,6 +88,30 @@ class Events:
             return None
         # A plain text has no newline, so ``data`` is exactly one line and a blank one.
         return self._plain(data, len(data) - 2)
+
+    def verbatim(self, data: bytes) -> str | None:
+        """The answer's id when ``data`` is one whole plain delta event (as :meth:`whole`
+        finds it) written ``data: <payload>`` and a blank line, exactly as an OpenAI
+        caller is sent the event (``sse_event(chunk.raw)``), else None.
+
+        No chunk is made: a sink that relays the upstream's events as they came writes
+        ``data`` itself (the spliced OpenAI route's usual event).
+        """
+        ident = self._relayed
+        head = self._head
+        if ident is None or head is None or not data.startswith(head):
+            return None
+        if not data.endswith(self._end):
+            return None
+        middle = data[self._start : len(data) - 2 - self._stop]
+        if not middle or _NOT_PLAIN.search(middle) is not None:
+            return None
+        if not middle.isascii():
+            try:
+                middle.decode()
+            except UnicodeDecodeError:
+                return None  # parsed, to be refused as a malformed event
+        return ident
 
     def _plain(self, data: bytes, size: int) -> Chunk | None:
         """The chunk of the line ``data[:size]``, which starts with the head and ends
@@ -129,6 +155,9 @@ class Events:
         self._after = len(line) - before - len(payload)
         self._model = chunk.model
         self._id = chunk.id
+        # ``data: `` before the payload and nothing after it: the event's bytes are
+        # exactly what relaying its chunk writes.
+        self._relayed = chunk.id if before == 6 and self._after == 0 else None
 
 
 def _is_plain(chunk: Chunk) -> bool:

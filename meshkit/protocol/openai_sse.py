@@ -138,6 +138,17 @@ class ChatEncoder:
             out += self._event(delta, chunk.finish_reason, chunk.logprobs)
         return out or None
 
+    def verbatim(self) -> str | None:
+        """The upstream id whose plain text delta events this answer now sends exactly
+        as they came (``data: <payload>`` and a blank line, as :meth:`chunk` relays
+        them), so a sink may write such an event without its chunk; None until that is
+        settled (the first event relayed, the answer's model known) or when the
+        answer's events are meshkit's own."""
+        relay = self._relay
+        if self._first or not self.model or not isinstance(relay, str):
+            return None
+        return relay
+
     def end(self) -> bytes:
         tail = b""
         if self.include_usage and self._usage is not None and not self._usage_relayed:

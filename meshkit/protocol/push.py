@@ -35,6 +35,18 @@ class ChunkSink(Protocol):
         ...
 
     @property
+    def verbatim(self) -> str | None:
+        """The upstream answer id whose plain text delta events the sink now writes as
+        they came (:meth:`relay`), or None: every chunk goes through :meth:`emit`."""
+        ...
+
+    def relay(self, event: bytes) -> bool:
+        """Take one upstream event as it came, without its chunk: a whole plain text
+        delta of the answer :attr:`verbatim` names, for which :meth:`emit` would write
+        exactly ``event``. False when the reader is gone (stop)."""
+        ...
+
+    @property
     def full(self) -> bool:
         """Whether the reader is behind: produce nothing more before :meth:`drain`."""
         ...
