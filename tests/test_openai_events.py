@@ -15,7 +15,7 @@ from meshkit.nodes.upstream import LineParser
 from meshkit.protocol import openai
 from meshkit.protocol.openai_events import Events
 from meshkit.protocol.types import Chunk, Usage, relayed_text
-from meshkit.protocol.wire import END
+from meshkit.protocol.wire import END, sse_event
 
 UP = openai.Upstream("llm")
 BASE = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 7, "model": "m"}
@@ -211,6 +211,56 @@ class TestTemplate:
         data = text("m")
         assert events.whole(data + b"\n\n") is not None
         assert through(events, data) == parsed(data)
+
+
+class TestVerbatim:
+    """An event is taken as it came only where ``whole`` recognises it and relaying its
+    chunk writes exactly its bytes."""
+
+    @pytest.mark.parametrize("name", sorted(LINES) + sorted(BAD))
+    def test_exactly_the_events_whole_recognises(self, name: str) -> None:
+        data = {**LINES, **BAD}[name] + b"\n\n"
+        events = learned()
+        chunk = events.whole(data)
+        ident = events.verbatim(data)
+        if chunk is None:
+            assert ident is None
+        else:
+            assert ident == chunk.id == "chatcmpl-1"
+            assert chunk.raw is not None and sse_event(chunk.raw) == data
+
+    @pytest.mark.parametrize(
+        ("old", "new"),
+        [(b"data: ", b"data:"), (b"data: ", b"data:  "), (b"}", b"} ")],
+        ids=["no space after data:", "two spaces", "a space after the payload"],
+    )
+    def test_a_stream_written_otherwise_is_never_taken_as_it_came(
+        self, old: bytes, new: bytes
+    ) -> None:
+        """Its plain deltas are still recognised, but relaying one writes other bytes."""
+
+        def written(t: str) -> bytes:
+            data = text(t)
+            return data.replace(old, new) if old == b"data: " else data + b" "
+
+        events = Events(UP.line)
+        for t in ("Hel", "lo"):
+            events(written(t))
+        data = written(" world") + b"\n\n"
+        chunk = events.whole(data)
+        assert chunk is not None and chunk.text == " world"
+        assert events.verbatim(data) is None
+
+    def test_nothing_before_the_stream_showed_a_plain_delta(self) -> None:
+        events = Events(UP.line)
+        events(line({"role": "assistant", "content": ""}))
+        assert events.verbatim(text("a") + b"\n\n") is None
+
+    def test_the_id_follows_a_stream_that_changes_shape(self) -> None:
+        events = learned()
+        events(text("a", id="chatcmpl-2"))
+        assert events.verbatim(text("b", id="chatcmpl-2") + b"\n\n") == "chatcmpl-2"
+        assert events.verbatim(text("b") + b"\n\n") is None
 
 
 class TestLineParser:
