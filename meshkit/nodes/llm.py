@@ -329,9 +329,11 @@ class RemoteLLM(MicroService):
                 if request.stream:
                     parser = LineParser(self.name, self._codec.line_parser())
                     # Any chunk is the first byte: a role, reasoning or a tool call
-                    # shows the model is answering as much as text does.
+                    # shows the model is answering as much as text does. Read piece by
+                    # piece: what arrived after the first chunk's piece is left for the
+                    # relay, which takes it piece by piece too (its usual read).
                     while not parser.done:
-                        data = await response.readany()
+                        data = await response.readpiece()
                         if not data:
                             head += parser.eof()
                             break
