@@ -366,9 +366,7 @@ class RemoteLLM(MicroService):
         replicas.succeeded(replica)
         probe.answered()
         if request.stream:
-            relay = UpstreamStream(self, response, parser, head, replica, client)
-            await relay.prime()
-            return relay
+            return UpstreamStream(self, response, parser, head, replica, client)
         client.finish(response, ok=True)
         replicas.release(replica)
         return probe.completed(self._codec.completion(raw, request))

@@ -59,7 +59,6 @@ class UpstreamStream(PushStream):
         "_replica",
         "_response",
         "_sink",
-        "_spliced",
         "_verbatim",
         "_wake",
         "_watch",
@@ -82,7 +81,6 @@ class UpstreamStream(PushStream):
         self._client = client
         self._watch = IdleWatch(response, llm.timeouts.idle)
         self._released = False
-        self._spliced = False
         self._sink: ChunkSink | None = None
         self._wake: asyncio.Future[None] | None = None
         self._paused = False
@@ -92,24 +90,23 @@ class UpstreamStream(PushStream):
         self._relay: str | None = None
         self._verbatim = parser.verbatim
         self._clock = asyncio.get_running_loop().time
-        self._gen = self._pull()
-
-    async def prime(self) -> None:
-        """Start the pull side, so that closing it releases the connection even when
-        nothing was read."""
-        await anext(self._gen)
+        self._gen: AsyncGenerator[Chunk] | None = None
 
     def __aiter__(self) -> UpstreamStream:
         return self
 
     def __anext__(self) -> Awaitable[Chunk]:
-        return self._gen.__anext__()  # type: ignore[return-value]
+        gen = self._gen
+        if gen is None:  # (made on the first pull: a spliced stream never needs it)
+            gen = self._gen = self._pull()
+        return gen.__anext__()
 
     async def aclose(self) -> None:
-        """Stop reading; the upstream call is cancelled if it was still going."""
-        await self._gen.aclose()
-        if self._spliced:
-            self._release(ok=False)
+        """Stop reading; the upstream call is cancelled if it was still going (also
+        when nothing was read)."""
+        if self._gen is not None:
+            await self._gen.aclose()
+        self._release(ok=False)  # (nothing, once the stream has released it itself)
 
     def _release(self, *, ok: bool) -> None:
         if self._released:
@@ -132,7 +129,7 @@ class UpstreamStream(PushStream):
         self._llm.replicas.failed(self._replica, err)
         return err
 
-    async def _pull(self) -> AsyncGenerator[Chunk | None]:
+    async def _pull(self) -> AsyncGenerator[Chunk]:
         # One async-generator layer per chunk: read, parse, yield. Each wait for data
         # is bounded by the idle timeout (one lazy timer per stream, no per-read timer).
         watch = self._watch
@@ -140,9 +137,6 @@ class UpstreamStream(PushStream):
         parser = self._parser
         ok = False
         try:
-            # Primed: from here on, closing the generator (even before the first chunk
-            # is read) runs the clean-up below and releases the connection.
-            yield None
             head = self._head
             for chunk in head:
                 yield chunk
@@ -166,8 +160,7 @@ class UpstreamStream(PushStream):
         except (TimeoutError, h1.H1Error, UpstreamError) as exc:
             raise self._broken(exc) from exc
         finally:
-            if not self._spliced:
-                self._release(ok=ok)
+            self._release(ok=ok)
 
     # -- push ------------------------------------------------------------------------------
 
@@ -179,8 +172,6 @@ class UpstreamStream(PushStream):
         waits, and the idle timeout does not run); this coroutine waits on
         ``sink.drain()`` meanwhile, so the wake-ups are one per pause, not per chunk.
         """
-        self._spliced = True
-        await self._gen.aclose()  # the pull side is never used now
         parser = self._parser
         try:
             for chunk in self._head:
