@@ -91,6 +91,10 @@ class Wire(Protocol):
     chunked: bool
     compressed: bool
 
+    def take_head(self) -> bytes | None:
+        """The response head's bytes when the sink is to write them itself, ahead of
+        its first events and in the same write; None: :meth:`send_head` sends it."""
+
     def send_head(self) -> None:
         """Put the response head on the connection now."""
 

@@ -263,6 +263,9 @@ class _Wire:
         self.chunked = chunked
         self.compressed = False
 
+    def take_head(self) -> bytes:
+        return self._head
+
     def send_head(self) -> None:
         self.transport.write(self._head)
 

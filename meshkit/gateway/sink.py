@@ -4,14 +4,18 @@
 caller through its sink one of two ways, with the same bytes either way: *spliced*
 when the stream is a :class:`~meshkit.protocol.push.PushStream` (a pipeline that is one
 remote LLM: each chunk is encoded and written from the upstream connection's own
-callback), else *pulled* chunk by chunk. The gateway setting ``splice: false`` pulls
-every stream. Which way each answer went is counted in ``meshkit_streams_total``.
+callback; an upstream's plain event that the caller is sent as it came is written
+without a chunk being made of it, :meth:`Sink.relay`), else *pulled* chunk by chunk.
+The gateway setting ``splice: false`` pulls every stream. Which way each answer went
+is counted in ``meshkit_streams_total``.
 
 Every byte of the response goes through the sink and the server's
 :class:`~meshkit.gateway.exchange.Wire` (aiohttp's stream writer, or the lean intake's
-connection): the head (sent at once, so no server default decides when it leaves), the
-events (chunk-framed, no await; the events of one loop pass, which is one upstream read
-on the fast path, leave together in one ``transport.write``), and the last event with
+connection): the head (sent by the end of the loop pass the sink starts in, so no
+server default decides when it leaves: with the events of that pass on the lean
+intake, at once through aiohttp), the events (chunk-framed, no await; the events of
+one loop pass, which is one upstream read on the fast path, leave together in one
+``transport.write``), and the last event with
 the end of the body (after any event still held). Backpressure waits on the transport's
 own resume-writing signal, bounded by ``send_timeout``.
 """
@@ -168,7 +172,8 @@ class Sink:
         send_timeout: float,
         verbatim: Callable[[], str | None] | None = None,
     ) -> Sink:
-        """The sink of a response whose head ``wire`` has ready: it sends the head now.
+        """The sink of a response whose head ``wire`` has ready: it sends the head (now,
+        or with the events of this loop pass when the wire lets the sink write it).
         ``verbatim`` (the encoder's) says which upstream answer's plain events are
         relayed as they came (:meth:`relay`).
 
@@ -183,9 +188,16 @@ class Sink:
 
     def _start(self) -> None:
         self._transport.set_write_buffer_limits(high=self.HIGH_WATER, low=self.LOW_WATER)
-        # The head leaves now, before any event is written past the server's writer
-        # (aiohttp may hold it back to send it with the first body bytes).
-        self._wire.send_head()
+        head = self._wire.take_head()
+        if head is None:
+            # The head leaves now, before any event is written past the server's
+            # writer (aiohttp may hold it back to send it with the first body bytes).
+            self._wire.send_head()
+        else:
+            # The head leaves by the end of this loop pass, with the events emitted
+            # in it (the first one, on a spliced stream): one write, not two.
+            self._held.append(head)
+            self._loop.call_soon(self._flush)
 
     def _first_encode(self, chunk: Chunk) -> bytes | None:
         """Encode until the first byte, noting when it goes out (time to first token)."""

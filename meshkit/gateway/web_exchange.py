@@ -45,6 +45,9 @@ class ResponseWire:
         self.chunked = "chunked" in response.headers.get("Transfer-Encoding", "").lower()
         self.compressed = bool(response.compression)
 
+    def take_head(self) -> bytes | None:
+        return None  # (aiohttp renders and sends its own head)
+
     def send_head(self) -> None:
         # aiohttp's public ``send_headers`` (its stream-writer interface since 3.12).
         self._writer.send_headers()
