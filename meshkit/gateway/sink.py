@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
 
@@ -125,11 +126,11 @@ class Sink:
         "_encode",
         "_held",
         "_held_size",
-        "_loop",
         "_send_timeout",
         "_transport",
         "_verbatim",
         "_wire",
+        "_writes",
         "ends",
         "first",
         "sent",
@@ -151,7 +152,7 @@ class Sink:
     ) -> None:
         self._wire = wire
         self._transport = wire.transport
-        self._loop = asyncio.get_running_loop()
+        self._writes = _Writes.of(asyncio.get_running_loop())
         self._held: list[bytes] = []  # framed events not written yet (this loop pass's)
         self._held_size = 0
         self._chunked = wire.chunked
@@ -197,7 +198,7 @@ class Sink:
             # The head leaves by the end of this loop pass, with the events emitted
             # in it (the first one, on a spliced stream): one write, not two.
             self._held.append(head)
-            self._loop.call_soon(self._flush)
+            self._writes.add(self)
 
     def _first_encode(self, chunk: Chunk) -> bytes | None:
         """Encode until the first byte, noting when it goes out (time to first token)."""
@@ -221,7 +222,7 @@ class Sink:
         if not held:
             # The first event of this pass: the others that arrive in the same pass
             # (one upstream read often carries several) leave with it, in one write.
-            self._loop.call_soon(self._flush)
+            self._writes.add(self)
         held.append(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
         self._held_size += len(data)
         self.sent += 1
@@ -243,7 +244,7 @@ class Sink:
             return False
         held = self._held
         if not held:
-            self._loop.call_soon(self._flush)
+            self._writes.add(self)
         held.append(b"%x\r\n%b\r\n" % (len(event), event) if self._chunked else event)
         self._held_size += len(event)
         self.sent += 1
@@ -332,3 +333,40 @@ class _Compressed(Sink):
     async def close(self, last: bytes) -> None:
         await self.drain()
         await self._wire.end(last)
+
+
+class _Writes:
+    """The sinks of one event loop holding events this loop pass: one callback at the
+    end of the pass writes them all (rather than a callback scheduled per sink, per
+    pass: on a busy gateway one pass relays many streams' reads)."""
+
+    __slots__ = ("__weakref__", "_loop", "_sinks")
+
+    _of: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Writes] = weakref.WeakKeyDictionary()
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._sinks: list[Sink] = []
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> _Writes:
+        """The loop's own (one per loop)."""
+        writes = cls._of.get(loop)
+        if writes is None:
+            writes = cls._of[loop] = cls(loop)
+        return writes
+
+    def add(self, sink: Sink) -> None:
+        """Have ``sink``'s held events written at the end of this pass."""
+        sinks = self._sinks
+        if not sinks:
+            self._loop.call_soon(self._write)
+        sinks.append(sink)
+
+    def _write(self) -> None:
+        sinks, self._sinks = self._sinks, []
+        for sink in sinks:
+            try:
+                sink._flush()
+            except Exception:  # (one caller's transport never stops another's write)
+                log.exception("meshkit.stream.write_failed")
