@@ -108,8 +108,9 @@ class Wire(Protocol):
     async def write(self, data: bytes) -> None:
         """Write body bytes through the server (a compressed response)."""
 
-    async def end(self, last: bytes) -> None:
-        """Write ``last`` and the end of the body."""
+    async def end(self, last: bytes, before: bytes = b"") -> None:
+        """Write ``before`` (body bytes framed as the sink frames its events), then
+        ``last`` and the end of the body: in one write where the server lets it."""
 
 
 class Exchange(Protocol[R_co]):

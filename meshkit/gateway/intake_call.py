@@ -275,13 +275,14 @@ class _Wire:
     async def write(self, data: bytes) -> None:  # never compressed
         raise NotImplementedError
 
-    async def end(self, last: bytes) -> None:
+    async def end(self, last: bytes, before: bytes = b"") -> None:
         if self.transport.is_closing():
             raise ConnectionResetError("the caller went away")
         if not self.chunked:
-            if last:
-                self.transport.write(last)
+            data = before + last
         elif last:
-            self.transport.write(b"%x\r\n%b\r\n%b" % (len(last), last, _LAST))
+            data = b"%b%x\r\n%b\r\n%b" % (before, len(last), last, _LAST)
         else:
-            self.transport.write(_LAST)
+            data = before + _LAST
+        if data:
+            self.transport.write(data)

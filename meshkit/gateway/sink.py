@@ -291,10 +291,21 @@ class Sink:
         except ConnectionError as exc:
             raise ConnectionResetError("the caller went away") from exc
 
+    def ending(self) -> None:
+        """The stream's last chunk is emitted: the events held leave with the end of the
+        body (:meth:`close`, next in this loop pass), in the same write."""
+        self._writes.drop(self)
+
     async def close(self, last: bytes) -> None:
-        """Write the last event and end the body (after every event held)."""
-        self._flush()
-        await self._wire.end(last)
+        """Write the last event and end the body, after every event held and in the
+        same write where the wire lets it."""
+        held = self._held
+        if not held:
+            await self._wire.end(last)
+            return
+        self._held = []
+        self._held_size = 0
+        await self._wire.end(last, b"".join(held))
 
 
 class _Compressed(Sink):
@@ -362,6 +373,11 @@ class _Writes:
         if not sinks:
             self._loop.call_soon(self._write)
         sinks.append(sink)
+
+    def drop(self, sink: Sink) -> None:
+        """Leave ``sink``'s held events to it (it writes them itself)."""
+        if sink in self._sinks:
+            self._sinks.remove(sink)
 
     def _write(self) -> None:
         sinks, self._sinks = self._sinks, []

@@ -58,7 +58,9 @@ class ResponseWire:
     async def write(self, data: bytes) -> None:
         await self._response.write(data)
 
-    async def end(self, last: bytes) -> None:
+    async def end(self, last: bytes, before: bytes = b"") -> None:
+        if before and not self.transport.is_closing():
+            self.transport.write(before)
         await self._response.write_eof(last)
 
 

@@ -186,6 +186,7 @@ class UpstreamStream(PushStream):
         except BaseException:
             self._release(ok=False)
             raise
+        sink.ending()  # (the whole answer was in the first read)
         self._release(ok=True)
 
     async def _push(self, sink: ChunkSink) -> None:
@@ -277,8 +278,10 @@ class UpstreamStream(PushStream):
 
     def _finish(self, exc: BaseException | None) -> None:
         """End the push (``exc``: why it failed); the splicing coroutine wakes."""
-        if self._sink is None:
+        sink = self._sink
+        if sink is None:
             return
+        sink.ending()  # (what it holds leaves with the answer's end)
         self._sink = None
         self._error = exc
         self._unpause()  # the body's last bytes still have to be read

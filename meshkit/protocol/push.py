@@ -51,6 +51,11 @@ class ChunkSink(Protocol):
         """Whether the reader is behind: produce nothing more before :meth:`drain`."""
         ...
 
+    def ending(self) -> None:
+        """The stream's last chunk is emitted (or it broke): what the sink holds may
+        wait for the end of the answer, to leave in the same write."""
+        ...
+
     async def drain(self) -> None:
         """Wait until the reader has caught up.
 
