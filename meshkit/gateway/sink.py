@@ -126,6 +126,7 @@ class Sink:
         "_encode",
         "_held",
         "_held_size",
+        "_pending",
         "_send_timeout",
         "_transport",
         "_verbatim",
@@ -153,6 +154,7 @@ class Sink:
         self._wire = wire
         self._transport = wire.transport
         self._writes = _Writes.of(asyncio.get_running_loop())
+        self._pending = self._writes.sinks
         self._held: list[bytes] = []  # framed events not written yet (this loop pass's)
         self._held_size = 0
         self._chunked = wire.chunked
@@ -243,8 +245,11 @@ class Sink:
         if self._transport.is_closing():
             return False
         held = self._held
-        if not held:
-            self._writes.add(self)
+        if not held:  # (``_Writes.add``, inline: once per read on the fast path)
+            pending = self._pending
+            if not pending:
+                self._writes.soon()
+            pending.append(self)
         held.append(b"%x\r\n%b\r\n" % (len(event), event) if self._chunked else event)
         self._held_size += len(event)
         self.sent += 1
@@ -351,13 +356,14 @@ class _Writes:
     end of the pass writes them all (rather than a callback scheduled per sink, per
     pass: on a busy gateway one pass relays many streams' reads)."""
 
-    __slots__ = ("__weakref__", "_loop", "_sinks")
+    __slots__ = ("__weakref__", "_loop", "sinks")
 
     _of: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Writes] = weakref.WeakKeyDictionary()
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._sinks: list[Sink] = []
+        #: The sinks to write at the end of this pass (one list for the loop's life).
+        self.sinks: list[Sink] = []
 
     @classmethod
     def of(cls, loop: asyncio.AbstractEventLoop) -> _Writes:
@@ -369,18 +375,23 @@ class _Writes:
 
     def add(self, sink: Sink) -> None:
         """Have ``sink``'s held events written at the end of this pass."""
-        sinks = self._sinks
+        sinks = self.sinks
         if not sinks:
-            self._loop.call_soon(self._write)
+            self.soon()
         sinks.append(sink)
+
+    def soon(self) -> None:
+        """Write at the end of this pass (the first sink of the pass is being added)."""
+        self._loop.call_soon(self._write)
 
     def drop(self, sink: Sink) -> None:
         """Leave ``sink``'s held events to it (it writes them itself)."""
-        if sink in self._sinks:
-            self._sinks.remove(sink)
+        if sink in self.sinks:
+            self.sinks.remove(sink)
 
     def _write(self) -> None:
-        sinks, self._sinks = self._sinks, []
+        sinks = self.sinks.copy()
+        self.sinks.clear()
         for sink in sinks:
             try:
                 sink._flush()

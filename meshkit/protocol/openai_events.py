@@ -23,6 +23,8 @@ from .types import Chunk, relayed_text
 
 #: Bytes that end or escape a JSON string, or may not appear in one unescaped.
 _NOT_PLAIN = re.compile(rb'["\\\x00-\x1f]')
+#: The same, and any byte that is not ASCII (the text is then checked as UTF-8).
+_NOT_PLAIN_ASCII = re.compile(rb'["\\\x00-\x1f\x80-\xff]')
 #: Text put in the content's place to prove a template (a plain JSON string).
 _PROBE = "meshkit template probe 7f3a"
 _PROBE_TOKEN = b'"' + _PROBE.encode() + b'"'
@@ -103,14 +105,19 @@ class Events:
             return None
         if not data.endswith(self._end):
             return None
-        middle = data[self._start : len(data) - 2 - self._stop]
-        if not middle or _NOT_PLAIN.search(middle) is not None:
+        start = self._start
+        stop = len(data) - 2 - self._stop
+        if stop <= start:
             return None
-        if not middle.isascii():
-            try:
-                middle.decode()
-            except UnicodeDecodeError:
-                return None  # parsed, to be refused as a malformed event
+        if _NOT_PLAIN_ASCII.search(data, start, stop) is None:
+            return ident  # plain ASCII text (no slice of it made)
+        middle = data[start:stop]
+        if _NOT_PLAIN.search(middle) is not None:
+            return None
+        try:
+            middle.decode()
+        except UnicodeDecodeError:
+            return None  # parsed, to be refused as a malformed event
         return ident
 
     def _plain(self, data: bytes, size: int) -> Chunk | None:
