@@ -1,6 +1,6 @@
 """Bounds on outbound calls: :class:`Timeouts` per call, :class:`Limits` per service.
 
-:class:`IdleWatch` bounds each wait for data on a stream with one lazy timer. Each
+:class:`IdleWatch` bounds each wait for data on a stream (one lazy timer per loop). Each
 service gets at most ``max_connections`` requests (so connections) in flight at once;
 more wait in turn for one to be given back (a :class:`Gate`), each within its own
 first-token budget, and get :class:`ConnectionsBusy` (504) when it runs out.
@@ -9,6 +9,7 @@ first-token budget, and get :class:`ConnectionsBusy` (504) when it runs out.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections import deque
 
 import attrs
@@ -102,39 +103,93 @@ class IdleWatch:
     """Bounds each wait for data on a streamed response by ``idle`` seconds.
 
     The reader marks the wait (``reading = loop.time()`` before it, ``None`` after):
-    two stores per read. One timer per stream checks the mark and re-arms itself only
-    when it fires, instead of a read timer being cancelled and re-created on every
-    read. A wait found older than ``idle`` fails the response with
+    two stores per read. The watches of one loop share one timer (:class:`_Watches`),
+    armed for the earliest moment one of them could run out and re-armed only when it
+    fires, instead of a read timer being cancelled and re-created on every read, or a
+    timer made per stream. A wait found older than ``idle`` fails the response with
     :class:`TimeoutError`. Time the reader spends elsewhere (writing to a slow caller)
     never counts. A response relayed by callbacks marks ``reading`` with the time of
     its last piece of data instead.
     """
 
-    __slots__ = ("_handle", "_idle", "_loop", "_response", "reading")
+    __slots__ = ("_idle", "_response", "_watches", "reading")
 
     def __init__(self, response: h1.Response, idle: float | None) -> None:
-        self._loop = asyncio.get_running_loop()
         self._response = response
-        self._idle = idle
+        self._idle = idle or 0.0
         #: Loop time the current wait for data began; None while not waiting.
         self.reading: float | None = None
-        self._handle: asyncio.TimerHandle | None = None
+        self._watches: _Watches | None = None
         if idle:
-            self._handle = self._loop.call_at(self._loop.time() + idle, self._check)
-
-    def _check(self) -> None:
-        idle = self._idle
-        assert idle
-        started = self.reading
-        now = self._loop.time()
-        if started is not None and now - started >= idle:
-            self._handle = None
-            self._response.fail(TimeoutError("Timeout on reading data from socket"))
-            return
-        self._handle = self._loop.call_at((now if started is None else started) + idle, self._check)
+            self._watches = _Watches.of(asyncio.get_running_loop())
+            self._watches.add(self)
 
     def cancel(self) -> None:
         """Stop watching (the stream ended)."""
+        watches = self._watches
+        if watches is not None:
+            self._watches = None
+            watches.discard(self)
+
+
+class _Watches:
+    """The idle watches of one event loop and the one timer that checks them.
+
+    The timer is armed for the earliest time a watch could run out (a watch added
+    with a sooner one re-arms it); when it fires it fails every watch whose wait is
+    over and re-arms for the soonest of the others, as each watch's own timer would
+    have fired, so a stall is found as soon as it is one.
+    """
+
+    __slots__ = ("__weakref__", "_due", "_handle", "_loop", "_watches")
+
+    _of: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Watches] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._watches: set[IdleWatch] = set()
+        self._handle: asyncio.TimerHandle | None = None
+        self._due = 0.0
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> _Watches:
+        """The loop's own (one per loop)."""
+        watches = cls._of.get(loop)
+        if watches is None:
+            watches = cls._of[loop] = cls(loop)
+        return watches
+
+    def add(self, watch: IdleWatch) -> None:
+        self._watches.add(watch)
+        due = self._loop.time() + watch._idle  # (a wait may begin at once)
+        if self._handle is None or due < self._due:
+            self._arm(due)
+
+    def discard(self, watch: IdleWatch) -> None:
+        self._watches.discard(watch)
+
+    def _arm(self, due: float) -> None:
         if self._handle is not None:
             self._handle.cancel()
-            self._handle = None
+        self._due = due
+        self._handle = self._loop.call_at(due, self._check)
+
+    def _check(self) -> None:
+        self._handle = None
+        now = self._loop.time()
+        soonest: float | None = None
+        for watch in list(self._watches):  # (a failed response cancels its watch)
+            started = watch.reading
+            idle = watch._idle
+            if started is not None and now - started >= idle:
+                self._watches.discard(watch)
+                watch._watches = None
+                watch._response.fail(TimeoutError("Timeout on reading data from socket"))
+                continue
+            due = (now if started is None else started) + idle
+            if soonest is None or due < soonest:
+                soonest = due
+        if soonest is not None:
+            self._arm(soonest)
