@@ -5,7 +5,9 @@ its chunks on, either to a reader (``async for``) or, on the gateway's fast path
 :class:`~meshkit.protocol.push.ChunkSink` called straight from the connection's
 ``data_received`` (it is a :class:`~meshkit.protocol.push.PushStream`). :class:`LineParser`
 cuts the body into lines and has the dialect's line parser turn each into chunks.
-Per chunk it does nothing beyond parsing (one lazy idle timer per stream).
+Per chunk it does nothing beyond parsing, and a plain OpenAI event that the caller is
+sent as it came is not even parsed (``LineParse.verbatim``, ``ChunkSink.relay``); the idle
+bound is an :class:`~meshkit.client.limits.IdleWatch` (one lazy timer per loop).
 """
 
 from __future__ import annotations
@@ -131,7 +133,7 @@ class UpstreamStream(PushStream):
 
     async def _pull(self) -> AsyncGenerator[Chunk]:
         # One async-generator layer per chunk: read, parse, yield. Each wait for data
-        # is bounded by the idle timeout (one lazy timer per stream, no per-read timer).
+        # is bounded by the idle timeout (one lazy timer per loop, no per-read timer).
         watch = self._watch
         response = self._response
         parser = self._parser
