@@ -379,40 +379,6 @@ class TestPipe:
             response.release()
             assert pool.idle == 1
 
-    async def test_pieces_read_one_at_a_time_leave_the_rest_to_the_pipe(self, pool: Pool) -> None:
-        pieces = [b"first", b"second", b"third"]
-        body = b"".join(b"%x\r\n%b\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
-        async with Raw(answering(CHUNKED_HEAD + body)) as raw:
-            _, response = await get(pool, raw.url)
-            await until(lambda: response.complete)  # every piece arrived in one read
-            assert await response.readpiece() == b"first"
-            assert response.buffered == len(b"secondthird")
-            rec = Recorder()
-            response.pipe(rec.on_data, rec.on_end)
-            assert rec.pieces == pieces[1:] and rec.ends == [None]
-            assert await response.readpiece() == b""  # the end stays the end
-            response.release()
-            assert pool.idle == 1
-
-    async def test_pieces_read_one_at_a_time_resume_a_paused_socket(self, pool: Pool) -> None:
-        big = random.Random(3).randbytes(1 << 20)
-
-        async def large(request: web.Request) -> web.Response:
-            return web.Response(body=big)
-
-        async with serve_app(app_with(large=large)) as url:
-            conn, response = await get(pool, url + "/large")
-            transport = conn.transport
-            assert transport is not None
-            await until(lambda: not transport.is_reading())
-            got = bytearray()
-            async with asyncio.timeout(30):
-                while piece := await response.readpiece():
-                    got += piece
-            assert got == big
-            response.release()
-            assert pool.idle == 1
-
     async def test_pipe_after_the_end_ends_at_once(self, pool: Pool) -> None:
         async def fixed(request: web.Request) -> web.Response:
             return web.Response(body=b"all of it")

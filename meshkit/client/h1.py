@@ -397,26 +397,6 @@ class Response:
             self._waiter = self._conn.loop.create_future()
             await self._waiter
 
-    async def readpiece(self) -> bytes:
-        """The first piece of body not read yet, as it arrived (one HTTP chunk of a
-        chunked body), waiting for one; b"" at the end. Pieces after it stay buffered
-        for the next read or a :meth:`pipe` (which hands them on one by one)."""
-        while True:
-            buffer = self._buffer
-            if buffer:
-                data = buffer.pop(0)
-                self._size -= len(data)
-                if self._paused and self._size <= READ_LIMIT:
-                    self._paused = False
-                    self._conn.resume_reading()
-                return data
-            if self._error is not None:
-                raise self._error
-            if self.complete:
-                return b""
-            self._waiter = self._conn.loop.create_future()
-            await self._waiter
-
     async def read(self, limit: int = -1) -> bytes:
         """The rest of the body: at most ``limit`` bytes when given, else all of it.
 

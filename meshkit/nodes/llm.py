@@ -329,11 +329,9 @@ class RemoteLLM(MicroService):
                 if request.stream:
                     parser = LineParser(self.name, self._codec.line_parser())
                     # Any chunk is the first byte: a role, reasoning or a tool call
-                    # shows the model is answering as much as text does. Read piece by
-                    # piece: what arrived after the first chunk's piece is left for the
-                    # relay, which takes it piece by piece too (its usual read).
+                    # shows the model is answering as much as text does.
                     while not parser.done:
-                        data = await response.readpiece()
+                        data = await response.readany()
                         if not data:
                             head += parser.eof()
                             break
