@@ -379,42 +379,6 @@ class TestPipe:
             response.release()
             assert pool.idle == 1
 
-    async def test_on_read_follows_each_read_of_pieces_but_not_the_end(self, pool: Pool) -> None:
-        steps = [asyncio.Event(), asyncio.Event()]
-
-        def frame(piece: bytes) -> bytes:
-            return b"%x\r\n%b\r\n" % (len(piece), piece)
-
-        async def script(raw: Raw, reader: asyncio.StreamReader, writer: Any) -> None:
-            await request_head(reader)
-            for part, step in zip(
-                [CHUNKED_HEAD + frame(b"a") + frame(b"b"), frame(b"c")], steps, strict=True
-            ):
-                writer.write(part)
-                await writer.drain()
-                await step.wait()
-            writer.write(b"0\r\n\r\n")
-            await raw.wait_eof(reader)
-
-        log: list[Any] = []
-        async with Raw(script) as raw:
-            _, response = await get(pool, raw.url)
-            await until(lambda: response.buffered == 2)  # a and b, unread
-            response.pipe(
-                lambda data: log.append(data),
-                lambda exc: log.append(("end", exc)),
-                lambda: log.append("read"),
-            )
-            assert log == [b"a", b"b", "read"]  # the buffered pieces, as one read
-            steps[0].set()
-            await until(lambda: len(log) == 5)
-            assert log[3:] == [b"c", "read"]
-            steps[1].set()
-            await until(lambda: len(log) == 6)
-            assert log[5:] == [("end", None)]  # (the end's read is not followed by one)
-            response.release()
-            assert pool.idle == 1
-
     async def test_pipe_after_the_end_ends_at_once(self, pool: Pool) -> None:
         async def fixed(request: web.Request) -> web.Response:
             return web.Response(body=b"all of it")
