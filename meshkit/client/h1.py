@@ -183,7 +183,6 @@ class Response:
         "_raw_headers",
         "_size",
         "_waiter",
-        "after_read",
         "begun",
         "complete",
         "due",
@@ -206,8 +205,6 @@ class Response:
         self._error: BaseException | None = None
         self._on_data: Callable[[bytes], None] | None = None
         self._on_end: Callable[[BaseException | None], None] | None = None
-        #: Called after each read that handed body to a pipe (:meth:`pipe`'s ``on_read``).
-        self.after_read: Callable[[], None] | None = None
         self._paused = False
         self.complete = False
         #: Some byte of the answer has arrived (a request that failed before is safe
@@ -366,7 +363,7 @@ class Response:
         self._wake()
         end = self._on_end
         if end is not None:
-            self._on_end = self._on_data = self.after_read = None
+            self._on_end = self._on_data = None
             end(exc)
 
     def _wake(self) -> None:
@@ -422,21 +419,15 @@ class Response:
         return body if limit < 0 else body[:limit]
 
     def pipe(
-        self,
-        on_data: Callable[[bytes], None],
-        on_end: Callable[[BaseException | None], None],
-        on_read: Callable[[], None] | None = None,
+        self, on_data: Callable[[bytes], None], on_end: Callable[[BaseException | None], None]
     ) -> None:
         """From now on hand each piece of body to ``on_data`` as it arrives (anything
         already buffered first), then call ``on_end`` once: with None at the end of the
-        body, or with the error that cut it short. ``on_read`` is called after each read
-        of the connection whose pieces went to ``on_data`` (not after the last)."""
+        body, or with the error that cut it short."""
         buffered, self._buffer = self._buffer, []
         self._size = 0
         for data in buffered:
             on_data(data)
-        if buffered and on_read is not None and self._error is None and not self.complete:
-            on_read()
         if self._error is not None:
             on_end(self._error)
         elif self.complete:
@@ -444,7 +435,6 @@ class Response:
         else:
             self._on_data = on_data
             self._on_end = on_end
-            self.after_read = on_read
             if self._paused:
                 self._paused = False
                 self._conn.resume_reading()
@@ -481,7 +471,7 @@ class Response:
         self._stop_timers()
         if not self.complete and self._error is None:
             self.fail(BrokenBody("the response was closed"))  # a pipe's end learns why
-        self._on_data = self._on_end = self.after_read = None
+        self._on_data = self._on_end = None
         self._conn.abandon(self)
 
 

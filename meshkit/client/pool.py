@@ -87,8 +87,7 @@ class Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
-        # The relay's per-chunk path: one attribute test, then the parser, then the
-        # pipe's word that the read is over (its events leave in one write).
+        # The relay's per-chunk path: one attribute test, then the parser.
         response = self.streaming
         if response is None:
             self._not_streaming(data)
@@ -97,10 +96,6 @@ class Connection(asyncio.Protocol):
             response.parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
             response.fail(_parse_error(exc))
-            return
-        after = response.after_read
-        if after is not None:
-            after()
 
     def _not_streaming(self, data: bytes) -> None:
         """Bytes before the answer's body: its head, or bytes nobody asked for."""

@@ -124,9 +124,9 @@ class Sink:
         "_chunk",
         "_chunked",
         "_encode",
-        "_ending",
         "_held",
         "_held_size",
+        "_pending",
         "_send_timeout",
         "_transport",
         "_verbatim",
@@ -154,6 +154,7 @@ class Sink:
         self._wire = wire
         self._transport = wire.transport
         self._writes = _Writes.of(asyncio.get_running_loop())
+        self._pending = self._writes.sinks
         self._held: list[bytes] = []  # framed events not written yet (this loop pass's)
         self._held_size = 0
         self._chunked = wire.chunked
@@ -161,7 +162,6 @@ class Sink:
         self._encode: Callable[[Chunk], bytes | None] = self._first_encode  # then ``encode``
         self._send_timeout = send_timeout
         self._verbatim = verbatim
-        self._ending = False
         self.first: float | None = None
         self.sent = 0
         self.ends: list[Chunk] = []
@@ -240,12 +240,17 @@ class Sink:
 
     def relay(self, event: bytes) -> bool:
         """Take an upstream event that the encoder writes as it came (see
-        :attr:`verbatim`), as :meth:`emit` takes its chunk, held until :meth:`flush`;
-        False when the caller has gone away."""
+        :attr:`verbatim`), as :meth:`emit` takes its chunk; False when the caller has
+        gone away."""
         if self._transport.is_closing():
             return False
-        # Held for the producer's flush at the end of its read (no callback per pass).
-        self._held.append(b"%x\r\n%b\r\n" % (len(event), event) if self._chunked else event)
+        held = self._held
+        if not held:  # (``_Writes.add``, inline: once per read on the fast path)
+            pending = self._pending
+            if not pending:
+                self._writes.soon()
+            pending.append(self)
+        held.append(b"%x\r\n%b\r\n" % (len(event), event) if self._chunked else event)
         self._held_size += len(event)
         self.sent += 1
         return True
@@ -291,16 +296,9 @@ class Sink:
         except ConnectionError as exc:
             raise ConnectionResetError("the caller went away") from exc
 
-    def flush(self) -> None:
-        """Write the events held now (the producer's read is over), unless the stream is
-        :meth:`ending`."""
-        if not self._ending:
-            self._flush()
-
     def ending(self) -> None:
         """The stream's last chunk is emitted: the events held leave with the end of the
         body (:meth:`close`, next in this loop pass), in the same write."""
-        self._ending = True
         self._writes.drop(self)
 
     async def close(self, last: bytes) -> None:
@@ -339,9 +337,6 @@ class _Compressed(Sink):
     def verbatim(self) -> str | None:
         return None  # (every event goes through the compressor as :meth:`emit` takes it)
 
-    def flush(self) -> None:
-        pass  # (held events leave through the compressor, in :meth:`drain`)
-
     @property
     def full(self) -> bool:
         return bool(self._held)
@@ -357,17 +352,18 @@ class _Compressed(Sink):
 
 
 class _Writes:
-    """The sinks of one event loop holding emitted events this loop pass: one callback
-    at the end of the pass writes them all (rather than a callback scheduled per sink,
-    per pass: on a busy gateway one pass relays many streams' reads)."""
+    """The sinks of one event loop holding events this loop pass: one callback at the
+    end of the pass writes them all (rather than a callback scheduled per sink, per
+    pass: on a busy gateway one pass relays many streams' reads)."""
 
-    __slots__ = ("__weakref__", "_loop", "_sinks")
+    __slots__ = ("__weakref__", "_loop", "sinks")
 
     _of: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Writes] = weakref.WeakKeyDictionary()
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._sinks: list[Sink] = []
+        #: The sinks to write at the end of this pass (one list for the loop's life).
+        self.sinks: list[Sink] = []
 
     @classmethod
     def of(cls, loop: asyncio.AbstractEventLoop) -> _Writes:
@@ -379,18 +375,23 @@ class _Writes:
 
     def add(self, sink: Sink) -> None:
         """Have ``sink``'s held events written at the end of this pass."""
-        sinks = self._sinks
+        sinks = self.sinks
         if not sinks:
-            self._loop.call_soon(self._write)
+            self.soon()
         sinks.append(sink)
+
+    def soon(self) -> None:
+        """Write at the end of this pass (the first sink of the pass is being added)."""
+        self._loop.call_soon(self._write)
 
     def drop(self, sink: Sink) -> None:
         """Leave ``sink``'s held events to it (it writes them itself)."""
-        if sink in self._sinks:
-            self._sinks.remove(sink)
+        if sink in self.sinks:
+            self.sinks.remove(sink)
 
     def _write(self) -> None:
-        sinks, self._sinks = self._sinks, []
+        sinks = self.sinks.copy()
+        self.sinks.clear()
         for sink in sinks:
             try:
                 sink._flush()

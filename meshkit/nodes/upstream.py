@@ -198,8 +198,7 @@ class UpstreamStream(PushStream):
         self._wake = wake = loop.create_future()
         self._sink = sink
         self._watch.reading = loop.time()
-        # (may call all three back at once; the sink writes each read's events at its end)
-        self._response.pipe(self._on_data, self._on_end, sink.flush)
+        self._response.pipe(self._on_data, self._on_end)  # may call both back at once
         while True:
             await wake
             if self._sink is None:  # over

@@ -43,13 +43,7 @@ class ChunkSink(Protocol):
     def relay(self, event: bytes) -> bool:
         """Take one upstream event as it came, without its chunk: a whole plain text
         delta of the answer :attr:`verbatim` names, for which :meth:`emit` would write
-        exactly ``event``. It is held until :meth:`flush`, which the producer calls at
-        the end of the read. False when the reader is gone (stop)."""
-        ...
-
-    def flush(self) -> None:
-        """Write what is held now (a producer's read is over), unless :meth:`ending`
-        was called: the end of the answer then takes it."""
+        exactly ``event``. False when the reader is gone (stop)."""
         ...
 
     @property
