@@ -126,9 +126,11 @@ class Call:
         self.expect = expect
         self._left = length
         # A chunked body: the parser that read the head, and its callbacks.
-        self._parser, self._reader = chunked or (None, None)
+        self._parser: httptools.HttpRequestParser | None = None
+        self._reader: HeadReader | None = None
         if chunked is not None:
-            chunked[1].sink = self._keep
+            self._parser, self._reader = chunked
+            self._reader.sink = self._keep
         self._parts: list[bytes] = []
         self._size = 0
         self.too_large = False
