@@ -233,6 +233,31 @@ class TestBodies:
             response.release()
             assert pool.idle == 1
 
+    async def test_whole_at_once(self, pool: Pool) -> None:
+        """``whole()``: None while the body is still arriving or over ``max_size``;
+        the body once all of it is in, then the empty rest."""
+        go = asyncio.Event()
+
+        async def script(raw: Raw, reader: asyncio.StreamReader, writer: Any) -> None:
+            await request_head(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01234")
+            await go.wait()
+            writer.write(b"56789")
+            await raw.wait_eof(reader)
+
+        async with Raw(script) as raw:
+            _, response = await get(pool, raw.url)
+            assert response.whole() is None  # half the body
+            go.set()
+            await until(lambda: response.complete)
+            response.max_size = 9
+            assert response.whole() is None  # over the bound: read() raises
+            response.max_size = 10
+            assert response.whole() == b"0123456789"
+            assert response.whole() == b""
+            response.release()
+            assert pool.idle == 1
+
     async def test_read_with_limit(self, pool: Pool) -> None:
         async def fixed(request: web.Request) -> web.Response:
             return web.Response(body=b"0123456789")

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -375,9 +375,23 @@ class Response:
 
     # -- reading ------------------------------------------------------------------------------
 
-    async def head(self) -> None:
-        """Wait for the status line and headers."""
-        await self._head
+    def head(self) -> Awaitable[None]:
+        """Wait for the status line and headers (the future itself: no coroutine)."""
+        return self._head
+
+    def whole(self) -> bytes | None:
+        """The rest of the body at once, when all of it has arrived (a short answer
+        comes with its head) and is within :attr:`max_size`; else None: :meth:`read`
+        waits for it, or raises."""
+        if not self.complete or self._error is not None or self._paused:
+            return None
+        buffer = self._buffer
+        if self._size > self.max_size:
+            return None  # read() raises BodyTooLarge
+        body = buffer[0] if len(buffer) == 1 else b"".join(buffer)
+        buffer.clear()
+        self._size = 0
+        return body
 
     async def readany(self) -> bytes:
         """The body bytes that arrived since the last read (waiting for some); b"" at the end."""
