@@ -8,6 +8,7 @@ answers byte for byte. Every server is closed by the test that started it.
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -865,6 +866,29 @@ class TestPool:
 
 
 class TestHttpClient:
+    async def test_no_cycle_per_call(self) -> None:
+        """A response read whole and given back leaves no reference cycle behind (the
+        collector would otherwise find one, with its head and body, per call)."""
+
+        async def fixed(request: web.Request) -> web.Response:
+            return web.Response(body=b"0123456789")
+
+        async with serve_app(app_with(fixed=fixed)) as url, HttpClient() as client:
+            gc.collect()
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            try:
+                for _ in range(10):
+                    body = await client.fetch(
+                        "GET", url + "/fixed", service="s", timeouts=Timeouts()
+                    )
+                    assert body == b"0123456789"
+                gc.collect()
+                left = [o for o in gc.garbage if isinstance(o, h1.Response)]
+            finally:
+                gc.set_debug(0)
+                gc.garbage.clear()
+            assert left == []
+
     async def test_500_is_an_upstream_error_with_its_message(self) -> None:
         async def boom(request: web.Request) -> web.Response:
             return web.json_response({"error": {"message": "model exploded"}}, status=500)
