@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -671,6 +672,30 @@ class TestRecord:
         assert counts["lean"] == counts["aiohttp"] == (2, 1, 1, 0)
         assert lines["lean"][0]["trace_id"] == trace.split("-")[1]
         assert lines["lean"][2]["error"] == "invalid_request"
+
+    @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+    async def test_no_cycle_left(self, fake: FakeLLM, stream: bool) -> None:
+        """A request's record (its nodes, attempts, kept chunks) and its upstream
+        response are freed when it ends: nothing left for the cyclic collector."""
+        async with serve(spec(fake.url, "lean")) as gw:
+            conn = await Conn.open(gw.url)
+            await conn.send(post(OPENAI, chat(stream=stream)))  # warm: pools, caches
+            await conn.answer()
+            gc.collect()
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            try:
+                with capture_logs() as logs:
+                    for _ in range(5):
+                        await conn.send(post(OPENAI, chat(stream=stream)))
+                        assert (await conn.answer()).status == 200
+                    await until(lambda: len(logs) >= 5)  # every record has finished
+                gc.collect()
+                left = {type(o).__name__ for o in gc.garbage} & {"Record", "Response"}
+            finally:
+                gc.set_debug(0)
+                gc.garbage.clear()
+            conn.close()
+        assert left == set()
 
 
 class TestCallerLeaves:
