@@ -98,6 +98,18 @@ CORE_ROWS: tuple[tuple[str, str, str], ...] = (
 
 SATURATED = 0.9
 
+# Issue 16's targets: (label, scenario, metric, kind, target as written, nginx's figure
+# on the machine the issue was measured on — issue 16's text for the request and the
+# burst, the figures column above for c1; None: the target is already a multiple of
+# nginx, given as the last field). The issue's targets sit a fixed multiple above that
+# nginx figure; on another host the same multiple of nginx in the same run is shown too.
+TARGET_ROWS: tuple[tuple[str, str, str, str, float | None, float], ...] = (
+    ("CPU µs per relayed chunk", "2", "cpu_us_per_chunk_100", "raw", None, 2.0),
+    ("CPU µs per non-streaming request, c32", "1", "cpu_us_per_req_c32", "raw", 100.0, 20.0),
+    ("added p50 latency at c1, ms", "1", "p50_ms_c1", "added", 0.3, 0.15),
+    ("added TTFT p99, burst, ms", "6", "ttft_p99_ms_burst", "added", 100.0, 75.0),
+)
+
 
 def summarise(reps: list[dict[str, Any]]) -> Summary:
     """Median, min, max and count of every numeric metric over the repetitions."""
@@ -194,6 +206,7 @@ def markdown(results: dict[str, Any]) -> str:
                 cells.append(_cell(_stats(results, name, sc, metric), offset, kind == "added"))
         rows.append([label, *cells, ref])
     out += _table(["metric", *systems, "issue figures"], rows)
+    out += _targets_section(results, systems)
 
     out += ["", "## Correctness (every stream counted and its sequence numbers checked)", ""]
     rows = []
@@ -254,6 +267,56 @@ def markdown(results: dict[str, Any]) -> str:
     if notes:
         out += ["", "## Notes", "", *notes]
     return "\n".join(out) + "\n"
+
+
+def _figure(results: dict[str, Any], system: str, sc: str, metric: str, kind: str) -> float | None:
+    """A system's median; for an "added" figure, minus direct's median."""
+    st = _stats(results, system, sc, metric)
+    if st is None:
+        return None
+    if kind != "added":
+        return st["median"]
+    base = _stats(results, "direct", sc, metric)
+    return None if base is None else st["median"] - base["median"]
+
+
+def _targets_section(results: dict[str, Any], systems: list[str]) -> list[str]:
+    """Issue 16's targets as written and as the same multiple of nginx in this run."""
+    others = [s for s in systems if s not in ("direct", "nginx")]
+    if "nginx" not in systems or not others:
+        return []
+    out = [
+        "",
+        "## Issue 16's targets beside nginx in this run",
+        "",
+        "A target as written, and as the multiple of nginx it was set at (the issue's "
+        "nginx figure came from another host): a system's figure, its multiple of nginx's "
+        "in this run, and ✓/✗ for each reading.",
+        "",
+    ]
+    rows = []
+    for label, sc, metric, kind, target, there in TARGET_ROWS:
+        times = there if target is None else target / there
+        here = _figure(results, "nginx", sc, metric, kind)
+        if here is None:
+            continue
+        written = f"≤ {times:g}x nginx" if target is None else f"≤ {target:g}"
+        cells = []
+        for name in others:
+            value = _figure(results, name, sc, metric, kind)
+            if value is None:
+                cells.append("—")
+                continue
+            ratio = value / here if here > 0 else float("inf")
+            as_written = ratio <= times if target is None else value <= target
+            mark = "✓" if as_written else "✗"
+            cells.append(
+                f"{_num(value)} = {ratio:.2f}x nginx; {mark} · {'✓' if ratio <= times else '✗'}"
+            )
+        rows.append([label, written, f"≤ {times:.2f}x", _num(here), *cells])
+    head = ["figure", "target as written", "as a multiple of nginx", "nginx here"]
+    out += _table([*head, *(f"{n} (as written · as multiple)" for n in others)], rows)
+    return out
 
 
 def _burst_section(results: dict[str, Any], systems: list[str], burst: int) -> list[str]:

@@ -433,3 +433,51 @@ class TestReport:
         assert "## meshkit vs baseline meshkit@abc1234 (main: before)" in md
         assert "| CPU µs per relayed chunk | 10.0 | 20.0 | 0.50x |" in md
         assert "| added p50 latency at c1, ms | +0.50 | +1.00 | 0.50x |" in md
+
+    def test_targets_beside_nginx(self) -> None:
+        """Each target is judged as written and as its multiple of nginx in the run."""
+
+        def sc(**figures: float) -> dict[str, Any]:
+            return {"summary": report.summarise([figures]), "reps": [figures]}
+
+        results: dict[str, Any] = {
+            "order": ["direct", "nginx", "meshkit"],
+            "systems": {
+                "direct": {"status": "ok", "scenarios": {"1": sc(p50_ms_c1=0.1)}},
+                "nginx": {
+                    "status": "ok",
+                    "scenarios": {
+                        "1": sc(p50_ms_c1=0.4, cpu_us_per_req_c32=50.0),
+                        "2": sc(cpu_us_per_chunk_100=20.0),
+                    },
+                },
+                "meshkit": {
+                    "status": "ok",
+                    "scenarios": {
+                        "1": sc(p50_ms_c1=0.6, cpu_us_per_req_c32=150.0),
+                        "2": sc(cpu_us_per_chunk_100=41.0),
+                    },
+                },
+            },
+            "meta": {
+                "date": "today",
+                "machine": "m",
+                "mode": "quick",
+                "plan": "p",
+                "versions": {},
+                "burst": 1000,
+            },
+        }
+        md = report.markdown(results)
+        assert "## Issue 16's targets beside nginx in this run" in md
+        # 41 / 20 = 2.05x: over 2x either way
+        assert (
+            "| CPU µs per relayed chunk | ≤ 2x nginx | ≤ 2.00x | 20.0 | 41.0 = 2.05x nginx; ✗ · ✗ |"
+            in md
+        )
+        # 150 µs misses 100 as written; 3.00x nginx is within 100 / 20 = 5x
+        assert "| ≤ 100 | ≤ 5.00x | 50.0 | 150 = 3.00x nginx; ✗ · ✓ |" in md
+        # added p50: nginx +0.30, meshkit +0.50 = 1.67x, within 0.3 / 0.15 = 2x; over 0.3
+        assert "| ≤ 0.3 | ≤ 2.00x | 0.30 | 0.50 = 1.67x nginx; ✗ · ✓ |" in md
+        # no burst figures in this run: that row is left out
+        assert "added TTFT p99, burst, ms | ≤" not in md

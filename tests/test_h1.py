@@ -8,6 +8,7 @@ answers byte for byte. Every server is closed by the test that started it.
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -230,6 +231,31 @@ class TestBodies:
             assert await response.read() == b"0123456789"
             assert response.complete
             assert await response.readany() == b""  # the end stays the end
+            response.release()
+            assert pool.idle == 1
+
+    async def test_whole_at_once(self, pool: Pool) -> None:
+        """``whole()``: None while the body is still arriving or over ``max_size``;
+        the body once all of it is in, then the empty rest."""
+        go = asyncio.Event()
+
+        async def script(raw: Raw, reader: asyncio.StreamReader, writer: Any) -> None:
+            await request_head(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01234")
+            await go.wait()
+            writer.write(b"56789")
+            await raw.wait_eof(reader)
+
+        async with Raw(script) as raw:
+            _, response = await get(pool, raw.url)
+            assert response.whole() is None  # half the body
+            go.set()
+            await until(lambda: response.complete)
+            response.max_size = 9
+            assert response.whole() is None  # over the bound: read() raises
+            response.max_size = 10
+            assert response.whole() == b"0123456789"
+            assert response.whole() == b""
             response.release()
             assert pool.idle == 1
 
@@ -840,6 +866,29 @@ class TestPool:
 
 
 class TestHttpClient:
+    async def test_no_cycle_per_call(self) -> None:
+        """A response read whole and given back leaves no reference cycle behind (the
+        collector would otherwise find one, with its head and body, per call)."""
+
+        async def fixed(request: web.Request) -> web.Response:
+            return web.Response(body=b"0123456789")
+
+        async with serve_app(app_with(fixed=fixed)) as url, HttpClient() as client:
+            gc.collect()
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            try:
+                for _ in range(10):
+                    body = await client.fetch(
+                        "GET", url + "/fixed", service="s", timeouts=Timeouts()
+                    )
+                    assert body == b"0123456789"
+                gc.collect()
+                left = [o for o in gc.garbage if isinstance(o, h1.Response)]
+            finally:
+                gc.set_debug(0)
+                gc.garbage.clear()
+            assert left == []
+
     async def test_500_is_an_upstream_error_with_its_message(self) -> None:
         async def boom(request: web.Request) -> web.Response:
             return web.json_response({"error": {"message": "model exploded"}}, status=500)

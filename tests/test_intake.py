@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import attrs
+import httptools
 import ollama
 import openai
 import pytest
@@ -24,7 +26,9 @@ import yaml
 from structlog.testing import capture_logs
 
 from meshkit import App, Mesh, build_app
+from meshkit.gateway.exchange import Streaming
 from meshkit.gateway.intake import Intake
+from meshkit.gateway.intake_call import Call, HeadReader
 from meshkit.gateway.intake_serve import IntakeRunner
 from meshkit.nodes.base import Context, MicroService
 from meshkit.nodes.llm import RemoteLLM
@@ -328,6 +332,43 @@ class TestSameAnswers:
         assert [r.status for r in replies] == [200, 200]
         assert fake.requests[-2]["messages"][0]["content"] == "hi"
 
+    async def test_chunked_body_in_pieces(self, fake: FakeLLM) -> None:
+        """A chunked body sent a few bytes per write (its end split between reads),
+        with a request pipelined behind it: both read whole, in order."""
+        body = chat()
+        framed = b"%x\r\n%b\r\n0\r\n\r\n" % (len(body), body)
+        head = (
+            f"POST {OPENAI} HTTP/1.1\r\nHost: t\r\nX-Request-ID: {RID}\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n"
+        ).encode()
+        data = head + framed + post("/api/chat", chat())
+        out: dict[str, list[Reply]] = {}
+        for intake in INTAKES:
+            async with serve(spec(fake.url, intake)) as gw:
+                conn = await Conn.open(gw.url)
+                for at in range(0, len(data), 3):
+                    await conn.send(data[at : at + 3])
+                out[intake] = [await conn.answer(), await conn.answer()]
+                conn.close()
+        replies = same(out)
+        assert [r.status for r in replies] == [200, 200]
+        assert fake.requests[-2]["messages"][0]["content"] == "hi"
+
+    async def test_malformed_chunked_body(self, fake: FakeLLM) -> None:
+        """A chunk size that is no number: 400 from both, and the connection closes."""
+        head = (
+            f"POST {OPENAI} HTTP/1.1\r\nHost: t\r\nX-Request-ID: {RID}\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n"
+        ).encode()
+        for intake in INTAKES:
+            async with serve(spec(fake.url, intake)) as gw:
+                conn = await Conn.open(gw.url)
+                await conn.send(head + b"zz\r\n{}\r\n0\r\n\r\n")
+                reply = await conn.answer()
+                assert reply.status == 400, intake
+                assert await conn.closed()
+                conn.close()
+
     async def test_expect_continue(self, fake: FakeLLM) -> None:
         """``Expect: 100-continue``: a 100 before the answer, from both."""
         replies = same(
@@ -388,6 +429,50 @@ class TestSameAnswers:
         assert out["lean"].status == 429
         assert out["lean"].header("Retry-After") == "1"
         assert "error" in json.loads(out["lean"].body)
+
+
+@attrs.frozen
+class Settings:
+    """What a call needs of its intake (``intake_call.Shared``)."""
+
+    max_body: int = 1 << 20
+    streaming: Streaming = attrs.field(factory=Streaming)
+
+    def date(self) -> bytes:
+        return b"Date: Thu, 01 Jan 1970 00:00:00 GMT\r\n"
+
+
+class TestChunkedBody:
+    """A chunked body ends exactly where its framing says, however the bytes arrive."""
+
+    def test_every_split(self) -> None:
+        """Split anywhere (the end's CRLF CRLF too), the body is whole and the request
+        pipelined behind it is left in the buffer, to the byte."""
+        head = b"POST /v1/chat/completions HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        framed = b"4;x=1\r\nab\r\n\r\n2\r\n\r\n\r\n0\r\nX-Trailer: 1\r\n\r\n"
+        behind = b"POST /api/chat HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}"
+        data = framed + behind
+        for cut in range(len(data) + 1):
+            reader = HeadReader()
+            parser = httptools.HttpRequestParser(reader)
+            parser.feed_data(head)
+            call = Call(None, Settings(), None, {}, True, True, False, 0, (parser, reader))  # type: ignore[arg-type]
+            buf = bytearray(data[:cut])
+            done = call.read(buf)
+            buf += data[cut:]
+            if not done:
+                done = call.read(buf)
+            assert done is True, cut
+            assert bytes(buf) == behind, cut
+            assert asyncio.run(call.body()) == b"ab\r\n\r\n", cut
+
+    def test_malformed(self) -> None:
+        """A chunk size that is no number: the body does not parse."""
+        reader = HeadReader()
+        parser = httptools.HttpRequestParser(reader)
+        parser.feed_data(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+        call = Call(None, Settings(), None, {}, True, True, False, 0, (parser, reader))  # type: ignore[arg-type]
+        assert call.read(bytearray(b"zz\r\n{}\r\n0\r\n\r\n")) is None
 
 
 class TestClients:
@@ -587,6 +672,30 @@ class TestRecord:
         assert counts["lean"] == counts["aiohttp"] == (2, 1, 1, 0)
         assert lines["lean"][0]["trace_id"] == trace.split("-")[1]
         assert lines["lean"][2]["error"] == "invalid_request"
+
+    @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+    async def test_no_cycle_left(self, fake: FakeLLM, stream: bool) -> None:
+        """A request's record (its nodes, attempts, kept chunks) and its upstream
+        response are freed when it ends: nothing left for the cyclic collector."""
+        async with serve(spec(fake.url, "lean")) as gw:
+            conn = await Conn.open(gw.url)
+            await conn.send(post(OPENAI, chat(stream=stream)))  # warm: pools, caches
+            await conn.answer()
+            gc.collect()
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            try:
+                with capture_logs() as logs:
+                    for _ in range(5):
+                        await conn.send(post(OPENAI, chat(stream=stream)))
+                        assert (await conn.answer()).status == 200
+                    await until(lambda: len(logs) >= 5)  # every record has finished
+                gc.collect()
+                left = {type(o).__name__ for o in gc.garbage} & {"Record", "Response"}
+            finally:
+                gc.set_debug(0)
+                gc.garbage.clear()
+            conn.close()
+        assert left == set()
 
 
 class TestCallerLeaves:

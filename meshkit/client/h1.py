@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -375,9 +375,23 @@ class Response:
 
     # -- reading ------------------------------------------------------------------------------
 
-    async def head(self) -> None:
-        """Wait for the status line and headers."""
-        await self._head
+    def head(self) -> Awaitable[None]:
+        """Wait for the status line and headers (the future itself: no coroutine)."""
+        return self._head
+
+    def whole(self) -> bytes | None:
+        """The rest of the body at once, when all of it has arrived (a short answer
+        comes with its head) and is within :attr:`max_size`; else None: :meth:`read`
+        waits for it, or raises."""
+        if not self.complete or self._error is not None or self._paused:
+            return None
+        buffer = self._buffer
+        if self._size > self.max_size:
+            return None  # read() raises BodyTooLarge
+        body = buffer[0] if len(buffer) == 1 else b"".join(buffer)
+        buffer.clear()
+        self._size = 0
+        return body
 
     async def readany(self) -> bytes:
         """The body bytes that arrived since the last read (waiting for some); b"" at the end."""
@@ -455,6 +469,11 @@ class Response:
         self._stop_timers()
         if self.complete and not self._buffer:
             self._conn.reuse(self)
+            # The parser calls this response's bound methods, and the response holds
+            # the parser: a reference cycle the collector would have to find, with the
+            # head and body, on every call (14 objects). A finished response has no
+            # use for it.
+            self.parser = _SPENT
         else:
             self.close()
 
@@ -473,6 +492,14 @@ class Response:
             self.fail(BrokenBody("the response was closed"))  # a pipe's end learns why
         self._on_data = self._on_end = None
         self._conn.abandon(self)
+
+
+class _NoCallbacks:
+    """The protocol of :data:`_SPENT`: it hears nothing."""
+
+
+#: The parser a response released whole holds instead of its own (never fed).
+_SPENT = httptools.HttpResponseParser(_NoCallbacks())
 
 
 def _interim(status: int) -> bool:

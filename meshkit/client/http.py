@@ -374,10 +374,12 @@ class HttpClient(Resource):
         """
         reuse = True
         while True:
-            try:
-                conn = await pool.connection(key, within=connect, reuse=reuse)
-            except TimeoutError as exc:
-                raise _ConnectTimeout from exc
+            conn = pool.idle_connection(key) if reuse else None
+            if conn is None:
+                try:
+                    conn = await pool.connection(key, within=connect, reuse=False)
+                except TimeoutError as exc:
+                    raise _ConnectTimeout from exc
             try:
                 response = conn.send(wire)
             except h1.ClosedEarly:

@@ -282,17 +282,31 @@ class Pool:
         """
         if self.closed:
             raise RuntimeError("the connection pool is closed")
-        idle = None if fresh or not reuse else self._idle.get(key)
-        while idle:
-            conn = idle.pop()
-            if conn.transport is not None and not conn.transport.is_closing():
-                self._busy.add(conn)
+        if reuse and not fresh:
+            conn = self.idle_connection(key)
+            if conn is not None:
                 return conn
         async with asyncio.timeout(within):
             conn = await self._open(key)
         if not fresh:
             self._busy.add(conn)
         return conn
+
+    def idle_connection(self, key: Key) -> Connection | None:
+        """An idle pooled connection to ``key``, now taken (None: none is open).
+
+        Raises:
+            RuntimeError: The pool is closed.
+        """
+        if self.closed:
+            raise RuntimeError("the connection pool is closed")
+        idle = self._idle.get(key)
+        while idle:
+            conn = idle.pop()
+            if conn.transport is not None and not conn.transport.is_closing():
+                self._busy.add(conn)
+                return conn
+        return None
 
     async def _open(self, key: Key) -> Connection:
         scheme, host, port = key

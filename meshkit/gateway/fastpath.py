@@ -158,7 +158,9 @@ class BodyTooLarge(Exception):
 
 
 async def serve(gate: Gate, endpoint: Endpoint, call: Call) -> None:
-    """Answer ``call`` as aiohttp's middlewares and the chat handler would."""
+    """Answer ``call`` as aiohttp's middlewares and the chat handler would: the record,
+    keys, admission, the handler; a refusal or a crash in the route's dialects (one
+    coroutine for what aiohttp runs as a chain of them)."""
     observer = gate.observer
     record = call.record = Record(observer, endpoint.labels, call.rid, call.headers, call.method)
     gauge = None if observer.metrics is None else observer.metrics.in_flight
@@ -167,7 +169,38 @@ async def serve(gate: Gate, endpoint: Endpoint, call: Call) -> None:
         gauge.inc(key)
     status = 500
     try:
-        status = await _chain(gate, endpoint, call)
+        try:
+            keys = gate.keys
+            if keys is not None and not keys.accepts(call.headers.get("Authorization")):
+                raise Unauthorized("missing or invalid API key: send 'Authorization: Bearer <key>'")
+            admission = gate.admission
+            if admission is not None:
+                refusal = admission.refusal()
+                if refusal is not None:
+                    raise refusal
+                admission.enter()
+            try:
+                status = await answer_chat(
+                    call,
+                    call.rid,
+                    endpoint.route,
+                    endpoint.parse,
+                    endpoint.encoder,
+                    endpoint.error_body,
+                )
+            except BodyTooLarge:
+                raise too_large(gate.max_body) from None
+            finally:
+                if admission is not None:
+                    admission.leave()
+        except MeshError as err:
+            status = call.answer(render(err, endpoint.outer))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("meshkit.gateway.crashed", path=endpoint.path.decode("utf-8"))
+            crash = InternalError("internal error in the gateway")
+            status = call.answer(render(crash, endpoint.outer))
         code = call.code if status >= 400 else None
         if code is not None and record.error is None:
             record.error = code
@@ -181,39 +214,3 @@ async def serve(gate: Gate, endpoint: Endpoint, call: Call) -> None:
             gauge.dec(key)
         # After the answer was handed to the connection, as on aiohttp.
         asyncio.get_running_loop().call_soon(record.finish, status)
-
-
-async def _chain(gate: Gate, endpoint: Endpoint, call: Call) -> int:
-    """Keys, admission, the handler; a refusal or a crash in the route's dialects."""
-    try:
-        keys = gate.keys
-        if keys is not None and not keys.accepts(call.headers.get("Authorization")):
-            raise Unauthorized("missing or invalid API key: send 'Authorization: Bearer <key>'")
-        admission = gate.admission
-        if admission is None:
-            return await _handle(gate, endpoint, call)
-        refusal = admission.refusal()
-        if refusal is not None:
-            raise refusal
-        admission.enter()
-        try:
-            return await _handle(gate, endpoint, call)
-        finally:
-            admission.leave()
-    except MeshError as err:
-        return call.answer(render(err, endpoint.outer))
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        log.exception("meshkit.gateway.crashed", path=endpoint.path.decode("utf-8"))
-        crash = InternalError("internal error in the gateway")
-        return call.answer(render(crash, endpoint.outer))
-
-
-async def _handle(gate: Gate, endpoint: Endpoint, call: Call) -> int:
-    try:
-        return await answer_chat(
-            call, call.rid, endpoint.route, endpoint.parse, endpoint.encoder, endpoint.error_body
-        )
-    except BodyTooLarge:
-        raise too_large(gate.max_body) from None

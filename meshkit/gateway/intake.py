@@ -8,7 +8,8 @@ looks at the request line, and
 
 - a ``POST`` to a chat endpoint (OpenAI ``/v1/chat/completions``, Ollama ``/api/chat``
   and ``/api/generate``, under each route's prefix, and ``App.mount(chat_path=)``) is
-  read here — head by ``httptools``, body by ``Content-Length`` or chunked — and
+  read here — head and a chunked body's framing by ``httptools``, a body by its
+  ``Content-Length`` — and
   answered by :func:`meshkit.gateway.fastpath.serve`, the same chain and chat code
   aiohttp runs;
 - anything else, or anything this intake is unsure of (another method or path, a
@@ -295,7 +296,7 @@ class Connection(asyncio.Protocol):
             parser.should_keep_alive(),
             expect is not None and v11,
             length,
-            coding is not None,
+            None if coding is None else (parser, reader),
         )
 
     def _hand_off(self) -> None:

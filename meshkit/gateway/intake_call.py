@@ -12,10 +12,11 @@ aiohttp's carry (``X-Request-ID``, ``Content-Length`` or chunked framing, ``Date
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from typing import Protocol
 
+import httptools
 from aiohttp.http import SERVER_SOFTWARE
 from multidict import CIMultiDictProxy
 
@@ -24,9 +25,6 @@ from ..observability.record import Record
 from .dialect import choose_request_id
 from .exchange import Answer, Streaming
 from .fastpath import BodyTooLarge, Endpoint
-
-#: Longest line of a chunked body's framing read before the body is refused.
-MAX_LINE = 1 << 16
 
 _REASONS = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
 SERVER = b"Server: " + SERVER_SOFTWARE.encode("utf-8") + b"\r\n"
@@ -53,15 +51,20 @@ class Shared(Protocol):
 
 
 class HeadReader:
-    """httptools callbacks collecting one request head."""
+    """httptools callbacks collecting one request: its head, then (a chunked body) the
+    body's data for ``sink``."""
 
-    __slots__ = ("complete", "pairs")
+    __slots__ = ("complete", "ended", "pairs", "sink")
 
     def __init__(self) -> None:
         self.pairs: list[tuple[str, str]] = []
         self.complete = False
+        self.ended = False
+        self.sink: Callable[[bytes], None] | None = None
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.complete:
+            return  # a trailer, after a chunked body: nothing meshkit reads
         self.pairs.append(
             (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
         )
@@ -69,20 +72,26 @@ class HeadReader:
     def on_headers_complete(self) -> None:
         self.complete = True
 
+    def on_body(self, data: bytes) -> None:
+        if self.sink is not None:
+            self.sink(data)
+
+    def on_message_complete(self) -> None:
+        self.ended = True
+
 
 class Call:
     """One chat request read by a lean connection, and the chat code's exchange
     (a :class:`~meshkit.gateway.fastpath.Call`): its body as it arrives, its answer."""
 
     __slots__ = (
-        "_chunk_left",
-        "_chunked",
         "_conn",
         "_left",
+        "_parser",
         "_parts",
+        "_reader",
         "_shared",
         "_size",
-        "_state",
         "code",
         "endpoint",
         "expect",
@@ -106,7 +115,7 @@ class Call:
         keep: bool,
         expect: bool,
         length: int,
-        chunked: bool,
+        chunked: tuple[httptools.HttpRequestParser, HeadReader] | None,
     ) -> None:
         self._conn = conn
         self._shared = shared
@@ -116,9 +125,12 @@ class Call:
         self.keep = keep
         self.expect = expect
         self._left = length
-        self._chunked = chunked
-        self._state = 0  # chunked: 0 size line, 1 data, 2 data's CRLF, 3 trailers
-        self._chunk_left = 0
+        # A chunked body: the parser that read the head, and its callbacks.
+        self._parser: httptools.HttpRequestParser | None = None
+        self._reader: HeadReader | None = None
+        if chunked is not None:
+            self._parser, self._reader = chunked
+            self._reader.sink = self._keep
         self._parts: list[bytes] = []
         self._size = 0
         self.too_large = False
@@ -168,50 +180,36 @@ class Call:
     def read(self, buf: bytearray) -> bool | None:
         """Take this request's body bytes from ``buf``; True once it is whole (None:
         a chunked body that does not parse)."""
-        if not self._chunked:
+        parser = self._parser
+        if parser is None:
             take = min(self._left, len(buf))
             if take:
                 self._keep(bytes(buf[:take]))
                 del buf[:take]
                 self._left -= take
             return not self._left
-        while True:
-            state = self._state
-            if state == 1:
-                take = min(self._chunk_left, len(buf))
-                if take:
-                    self._keep(bytes(buf[:take]))
-                    del buf[:take]
-                    self._chunk_left -= take
-                if self._chunk_left:
-                    return False
-                self._state = 2
-                continue
-            if state == 2:
-                if len(buf) < 2:
-                    return False
-                if buf[:2] != b"\r\n":
-                    return None
-                del buf[:2]
-                self._state = 0
-                continue
-            end = buf.find(b"\r\n")
-            if end < 0:
-                return None if len(buf) > MAX_LINE else False
-            line = bytes(buf[:end])
-            del buf[: end + 2]
-            if state == 3:
-                if not line:
-                    return True
-                continue
+        # A chunked body: the head's parser reads the framing (sizes, extensions,
+        # trailers) and hands over the data. Its last bytes are always an empty line,
+        # so bytes go in up to each CRLF CRLF in turn, and a request pipelined behind
+        # the body stays in the buffer. The last three bytes wait for more when there
+        # is none: the pair may be split between two reads.
+        reader = self._reader
+        assert reader is not None
+        while buf:
+            end = buf.find(b"\r\n\r\n")
+            take = end + 4 if end >= 0 else len(buf) - 3
+            if take <= 0:
+                return False
+            data = bytes(buf[:take])
+            del buf[:take]
             try:
-                size = int(line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
+                parser.feed_data(data)
+            except httptools.HttpParserError:
                 return None
-            if size < 0:
-                return None
-            self._chunk_left = size
-            self._state = 1 if size else 3
+            if reader.ended:
+                reader.sink = None  # no cycle through the parser's callbacks
+                return True
+        return False
 
     # -- the exchange ---------------------------------------------------------------------------
 

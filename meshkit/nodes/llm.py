@@ -342,7 +342,13 @@ class RemoteLLM(MicroService):
                         if parser.error is not None:
                             raise parser.error
                 else:
-                    raw = await client.read_whole(response, service=self.name)
+                    # A short answer arrives with its head: taken at once, no reader.
+                    whole = response.whole()
+                    raw = (
+                        whole
+                        if whole is not None
+                        else await client.read_whole(response, service=self.name)
+                    )
                 response.in_time()
             finally:
                 if task is not None:

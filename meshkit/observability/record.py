@@ -396,7 +396,10 @@ class Record(RequestObserver):
                 tpot = (last - self.first) / (self.sent - 1)
         tokens_in = usage.prompt_tokens if usage is not None else None
         tokens_out = usage.completion_tokens if usage is not None else self._counted()
-        for node in self.open_nodes:
+        # A node refers to its record: let go of them, or each stream would leave a
+        # reference cycle (with its attempts and kept chunks) for the collector.
+        open_nodes, self.open_nodes = self.open_nodes, ()
+        for node in open_nodes:
             node.end(None)
         for attempt in self.attempts:
             if attempt.outcome is None:
