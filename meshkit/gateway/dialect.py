@@ -23,6 +23,8 @@ from ..errors import MeshError, PayloadTooLarge, UpstreamError
 from ..graph.orchestrator import ServiceOrchestrator
 from ..nodes.base import Context
 from ..protocol import ollama_ndjson, openai_sse
+from ..protocol import openai as openai_wire
+from ..protocol.fields import parse_object
 from ..protocol.streams import aggregate, single
 from ..protocol.types import ChatRequest, Chunk, Completion
 from ..protocol.wire import new_id
@@ -30,6 +32,7 @@ from .exchange import Answer, Exchange, error_answer, json_answer
 from .route import Route
 from .sink import stream_answer
 from .web_exchange import RequestExchange, to_response
+from .whole import Whole
 
 log = structlog.get_logger(__name__)
 
@@ -163,7 +166,17 @@ async def answer_chat(
 ) -> R:
     """Read, check and answer one chat request; a refusal in the route's dialect."""
     try:
-        parsed = parse(await exchange.body()).with_model(route.default_model())
+        body = await exchange.body()
+        whole = Whole.of(route) if parse is openai_wire.parse_request else None
+        if whole is None:
+            parsed = parse(body)
+        else:
+            obj = parse_object(body)
+            plain = whole.plain(obj)
+            if plain is not None:  # a plain chat: the route's whole-answer path
+                return await whole.answer(exchange, plain, rid)
+            parsed = openai_wire.request_from(obj)
+        parsed = parsed.with_model(route.default_model())
         return await serve_chat(exchange, route.orchestrator, parsed, make_encoder, rid)
     except MeshError as err:
         return exchange.answer(error_answer(error_body(err), err))
