@@ -139,12 +139,18 @@ class Whole:
     Args:
         route: The route (OpenAI dialect).
         llm: Its pipeline's only node.
+
+    Attributes:
+        answered: Requests answered from the upstream's answer at once (the rest of
+            the plain requests were answered by the general encoder: a retry's, the
+            fallback's, or an answer with more than text).
     """
 
     def __init__(self, route: Route, llm: RemoteLLM) -> None:
         self.route = route
         self.llm = llm
         self.codec = openai_wire.Upstream(llm.name)
+        self.answered = 0
 
     @classmethod
     def of(cls, route: Route) -> Whole | None:
@@ -158,8 +164,8 @@ class Whole:
     def _find(cls, route: Route) -> Whole | None:
         orchestrator = route.orchestrator
         services = list(orchestrator.services.values())
-        if route.dialect != "openai" or len(services) != 1 or _debugging():
-            return None  # (the general path's node call writes a debug line per node)
+        if route.dialect != "openai" or len(services) != 1:
+            return None
         orchestrator.plan()
         llm = services[0]
         if (
@@ -210,6 +216,8 @@ class Whole:
             observer=observer,
         )
         ctx.trace.append(llm.name)
+        debug = _debugging()
+        started = time.perf_counter() if debug else 0.0
         try:
             with observer.node(llm.name) as probe:
                 completion = probe.returned(await llm.whole(plain.body(), plain, ctx))
@@ -218,9 +226,18 @@ class Whole:
         except Exception as exc:
             log.exception("meshkit.node.failed", node=llm.name, request_id=rid)
             raise NodeError(f"node {llm.name!r} failed: {exc}", node=llm.name) from exc
+        if debug:  # as the orchestrator's node call
+            log.debug(
+                "meshkit.node.done",
+                node=llm.name,
+                ms=round((time.perf_counter() - started) * 1000, 3),
+                request_id=rid,
+            )
         observer.completed(completion)
         body = plain.answer
-        if body is None:  # a retry's, the fallback's or an answer that was not plain text
+        if body is not None:
+            self.answered += 1
+        else:  # a retry's, the fallback's or an answer that was not plain text
             encoder = ChatEncoder(plain.chat())
             encoder.id, encoder.created = plain.id, plain.created
             body = _json.dumps(encoder.completion(completion))
