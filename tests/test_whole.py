@@ -24,8 +24,10 @@ from aiohttp.test_utils import TestServer
 from structlog.testing import capture_logs
 
 from meshkit import App
+from meshkit.client.retry import RetryPolicy
 from meshkit.gateway.fastpath import GATE
 from meshkit.gateway.whole import Whole
+from meshkit.nodes.base import Context, MicroService
 from meshkit.nodes.llm import RemoteLLM
 
 from .conftest import SERVER_KWARGS, LeanTestServer
@@ -163,13 +165,14 @@ class Upstream:
     url: str = ""
     received: list[tuple[str, bytes, dict[str, str]]] = attrs.field(factory=list)
     fail_first: set[str] = attrs.field(factory=set)
+    fail_always: set[str] = attrs.field(factory=set)
 
     async def chat(self, request: web.Request) -> web.Response:
         rid = request.headers["X-Request-ID"]
         body = await request.read()
         kept = {k: v for k, v in request.headers.items() if k.lower().startswith("x-")}
         self.received.append((rid, body, kept))
-        if rid in self.fail_first:  # once: a retryable failure
+        if rid in self.fail_first or rid in self.fail_always:  # a retryable failure
             self.fail_first.discard(rid)
             return web.json_response({"error": "busy"}, status=503)
         shape = ANSWERS[rid.split("|")[1]]
@@ -196,15 +199,33 @@ async def upstream() -> AsyncIterator[Upstream]:
         await server.close()
 
 
-@pytest.fixture
-async def gateways(upstream: Upstream) -> AsyncIterator[dict[str, str]]:
-    """``fast`` (a RemoteLLM route) and ``general`` (a GeneralLLM route), both lean."""
+class Canned(MicroService):
+    """A fallback node answering with fixed text (not a Completion)."""
+
+    async def process(self, data: Any, ctx: Context) -> str:
+        return "canned answer"
+
+
+@pytest.fixture(params=["lean", "aiohttp"])
+async def gateways(
+    upstream: Upstream, request: pytest.FixtureRequest
+) -> AsyncIterator[dict[str, str]]:
+    """``fast`` (a RemoteLLM route) and ``general`` (a GeneralLLM route), on either intake;
+    both fall back to a :class:`Canned` node."""
     made: dict[str, str] = {}
     servers = []
+    serving = LeanTestServer if request.param == "lean" else TestServer
     for name, kind in (("fast", RemoteLLM), ("general", GeneralLLM)):
-        llm = kind("llm", endpoint=upstream.url, model=MODEL, health_interval=0)
+        llm = kind(
+            "llm",
+            endpoint=upstream.url,
+            model=MODEL,
+            health_interval=0,
+            retry=RetryPolicy(retries=1, base=0.01, jitter=0.01),
+            fallback=Canned("canned"),
+        )
         app = App().mount(llm)
-        server = LeanTestServer(app.application(), **SERVER_KWARGS)
+        server = serving(app.application(), **SERVER_KWARGS)
         await server.start_server()
         servers.append(server)
         made[name] = str(server.make_url("")).rstrip("/")
@@ -365,3 +386,18 @@ class TestSameAnswers:
         assert replies["fast"].same() == replies["general"].same()
         tried = [(rid, body) for rid, body, _ in upstream.received]
         assert len(tried) == 4 and len({body for _, body in tried}) == 1
+
+    async def test_fallback_after_failed_tries(
+        self, gateways: dict[str, str], upstream: Upstream
+    ) -> None:
+        """Every try refused: the fallback node's text, in the same answer from both."""
+        upstream.fail_always.add("plain|text")
+        replies = {}
+        async with aiohttp.ClientSession() as session:
+            for name, url in gateways.items():
+                replies[name] = await post(session, url, REQUESTS["plain"], "plain|text")
+        assert replies["fast"].status == 200
+        assert json.loads(replies["fast"].body)["choices"][0]["message"]["content"] == (
+            "canned answer"
+        )
+        assert replies["fast"].same() == replies["general"].same()

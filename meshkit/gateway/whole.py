@@ -220,7 +220,7 @@ class Whole:
         started = time.perf_counter() if debug else 0.0
         try:
             with observer.node(llm.name) as probe:
-                completion = probe.returned(await llm.whole(plain.body(), plain, ctx))
+                result = probe.returned(await llm.whole(plain.body(), plain, ctx))
         except MeshError:
             raise
         except Exception as exc:
@@ -233,6 +233,12 @@ class Whole:
                 ms=round((time.perf_counter() - started) * 1000, 3),
                 request_id=rid,
             )
+        if isinstance(result, Completion):
+            completion = result
+        else:  # a fallback node's text or stream (dialect imports this module)
+            from .dialect import collect
+
+            completion = await collect(result)
         observer.completed(completion)
         body = plain.answer
         if body is not None:

@@ -196,7 +196,9 @@ class RemoteLLM(MicroService):
         except UpstreamError as err:
             return await self._recover(err, replica, body, request, ctx, budget_end)
 
-    async def whole(self, body: dict[str, Any], asked: Asked, ctx: Context) -> Completion:
+    async def whole(
+        self, body: dict[str, Any], asked: Asked, ctx: Context
+    ) -> Completion | ChunkStream:
         """:meth:`process` for a plain whole answer whose upstream body is made already
         (the gateway's whole-answer path): ``asked.read`` reads the first try's answer;
         a failed first try makes the request in full for the retries and the fallback."""
@@ -210,12 +212,20 @@ class RemoteLLM(MicroService):
             first = (
                 self._first if ctx.deadline is None and self.timeouts is self._first_of else None
             )
-            answer = await self._attempt(replica, body, asked, ctx, budget_end, first, asked.read)  # type: ignore[arg-type]
+            # ``asked`` stands in for the ChatRequest: an attempt reads its model and its
+            # stream switch, and ``asked.read`` reads the answer.
+            return await self._attempt(
+                replica,
+                body,
+                asked,
+                ctx,
+                budget_end,
+                first,
+                asked.read,  # type: ignore[arg-type]
+            )
         except UpstreamError as err:
             request = ctx.request = asked.chat()
-            answer = await self._recover(err, replica, body, request, ctx, budget_end)
-        assert isinstance(answer, Completion)  # not streaming: always whole
-        return answer
+            return await self._recover(err, replica, body, request, ctx, budget_end)
 
     async def _recover(
         self,
