@@ -33,6 +33,7 @@ from ..nodes.base import Context
 from ..nodes.llm import RemoteLLM
 from ..protocol import openai as openai_wire
 from ..protocol.openai_sse import ChatEncoder
+from ..protocol.streams import collect
 from ..protocol.types import ROLES, ChatRequest, Completion, Usage
 from ..protocol.wire import new_id
 from .exchange import Answer, Exchange
@@ -235,9 +236,7 @@ class Whole:
             )
         if isinstance(result, Completion):
             completion = result
-        else:  # a fallback node's text or stream (dialect imports this module)
-            from .dialect import collect
-
+        else:  # a fallback node's text or stream
             completion = await collect(result)
         observer.completed(completion)
         body = plain.answer

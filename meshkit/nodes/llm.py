@@ -214,15 +214,8 @@ class RemoteLLM(MicroService):
             )
             # ``asked`` stands in for the ChatRequest: an attempt reads its model and its
             # stream switch, and ``asked.read`` reads the answer.
-            return await self._attempt(
-                replica,
-                body,
-                asked,
-                ctx,
-                budget_end,
-                first,
-                asked.read,  # type: ignore[arg-type]
-            )
+            stand_in: Any = asked
+            return await self._attempt(replica, body, stand_in, ctx, budget_end, first, asked.read)
         except UpstreamError as err:
             request = ctx.request = asked.chat()
             return await self._recover(err, replica, body, request, ctx, budget_end)
