@@ -342,6 +342,9 @@ class TestSameAnswers:
                 for req in REQUESTS:
                     for ans in ANSWERS:
                         await post(session, url, REQUESTS[req], f"{req}|{ans}")
+                # A stream is never answered whole (this upstream sends no events).
+                streamed = await post(session, url, {**REQUESTS["plain"], "stream": True}, "s|text")
+                assert streamed.status == 502  # the stream reads no event: not a whole answer
             (route,) = apps[0][GATE].routes
             whole = Whole.of(route)
             assert whole is not None
