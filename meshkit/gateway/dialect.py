@@ -12,24 +12,27 @@ same code answers on aiohttp and on the lean intake.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Protocol, TypeVar
 
 import structlog
 from aiohttp import web
 
 from ..client.deadline import deadline_from
-from ..errors import MeshError, PayloadTooLarge, UpstreamError
+from ..errors import MeshError, PayloadTooLarge
 from ..graph.orchestrator import ServiceOrchestrator
 from ..nodes.base import Context
 from ..protocol import ollama_ndjson, openai_sse
-from ..protocol.streams import aggregate, single
+from ..protocol import openai as openai_wire
+from ..protocol.fields import parse_object
+from ..protocol.streams import as_stream, collect
 from ..protocol.types import ChatRequest, Chunk, Completion
 from ..protocol.wire import new_id
 from .exchange import Answer, Exchange, error_answer, json_answer
 from .route import Route
 from .sink import stream_answer
 from .web_exchange import RequestExchange, to_response
+from .whole import Whole
 
 log = structlog.get_logger(__name__)
 
@@ -165,7 +168,17 @@ async def answer_chat(
 ) -> R:
     """Read, check and answer one chat request; a refusal in the route's dialect."""
     try:
-        parsed = parse(await exchange.body()).with_model(route.default_model())
+        body = await exchange.body()
+        whole = Whole.of(route) if parse is openai_wire.parse_request else None
+        if whole is None:
+            parsed = parse(body)
+        else:
+            obj = parse_object(body)
+            plain = whole.plain(obj)
+            if plain is not None:  # a plain chat: the route's whole-answer path
+                return await whole.answer(exchange, plain, rid)
+            parsed = openai_wire.request_from(obj)
+        parsed = parsed.with_model(route.default_model())
         return await serve_chat(exchange, route.orchestrator, parsed, make_encoder, rid)
     except MeshError as err:
         return exchange.answer(error_answer(error_body(err), err))
@@ -213,26 +226,6 @@ async def serve_chat(
         observer,
         rid,
     )
-
-
-def as_stream(result: Any) -> AsyncIterator[Chunk]:
-    """Any pipeline result as a chunk stream."""
-    if isinstance(result, Completion):
-        return single(result)
-    if isinstance(result, str):
-        return single(Completion(result))
-    if hasattr(result, "__aiter__"):
-        return result  # type: ignore[no-any-return]
-    raise UpstreamError(f"the pipeline returned {type(result).__name__}, not an answer")
-
-
-async def collect(result: Any) -> Completion:
-    """Any pipeline result as a whole completion (a stream is read to its end)."""
-    if isinstance(result, Completion):
-        return result
-    if isinstance(result, str):
-        return Completion(result)
-    return await aggregate(as_stream(result))
 
 
 def now_ns() -> int:

@@ -32,6 +32,8 @@ class Route:
     model: str | None = None
     embeddings: MicroService | None = None
     _default: str | object | None = attrs.field(default=_UNKNOWN, init=False, eq=False, repr=False)
+    #: The route's whole-answer path (:class:`meshkit.gateway.whole.Whole`), once looked up.
+    whole: object = attrs.field(default=_UNKNOWN, init=False, eq=False, repr=False)
 
     @property
     def llms(self) -> list[MicroService]:

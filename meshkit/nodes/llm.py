@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 import attrs
 import structlog
@@ -42,6 +42,18 @@ __all__ = ["APIS", "LineParser", "RemoteLLM", "UpstreamStream"]
 log = structlog.get_logger(__name__)
 
 APIS = ("openai", "ollama")
+
+
+class Asked(Protocol):
+    """A plain chat request as the gateway's whole-answer path holds it (no ChatRequest
+    unless one is needed): what an attempt reads of it, and the request in full."""
+
+    model: str
+    stream: bool
+
+    def read(self, raw: bytes, request: ChatRequest) -> Completion: ...
+
+    def chat(self) -> ChatRequest: ...
 
 
 class RemoteLLM(MicroService):
@@ -184,6 +196,30 @@ class RemoteLLM(MicroService):
         except UpstreamError as err:
             return await self._recover(err, replica, body, request, ctx, budget_end)
 
+    async def whole(
+        self, body: dict[str, Any], asked: Asked, ctx: Context
+    ) -> Completion | ChunkStream:
+        """:meth:`process` for a plain whole answer whose upstream body is made already
+        (the gateway's whole-answer path): ``asked.read`` reads the first try's answer;
+        a failed first try makes the request in full for the retries and the fallback."""
+        budget_end = time.monotonic() + self.timeouts.first_byte
+        if ctx.deadline is not None:
+            budget_end = min(budget_end, ctx.deadline)
+        replica = self.replicas.pick()
+        try:
+            if replica is None:
+                raise self._circuit_open()
+            first = (
+                self._first if ctx.deadline is None and self.timeouts is self._first_of else None
+            )
+            # ``asked`` stands in for the ChatRequest: an attempt reads its model and its
+            # stream switch, and ``asked.read`` reads the answer.
+            stand_in: Any = asked
+            return await self._attempt(replica, body, stand_in, ctx, budget_end, first, asked.read)
+        except UpstreamError as err:
+            request = ctx.request = asked.chat()
+            return await self._recover(err, replica, body, request, ctx, budget_end)
+
     async def _recover(
         self,
         err: UpstreamError,
@@ -280,11 +316,13 @@ class RemoteLLM(MicroService):
         ctx: Context,
         budget_end: float,
         timeouts: Timeouts | None = None,
+        read: Callable[[bytes, ChatRequest], Completion] | None = None,
     ) -> Completion | ChunkStream:
         """One try on one replica, up to the first chunk (or the whole answer).
 
         ``timeouts``: the call's own, when the caller knows them (a first try with no
-        request deadline: the node's, made once).
+        request deadline: the node's, made once). ``read``: how a whole answer is read
+        (the codec's :meth:`completion` unless given).
         """
         remaining = budget_end - time.monotonic()
         if remaining <= 0:
@@ -373,7 +411,7 @@ class RemoteLLM(MicroService):
             return UpstreamStream(self, response, parser, head, replica, client)
         client.finish(response, ok=True)
         replicas.release(replica)
-        return probe.completed(self._codec.completion(raw, request))
+        return probe.completed((read or self._codec.completion)(raw, request))
 
     def failure(
         self, exc: BaseException, timeouts: Timeouts, *, before_first: bool

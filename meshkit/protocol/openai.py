@@ -89,7 +89,11 @@ _EMPTY: Mapping[str, Any] = {}
 
 def parse_request(body: bytes) -> ChatRequest:
     """Validate a ``/v1/chat/completions`` body (BadRequest names the bad field)."""
-    obj = f.parse_object(body)
+    return request_from(f.parse_object(body))
+
+
+def request_from(obj: dict[str, Any]) -> ChatRequest:
+    """:func:`parse_request` of a body already decoded to its JSON object."""
     items = f.message_list(obj)
     messages = tuple([_message(item, i) for i, item in enumerate(items)])
     if obj.keys() <= _PLAIN:

@@ -16,7 +16,7 @@ from typing import Any, TypeGuard
 
 import structlog
 
-from ..errors import MeshError, NodeError
+from ..errors import MeshError, NodeError, UpstreamError
 from .content import LogprobsMerger, ToolCallMerger, as_deltas
 from .types import Chunk, ChunkStream, Completion, Usage
 
@@ -211,3 +211,23 @@ class TeeBranch:
         if not self._closed:
             self._closed = True
             await self._tee._close(self._index)
+
+
+def as_stream(result: Any) -> AsyncIterator[Chunk]:
+    """Any pipeline result as a chunk stream."""
+    if isinstance(result, Completion):
+        return single(result)
+    if isinstance(result, str):
+        return single(Completion(result))
+    if hasattr(result, "__aiter__"):
+        return result  # type: ignore[no-any-return]
+    raise UpstreamError(f"the pipeline returned {type(result).__name__}, not an answer")
+
+
+async def collect(result: Any) -> Completion:
+    """Any pipeline result as a whole completion (a stream is read to its end)."""
+    if isinstance(result, Completion):
+        return result
+    if isinstance(result, str):
+        return Completion(result)
+    return await aggregate(as_stream(result))
