@@ -1,4 +1,4 @@
-"""A lean HTTP/1.1 client's protocol: requests encoded, responses parsed by llhttp.
+"""A lean HTTP/1.1 client's protocol: requests encoded (:mod:`.h1_request`), responses parsed.
 
 Every outbound call meshkit makes is one small request and one response that may be
 long and streamed, to a handful of upstreams. This module does just that, and no more:
@@ -24,12 +24,15 @@ Failures are :class:`H1Error` subclasses; :mod:`meshkit.client` maps them to
 from __future__ import annotations
 
 import asyncio
-import functools
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 import httptools
+
+from .h1_request import complete_request as complete_request
+from .h1_request import encode_head as encode_head
+from .h1_request import encode_request as encode_request
+from .h1_request import target as target
 
 #: Buffered body bytes past which an awaited response stops reading from the socket.
 READ_LIMIT = 1 << 16
@@ -74,61 +77,6 @@ class BodyTooLarge(H1Error):
 
 class UnexpectedAnswer(BrokenBody):
     """A head no request of meshkit's can be answered with (``101 Switching Protocols``)."""
-
-
-@functools.lru_cache(maxsize=256)
-def target(url: str) -> tuple[tuple[str, str, int], bytes, bytes]:
-    """``(scheme, host, port)``, the request target and the Host header of ``url``."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"not an http(s) URL: {url!r}")
-    default = 443 if scheme == "https" else 80
-    port = parts.port or default
-    path = parts.path or "/"
-    if parts.query:
-        path += "?" + parts.query
-    host = parts.hostname
-    shown = f"[{host}]" if ":" in host else host
-    if port != default:
-        shown += f":{port}"
-    return (scheme, host, port), path.encode("ascii"), shown.encode("idna")
-
-
-def encode_request(
-    method: str, path: bytes, host: bytes, headers: Mapping[str, str], body: bytes | None
-) -> bytes:
-    """One request's bytes: request line, headers and body (never chunked)."""
-    return complete_request(encode_head(method, path, host, headers), {}, body)
-
-
-def encode_head(method: str, path: bytes, host: bytes, headers: Mapping[str, str]) -> bytes:
-    """A request's line and ``headers``, unterminated: the part of a request that can
-    be made once for every request to one upstream (see :func:`complete_request`)."""
-    lines = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method.encode("ascii"), path, host)]
-    _header_lines(lines, headers)
-    return b"".join(lines)
-
-
-def complete_request(head: bytes, headers: Mapping[str, str], body: bytes | None) -> bytes:
-    """A request's bytes: ``head`` (from :func:`encode_head`), then ``headers`` and
-    ``body``."""
-    lines = [head]
-    if headers:
-        _header_lines(lines, headers)
-    if body is not None:
-        lines.append(b"Content-Length: %d\r\n\r\n" % len(body))
-        lines.append(body)
-    else:
-        lines.append(b"\r\n")
-    return b"".join(lines)
-
-
-def _header_lines(lines: list[bytes], headers: Mapping[str, str]) -> None:
-    for name, value in headers.items():
-        if "\r" in value or "\n" in value or "\r" in name or "\n" in name or ":" in name:
-            raise ValueError(f"header {name!r} has a line break or colon in it")
-        lines.append(b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1")))
 
 
 class Headers(dict[str, str]):
