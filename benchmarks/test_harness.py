@@ -397,14 +397,26 @@ class TestBaseline:
         assert "does not accept gateway.no_such_key" in why and "gateway.no_such_key" in why
 
 
+def sc(**figures: float) -> dict[str, Any]:
+    """One scenario's results of a single repetition with these figures."""
+    return {"summary": report.summarise([figures]), "reps": [figures]}
+
+
+_META: dict[str, Any] = {
+    "date": "today",
+    "machine": "m",
+    "mode": "quick",
+    "plan": "p",
+    "versions": {},
+    "burst": 1000,
+}
+
+
 class TestReport:
     """The report puts a baseline beside meshkit with the ratio of each cost."""
 
     def test_ratio_table(self) -> None:
         """CPU per chunk 10 vs 20 reads 0.50x; added latency uses direct's median."""
-
-        def sc(**figures: float) -> dict[str, Any]:
-            return {"summary": report.summarise([figures]), "reps": [figures]}
 
         results: dict[str, Any] = {
             "order": ["direct", "meshkit", "meshkit@abc1234"],
@@ -420,14 +432,7 @@ class TestReport:
                     "scenarios": {"1": sc(p50_ms_c1=2.0), "2": sc(cpu_us_per_chunk_100=20.0)},
                 },
             },
-            "meta": {
-                "date": "today",
-                "machine": "m",
-                "mode": "quick",
-                "plan": "p",
-                "versions": {},
-                "burst": 1000,
-            },
+            "meta": _META,
         }
         md = report.markdown(results)
         assert "## meshkit vs baseline meshkit@abc1234 (main: before)" in md
@@ -436,9 +441,6 @@ class TestReport:
 
     def test_targets_beside_nginx(self) -> None:
         """Each target is judged as written and as its multiple of nginx in the run."""
-
-        def sc(**figures: float) -> dict[str, Any]:
-            return {"summary": report.summarise([figures]), "reps": [figures]}
 
         results: dict[str, Any] = {
             "order": ["direct", "nginx", "meshkit"],
@@ -459,14 +461,7 @@ class TestReport:
                     },
                 },
             },
-            "meta": {
-                "date": "today",
-                "machine": "m",
-                "mode": "quick",
-                "plan": "p",
-                "versions": {},
-                "burst": 1000,
-            },
+            "meta": _META,
         }
         md = report.markdown(results)
         assert "## Issue 16's targets beside nginx in this run" in md
