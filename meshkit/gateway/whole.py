@@ -21,25 +21,20 @@ are the same bytes either way (the tests send the same requests through both).
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable
 from typing import Any, TypeVar
-
-import structlog
 
 from .. import _json
 from ..client.deadline import deadline_from
-from ..errors import MeshError, NodeError
-from ..graph.orchestrator import _debugging
 from ..nodes.base import Context
 from ..nodes.llm import RemoteLLM
 from ..protocol import openai as openai_wire
 from ..protocol.openai_sse import ChatEncoder
 from ..protocol.streams import collect
-from ..protocol.types import ROLES, ChatRequest, Completion, Usage
+from ..protocol.types import ROLES, ChatRequest, ChunkStream, Completion, Usage
 from ..protocol.wire import new_id
 from .exchange import Answer, Exchange
 from .route import _UNKNOWN, Route
-
-log = structlog.get_logger(__name__)
 
 R = TypeVar("R")
 
@@ -55,14 +50,21 @@ class Plain:
         model: The model the request goes out under.
         messages: The client's messages, found plain.
         codec: The node's reader of OpenAI answers (for any answer that is not plain).
+        llm: The route's LLM node.
     """
 
-    __slots__ = ("answer", "codec", "created", "id", "messages", "model", "obj", "stream")
+    __slots__ = ("answer", "codec", "created", "id", "llm", "messages", "model", "obj", "stream")
 
     def __init__(
-        self, obj: dict[str, Any], model: str, messages: list[Any], codec: openai_wire.Upstream
+        self,
+        obj: dict[str, Any],
+        model: str,
+        messages: list[Any],
+        codec: openai_wire.Upstream,
+        llm: RemoteLLM,
     ) -> None:
         self.obj = obj
+        self.llm = llm
         self.model = model
         self.messages = messages
         self.codec = codec
@@ -76,6 +78,10 @@ class Plain:
     def body(self) -> dict[str, Any]:
         """The upstream body (what :func:`openai_wire.request_body` makes of :meth:`chat`)."""
         return {"model": self.model, "messages": self.messages, "stream": False}
+
+    def process(self, body: dict[str, Any], ctx: Context) -> Awaitable[Completion | ChunkStream]:
+        """The node's call for this request (the orchestrator runs it as the node's)."""
+        return self.llm.whole(body, self, ctx)
 
     def chat(self) -> ChatRequest:
         """The request in full, as the general path reads it."""
@@ -197,7 +203,7 @@ class Whole:
             role = item["role"]
             if type(role) is not str or role not in ROLES or type(item.get("content")) is not str:
                 return None
-        return Plain(obj, model, messages, self.codec)
+        return Plain(obj, model, messages, self.codec, self.llm)
 
     async def answer(self, exchange: Exchange[R], plain: Plain, rid: str) -> R:
         """Run the node's call for ``plain`` and answer (as :func:`serve_chat` would)."""
@@ -212,24 +218,9 @@ class Whole:
             request=plain,
             observer=observer,
         )
-        ctx.trace.append(llm.name)
-        debug = _debugging()
-        started = time.perf_counter() if debug else 0.0
-        try:
-            with observer.node(llm.name) as probe:
-                result = probe.returned(await llm.whole(plain.body(), plain, ctx))
-        except MeshError:
-            raise
-        except Exception as exc:
-            log.exception("meshkit.node.failed", node=llm.name, request_id=rid)
-            raise NodeError(f"node {llm.name!r} failed: {exc}", node=llm.name) from exc
-        if debug:  # as the orchestrator's node call
-            log.debug(
-                "meshkit.node.done",
-                node=llm.name,
-                ms=round((time.perf_counter() - started) * 1000, 3),
-                request_id=rid,
-            )
+        # The orchestrator's node call (record, errors, debug line), running the node's
+        # ``whole`` in place of its ``process``.
+        result = await self.route.orchestrator.call_node(llm, plain.body(), ctx, plain.process)
         if isinstance(result, Completion):
             completion = result
         else:  # a fallback node's text or stream

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, Self
 
 import structlog
@@ -234,18 +235,30 @@ class ServiceOrchestrator(Resource):
             return await self.call_node(self._single, data, ctx)
         return await GraphRun(self, ctx).run(data)
 
-    async def call_node(self, service: MicroService, data: Any, ctx: Context) -> Any:
-        """Run one node under its timeout; foreign errors become a NodeError naming it."""
+    async def call_node(
+        self,
+        service: MicroService,
+        data: Any,
+        ctx: Context,
+        process: Callable[[Any, Context], Awaitable[Any]] | None = None,
+    ) -> Any:
+        """Run one node under its timeout; foreign errors become a NodeError naming it.
+
+        ``process``: what runs for the node (its own :meth:`~MicroService.process`
+        unless given: the gateway's whole-answer path gives the LLM node's ``whole``).
+        """
         ctx.trace.append(service.name)
         debug = _debugging()
         started = time.perf_counter() if debug else 0.0
+        if process is None:
+            process = service.process
         try:
             with ctx.observer.node(service.name) as probe:
                 if service.timeout is None:  # the node bounds itself: no timer to arm
-                    result = probe.returned(await service.process(data, ctx))
+                    result = probe.returned(await process(data, ctx))
                 else:
                     async with asyncio.timeout(service.timeout):
-                        result = probe.returned(await service.process(data, ctx))
+                        result = probe.returned(await process(data, ctx))
         except MeshError:
             raise
         except TimeoutError as exc:

@@ -174,25 +174,15 @@ class RemoteLLM(MicroService):
         """
         request = _as_chat(data).with_model(self.model)
         body = self._codec.body(request, stream=request.stream)
-        budget_end = time.monotonic() + self.timeouts.first_byte
-        if ctx.deadline is not None:
-            budget_end = min(budget_end, ctx.deadline)
+        budget_end, first = self._first_try(ctx)
         replica = self.replicas.pick()
         try:
             if replica is None:
                 raise self._circuit_open()
             # The first try is made here, before any retry or fallback machinery: most
             # calls need none (stamina costs tens of microseconds per call, a coroutine
-            # layer one or two). Without a request deadline its timeouts are the
-            # node's, made once.
-            return await self._attempt(
-                replica,
-                body,
-                request,
-                ctx,
-                budget_end,
-                self._first if ctx.deadline is None and self.timeouts is self._first_of else None,
-            )
+            # layer one or two).
+            return await self._attempt(replica, body, request, ctx, budget_end, first)
         except UpstreamError as err:
             return await self._recover(err, replica, body, request, ctx, budget_end)
 
@@ -202,16 +192,11 @@ class RemoteLLM(MicroService):
         """:meth:`process` for a plain whole answer whose upstream body is made already
         (the gateway's whole-answer path): ``asked.read`` reads the first try's answer;
         a failed first try makes the request in full for the retries and the fallback."""
-        budget_end = time.monotonic() + self.timeouts.first_byte
-        if ctx.deadline is not None:
-            budget_end = min(budget_end, ctx.deadline)
+        budget_end, first = self._first_try(ctx)
         replica = self.replicas.pick()
         try:
             if replica is None:
                 raise self._circuit_open()
-            first = (
-                self._first if ctx.deadline is None and self.timeouts is self._first_of else None
-            )
             # ``asked`` stands in for the ChatRequest: an attempt reads its model and its
             # stream switch, and ``asked.read`` reads the answer.
             stand_in: Any = asked
@@ -219,6 +204,15 @@ class RemoteLLM(MicroService):
         except UpstreamError as err:
             request = ctx.request = asked.chat()
             return await self._recover(err, replica, body, request, ctx, budget_end)
+
+    def _first_try(self, ctx: Context) -> tuple[float, Timeouts | None]:
+        """When a call's first-token budget ends (the request's deadline may end it
+        sooner), and the first try's timeouts: without a request deadline they are the
+        node's, made once (None: the attempt makes them)."""
+        budget_end = time.monotonic() + self.timeouts.first_byte
+        if ctx.deadline is not None:
+            return min(budget_end, ctx.deadline), None
+        return budget_end, self._first if self.timeouts is self._first_of else None
 
     async def _recover(
         self,
