@@ -175,7 +175,9 @@ async def answer_chat(
         else:
             obj = parse_object(body)
             plain = whole.plain(obj)
-            if plain is not None:  # a plain chat: the route's whole-answer path
+            if plain is not None:  # a plain chat: the route's plain path
+                if plain.stream:
+                    return await whole.stream(exchange, plain, rid)
                 return await whole.answer(exchange, plain, rid)
             parsed = openai_wire.request_from(obj)
         parsed = parsed.with_model(route.default_model())

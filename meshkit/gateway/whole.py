@@ -1,4 +1,4 @@
-"""The whole-answer path: a plain non-streaming OpenAI chat on a one-LLM route.
+"""The plain path: a plain OpenAI chat on a one-LLM route, answered whole or streamed.
 
 Most chat requests are plain: a model, role-and-text messages, no stream, and the
 upstream answers with text and usage. For those the general path
@@ -10,6 +10,12 @@ objects are checked once and sent on as they came, the node's first try is made
 directly (under the same node record, attempt record, replicas, timeouts and
 deadline), and the upstream's answer is written in the caller's shape from a byte
 template made per request.
+
+A plain *streamed* chat (``"stream": true``, no stream options) is its counterpart:
+no :class:`ChatRequest` or messages are made, the upstream body is the client's
+messages as they came, the node's first try is made as above, and the stream is written
+by the general :func:`~meshkit.gateway.sink.stream_answer` with the general encoder
+(its events are the upstream's, relayed or rendered as on the general path).
 
 Anything else takes the general path, decided before any work is lost: a request with
 any other field or message shape, a route that is not one OpenAI-compatible
@@ -30,11 +36,12 @@ from ..nodes.base import Context
 from ..nodes.llm import RemoteLLM
 from ..protocol import openai as openai_wire
 from ..protocol.openai_sse import ChatEncoder
-from ..protocol.streams import collect
+from ..protocol.streams import as_stream, collect
 from ..protocol.types import ROLES, ChatRequest, ChunkStream, Completion, Usage
 from ..protocol.wire import new_id
 from .exchange import Answer, Exchange
 from .route import _UNKNOWN, Route
+from .sink import stream_answer
 
 R = TypeVar("R")
 
@@ -51,6 +58,7 @@ class Plain:
         messages: The client's messages, found plain.
         codec: The node's reader of OpenAI answers (for any answer that is not plain).
         llm: The route's LLM node.
+        stream: Whether the answer is streamed.
     """
 
     __slots__ = ("answer", "codec", "created", "id", "llm", "messages", "model", "obj", "stream")
@@ -62,21 +70,30 @@ class Plain:
         messages: list[Any],
         codec: openai_wire.Upstream,
         llm: RemoteLLM,
+        stream: bool = False,
     ) -> None:
         self.obj = obj
         self.llm = llm
         self.model = model
         self.messages = messages
         self.codec = codec
-        self.stream = False
+        self.stream = stream
         #: The caller's answer, once the upstream's was plain (None: render it in full).
         self.answer: bytes | None = None
-        # As ChatEncoder does, before the run (its ``created`` counts from the request).
-        self.id = "chatcmpl-" + new_id()[:24]
-        self.created = int(time.time())
+        if not stream:  # (a stream's encoder makes its own)
+            # As ChatEncoder does, before the run (its ``created`` counts from the request).
+            self.id = "chatcmpl-" + new_id()[:24]
+            self.created = int(time.time())
 
     def body(self) -> dict[str, Any]:
         """The upstream body (what :func:`openai_wire.request_body` makes of :meth:`chat`)."""
+        if self.stream:
+            return {
+                "model": self.model,
+                "messages": self.messages,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            }
         return {"model": self.model, "messages": self.messages, "stream": False}
 
     def process(self, body: dict[str, Any], ctx: Context) -> Awaitable[Completion | ChunkStream]:
@@ -151,6 +168,8 @@ class Whole:
         answered: Requests answered from the upstream's answer at once (the rest of
             the plain requests were answered by the general encoder: a retry's, the
             fallback's, or an answer with more than text).
+        streamed: Plain streamed chats whose node call returned (their streams were
+            then written as on the general path).
     """
 
     def __init__(self, route: Route, llm: RemoteLLM) -> None:
@@ -158,6 +177,7 @@ class Whole:
         self.llm = llm
         self.codec = openai_wire.Upstream(llm.name)
         self.answered = 0
+        self.streamed = 0
 
     @classmethod
     def of(cls, route: Route) -> Whole | None:
@@ -185,7 +205,7 @@ class Whole:
         if type(obj) is not dict or not obj.keys() <= _PLAIN:
             return None
         stream = obj.get("stream")
-        if stream is not None and stream is not False:
+        if stream is not None and type(stream) is not bool:
             return None
         model = obj.get("model")
         if model is None or model == "":
@@ -203,7 +223,7 @@ class Whole:
             role = item["role"]
             if type(role) is not str or role not in ROLES or type(item.get("content")) is not str:
                 return None
-        return Plain(obj, model, messages, self.codec, self.llm)
+        return Plain(obj, model, messages, self.codec, self.llm, stream is True)
 
     async def answer(self, exchange: Exchange[R], plain: Plain, rid: str) -> R:
         """Run the node's call for ``plain`` and answer (as :func:`serve_chat` would)."""
@@ -235,4 +255,37 @@ class Whole:
             body = _json.dumps(encoder.completion(completion))
         return exchange.answer(
             Answer(200, body, {"Content-Type": "application/json", "X-Request-ID": rid})
+        )
+
+    async def stream(self, exchange: Exchange[R], plain: Plain, rid: str) -> R:
+        """Run the node's call for the streamed ``plain`` and write its stream (as
+        :func:`serve_chat` would)."""
+        observer = exchange.observe(plain.model, True)
+        headers = exchange.headers
+        ctx = Context(
+            client=self.route.orchestrator.client,
+            request_id=rid,
+            headers=headers,
+            deadline=deadline_from(headers),
+            request=plain,
+            observer=observer,
+        )
+        encoder = ChatEncoder.plain(plain.model)  # before the run, as serve_chat makes it
+        result = await self.route.orchestrator.call_node(self.llm, plain.body(), ctx, plain.process)
+        self.streamed += 1
+        return await stream_answer(
+            exchange,
+            as_stream(result),
+            encoder.chunk,
+            encoder.verbatim,
+            encoder.end,
+            encoder.error,
+            {
+                "Content-Type": encoder.content_type,
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",
+                "X-Request-ID": rid,
+            },
+            observer,
+            rid,
         )

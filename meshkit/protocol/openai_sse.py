@@ -43,10 +43,21 @@ class ChatEncoder:
     content_type = "text/event-stream; charset=utf-8"
 
     def __init__(self, chat: ChatRequest) -> None:
+        self._begin(chat.model or "", chat.include_usage)
+
+    @classmethod
+    def plain(cls, model: str) -> ChatEncoder:
+        """The encoder of a plain streamed chat asking for ``model`` (no stream options:
+        what ``ChatEncoder(chat)`` is for it, with no :class:`ChatRequest` made)."""
+        encoder = cls.__new__(cls)
+        encoder._begin(model, False)
+        return encoder
+
+    def _begin(self, model: str, include_usage: bool) -> None:
         self.id = "chatcmpl-" + new_id()[:24]
         self.created = int(time.time())
-        self.model = chat.model or ""
-        self.include_usage = chat.include_usage
+        self.model = model
+        self.include_usage = include_usage
         self._first = True
         self._relay: object = _UNSET  # the upstream id whose events are relayed as they came
         self._usage: Usage | None = None
