@@ -168,6 +168,24 @@ class TestTemplate:
     def test_only_one_whole_plain_event_is_taken(self, data: bytes) -> None:
         assert learned().whole(data) is None
 
+    def test_the_first_text_with_the_role_is_not_learned_from(self) -> None:
+        """A template of the role's event would fit no later event: the next is learned."""
+        events = Events(UP.line)
+        events(line({"role": "assistant", "content": "Hel"}))
+        assert events.whole(line({"role": "assistant", "content": "b"}) + b"\n\n") is None
+        assert events.whole(text("b") + b"\n\n") is None
+        events(text("lo"))
+        chunk = events.whole(text("b") + b"\n\n")
+        assert chunk is not None and [(chunk, chunk.raw)] == parsed(text("b"))
+
+    def test_a_stream_sending_the_role_every_time_is_learned_from_its_second(self) -> None:
+        events = Events(UP.line)
+        for t in ("Hel", "lo"):
+            events(line({"role": "assistant", "content": t}))
+        data = line({"role": "assistant", "content": "b"})
+        chunk = events.whole(data + b"\n\n")
+        assert chunk is not None and [(chunk, chunk.raw)] == parsed(data)
+
     def test_a_stream_of_other_events_learns_nothing(self) -> None:
         events = Events(UP.line)
         for data in (LINES["reasoning"], LINES["tool call"], LINES["finish"]):

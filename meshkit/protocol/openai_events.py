@@ -51,6 +51,7 @@ class Events:
         "_model",
         "_parse",
         "_relayed",
+        "_seen",
         "_start",
         "_stop",
         "_tail",
@@ -70,6 +71,7 @@ class Events:
         self._id: str | None = None
         self._relayed: str | None = None  # the id, when the template's events are canonical
         self._tries = _TRIES
+        self._seen = False  # a plain delta was parsed
 
     def __call__(self, line: bytes) -> Sequence[Chunk]:
         head = self._head
@@ -79,7 +81,13 @@ class Events:
                 return (chunk,)
         chunks = self._parse(line)
         if self._tries and len(chunks) == 1 and _is_plain(chunks[0]):
-            self._learn(line, chunks[0])
+            # The first text usually comes with the role (no later event has it, so its
+            # template would fit none; a one-event answer would pay for it and use it
+            # never): learn from the next. A stream that sends the role every time is
+            # learned from its second event.
+            if self._seen or b'"role"' not in line:
+                self._learn(line, chunks[0])
+            self._seen = True
         return chunks
 
     def whole(self, data: bytes) -> Chunk | None:
