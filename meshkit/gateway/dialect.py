@@ -22,10 +22,11 @@ from ..client.deadline import deadline_from
 from ..errors import MeshError, PayloadTooLarge
 from ..graph.orchestrator import ServiceOrchestrator
 from ..nodes.base import Context
+from ..nodes.probe import RequestObserver
 from ..protocol import ollama_ndjson, openai_sse
 from ..protocol import openai as openai_wire
 from ..protocol.fields import parse_object
-from ..protocol.streams import as_stream, collect
+from ..protocol.streams import collect
 from ..protocol.types import ChatRequest, Chunk, Completion
 from ..protocol.wire import new_id
 from .exchange import Answer, Exchange, error_answer, json_answer
@@ -186,14 +187,15 @@ async def answer_chat(
         return exchange.answer(error_answer(error_body(err), err))
 
 
-async def serve_chat(
+def serve_chat(
     exchange: Exchange[R],
     orchestrator: ServiceOrchestrator,
     chat: ChatRequest,
     make_encoder: Callable[[ChatRequest], Encoder],
     rid: str,
-) -> R:
-    """Run ``chat`` through ``orchestrator`` and answer in the encoder's dialect."""
+) -> Awaitable[R]:
+    """Run ``chat`` through ``orchestrator`` and answer in the encoder's dialect (to
+    await: a stream is the sink's coroutine, with no layer of this function's)."""
     observer = exchange.observe(chat.model, chat.stream)
     headers = exchange.headers
     ctx = Context(
@@ -205,21 +207,17 @@ async def serve_chat(
         observer=observer,
     )
     encoder = make_encoder(chat)  # before the run, so durations count from the request
-    result = await orchestrator.run(chat, ctx)
     if not chat.stream:
-        # An LLM answers a whole Completion: no coroutine to collect it.
-        completion = result if isinstance(result, Completion) else await collect(result)
-        observer.completed(completion)
-        return exchange.answer(json_answer(encoder.completion(completion), rid=rid))
+        return _answer_whole(exchange, orchestrator.run(chat, ctx), encoder, observer, rid)
     stream_headers = {
         "Content-Type": encoder.content_type,
         "Cache-Control": "no-cache",
         "X-Accel-Buffering": "no",
         "X-Request-ID": rid,
     }
-    return await stream_answer(
+    return stream_answer(
         exchange,
-        as_stream(result),
+        orchestrator.run(chat, ctx),
         encoder.chunk,
         encoder.verbatim,
         encoder.end,
@@ -228,6 +226,21 @@ async def serve_chat(
         observer,
         rid,
     )
+
+
+async def _answer_whole(
+    exchange: Exchange[R],
+    call: Awaitable[Any],
+    encoder: Encoder,
+    observer: RequestObserver,
+    rid: str,
+) -> R:
+    """Answer the pipeline's ``call`` with one JSON body."""
+    result = await call
+    # An LLM answers a whole Completion: no coroutine to collect it.
+    completion = result if isinstance(result, Completion) else await collect(result)
+    observer.completed(completion)
+    return exchange.answer(json_answer(encoder.completion(completion), rid=rid))
 
 
 def now_ns() -> int:

@@ -25,15 +25,15 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import structlog
 
 from ..errors import InternalError, MeshError
 from ..nodes.probe import RequestObserver
 from ..protocol.push import PushStream
-from ..protocol.streams import aclose
+from ..protocol.streams import as_stream
 from ..protocol.types import Chunk
 from .exchange import Exchange, Streaming, Wire
 
@@ -46,7 +46,7 @@ R = TypeVar("R")
 
 async def stream_answer(
     exchange: Exchange[R],
-    stream: AsyncIterator[Chunk],
+    call: Awaitable[Any],
     encode: Callable[[Chunk], bytes | None],
     verbatim: Callable[[], str | None],
     end: Callable[[], bytes],
@@ -55,9 +55,15 @@ async def stream_answer(
     observer: RequestObserver,
     rid: str,
 ) -> R:
-    """Write ``stream`` as a streamed response (``encode`` per chunk, ``end`` or
-    ``error`` last), closing the stream however the response ends. ``verbatim`` is
-    the encoder's: which upstream answer's plain events it relays as they came."""
+    """Write the answer of the pipeline's ``call`` as a streamed response (``encode``
+    per chunk, ``end`` or ``error`` last), closing its stream however the response
+    ends. ``verbatim`` is the encoder's: which upstream answer's plain events it
+    relays as they came.
+
+    ``call`` is awaited here, first (its failure is raised before any byte, for the
+    caller to answer), so the caller needs no coroutine of its own around it.
+    """
+    stream = as_stream(await call)
     settings = exchange.streaming
     sink: Sink | None = None
     try:
@@ -93,7 +99,9 @@ async def stream_answer(
         log.info("meshkit.client.gone", request_id=rid)
     finally:
         observer.streamed(sink)
-        await aclose(stream)
+        close = getattr(stream, "aclose", None)
+        if close is not None:
+            await close()
     return exchange.streamed()
 
 
@@ -301,16 +309,15 @@ class Sink:
         body (:meth:`close`, next in this loop pass), in the same write."""
         self._writes.drop(self)
 
-    async def close(self, last: bytes) -> None:
+    def close(self, last: bytes) -> Awaitable[None]:
         """Write the last event and end the body, after every event held and in the
-        same write where the wire lets it."""
+        same write where the wire lets it (the wire's own ``end``, to await)."""
         held = self._held
         if not held:
-            await self._wire.end(last)
-            return
+            return self._wire.end(last)
         self._held = []
         self._held_size = 0
-        await self._wire.end(last, b"".join(held))
+        return self._wire.end(last, b"".join(held))
 
 
 class _Compressed(Sink):

@@ -36,7 +36,7 @@ from ..nodes.base import Context
 from ..nodes.llm import RemoteLLM
 from ..protocol import openai as openai_wire
 from ..protocol.openai_sse import ChatEncoder
-from ..protocol.streams import as_stream, collect
+from ..protocol.streams import collect
 from ..protocol.types import ROLES, ChatRequest, ChunkStream, Completion, Usage
 from ..protocol.wire import new_id
 from .exchange import Answer, Exchange
@@ -168,8 +168,8 @@ class Whole:
         answered: Requests answered from the upstream's answer at once (the rest of
             the plain requests were answered by the general encoder: a retry's, the
             fallback's, or an answer with more than text).
-        streamed: Plain streamed chats whose node call returned (their streams were
-            then written as on the general path).
+        streamed: Plain streamed chats taken (their node call made, their streams
+            written, as on the general path).
     """
 
     def __init__(self, route: Route, llm: RemoteLLM) -> None:
@@ -257,9 +257,10 @@ class Whole:
             Answer(200, body, {"Content-Type": "application/json", "X-Request-ID": rid})
         )
 
-    async def stream(self, exchange: Exchange[R], plain: Plain, rid: str) -> R:
+    def stream(self, exchange: Exchange[R], plain: Plain, rid: str) -> Awaitable[R]:
         """Run the node's call for the streamed ``plain`` and write its stream (as
-        :func:`serve_chat` would)."""
+        :func:`serve_chat` would; to await: the sink's coroutine, which awaits the node
+        call first)."""
         observer = exchange.observe(plain.model, True)
         headers = exchange.headers
         ctx = Context(
@@ -271,11 +272,10 @@ class Whole:
             observer=observer,
         )
         encoder = ChatEncoder.plain(plain.model)  # before the run, as serve_chat makes it
-        result = await self.route.orchestrator.call_node(self.llm, plain.body(), ctx, plain.process)
         self.streamed += 1
-        return await stream_answer(
+        return stream_answer(
             exchange,
-            as_stream(result),
+            self.route.orchestrator.call_node(self.llm, plain.body(), ctx, plain.process),
             encoder.chunk,
             encoder.verbatim,
             encoder.end,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Self
 
 import structlog
@@ -214,13 +214,24 @@ class ServiceOrchestrator(Resource):
 
     # -- running --------------------------------------------------------------------------
 
-    async def run(self, data: Any, ctx: Context | None = None) -> Any:
-        """Run one request through the graph and return the final node's output.
+    def run(self, data: Any, ctx: Context | None = None) -> Coroutine[Any, Any, Any]:
+        """Run one request through the graph and return the final node's output (a
+        coroutine: await it).
 
         A streaming result is returned as soon as the stream is open; iterate it to pull
         chunks through every node that transforms it, and ``aclose()`` it to cancel
         (that closes every stream the request opened, and so every upstream call).
         """
+        single = self._single  # set once the graph was checked, not per request
+        if single is not None and ctx is not None:
+            # A checked one-node graph: the node call itself, with no coroutine of
+            # this method's around it (one layer less on every resumption).
+            if ctx.request is None:
+                ctx.request = data
+            return self.call_node(single, data, ctx)
+        return self._run(data, ctx)
+
+    async def _run(self, data: Any, ctx: Context | None) -> Any:
         if ctx is None:
             if self._client is None:
                 await self.open()
