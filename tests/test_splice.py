@@ -46,9 +46,9 @@ pipelines:
 """
 
 
-def one_llm(url: str, *, splice: bool = True) -> str:
+def one_llm(url: str, *, splice: bool = True, **llm: Any) -> str:
     """A one-LLM services file, its streams spliced or (``splice: false``) pulled."""
-    spec = yaml.safe_load(mesh_yaml(url))
+    spec = yaml.safe_load(mesh_yaml(url, **llm))
     if not splice:
         spec["gateway"]["splice"] = False
     return yaml.safe_dump(spec)
@@ -116,6 +116,27 @@ class TestWhichPath:
             resp = await gw.post("/v1/chat/completions", json={**CHAT, "stream": False})
             assert (await resp.json())["choices"][0]["message"]["content"] == "".join(TOKENS)
             assert await paths(gw) == {"spliced": 0, "pulled": 0}
+
+
+class TestIdleBound:
+    """A stream whose upstream falls silent past its head ends with an error, either way."""
+
+    @pytest.mark.parametrize("splice", [True, False], ids=["spliced", "pulled"])
+    async def test_a_stall_after_the_head_ends_the_stream(self, gateway, splice: bool) -> None:
+        llm = FakeLLM(tokens=TOKENS, stall_after=3)
+        async with llm.serve():
+            gw = await gateway(one_llm(llm.url, splice=splice, idle_timeout=0.2))
+            async with asyncio.timeout(10):
+                resp = await gw.post("/v1/chat/completions", json=CHAT)
+                events = sse_payloads(await resp.read())
+            assert resp.status == 200
+            assert "stalled" in events[-1]["error"]["message"]
+            texts = [e["choices"][0]["delta"].get("content") for e in events[:-1]]
+            assert texts[-3:] == TOKENS[:3]
+            await until(llm.cancelled.is_set, within=10)
+            counted = await paths(gw)
+            assert counted == {"spliced": int(splice), "pulled": int(not splice)}
+            llm.release()
 
 
 class TestSameAnswer:

@@ -81,7 +81,9 @@ class UpstreamStream(PushStream):
         self._head = head
         self._replica = replica
         self._client = client
-        self._watch = IdleWatch(response, llm.timeouts.idle)
+        # The idle bound, made once the stream waits for data past its head (an answer
+        # whose head is all of it never does).
+        self._watch: IdleWatch | None = None
         self._released = False
         self._sink: ChunkSink | None = None
         self._wake: asyncio.Future[None] | None = None
@@ -91,7 +93,6 @@ class UpstreamStream(PushStream):
         # that finds them (see ``_on_data``).
         self._relay: str | None = None
         self._verbatim = parser.verbatim
-        self._clock = asyncio.get_running_loop().time
         self._gen: AsyncGenerator[Chunk] | None = None
 
     def __aiter__(self) -> UpstreamStream:
@@ -117,7 +118,8 @@ class UpstreamStream(PushStream):
         self._sink = None  # nothing more is relayed
         if self._paused and ok:
             self._unpause()  # never back to the pool with reading paused
-        self._watch.cancel()
+        if self._watch is not None:
+            self._watch.cancel()
         self._client.finish(self._response, ok=ok)
         self._llm.replicas.release(self._replica)
 
@@ -134,7 +136,6 @@ class UpstreamStream(PushStream):
     async def _pull(self) -> AsyncGenerator[Chunk]:
         # One async-generator layer per chunk: read, parse, yield. Each wait for data
         # is bounded by the idle timeout (one lazy timer per loop, no per-read timer).
-        watch = self._watch
         response = self._response
         parser = self._parser
         ok = False
@@ -146,6 +147,7 @@ class UpstreamStream(PushStream):
                 raise parser.error
             if head:
                 clock = asyncio.get_running_loop().time
+                watch = self._watch = IdleWatch(response, self._llm.timeouts.idle)
                 while not parser.done:
                     watch.reading = clock()
                     data = await response.readany()
@@ -197,7 +199,9 @@ class UpstreamStream(PushStream):
             await sink.drain()
         self._wake = wake = loop.create_future()
         self._sink = sink
-        self._watch.reading = loop.time()
+        self._clock = loop.time
+        watch = self._watch = IdleWatch(self._response, self._llm.timeouts.idle)
+        watch.reading = loop.time()
         self._response.pipe(self._on_data, self._on_end)  # may call both back at once
         while True:
             await wake
@@ -215,7 +219,8 @@ class UpstreamStream(PushStream):
     def _unpause(self) -> None:
         if self._paused:
             self._paused = False
-            self._watch.reading = self._clock()
+            if self._watch is not None:  # (made before any pause)
+                self._watch.reading = self._clock()
             self._response.resume()
 
     def _on_data(self, data: bytes) -> None:
@@ -244,12 +249,14 @@ class UpstreamStream(PushStream):
                 self._finish(None)
                 return
             self._relay = None if parser.pending else sink.verbatim
+        watch = self._watch  # (made before the pipe that calls this)
         if not sink.full:
-            if not self._paused:  # (a paused read never counts as idle)
-                self._watch.reading = self._clock()
+            if not self._paused and watch is not None:  # (a paused read never counts as idle)
+                watch.reading = self._clock()
         elif not self._paused:
             self._paused = True
-            self._watch.reading = None  # a slow caller is not an idle upstream
+            if watch is not None:
+                watch.reading = None  # a slow caller is not an idle upstream
             self._response.pause()
             wake = self._wake
             if wake is not None and not wake.done():
