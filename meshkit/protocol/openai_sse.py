@@ -54,7 +54,9 @@ class ChatEncoder:
         return encoder
 
     def _begin(self, model: str, include_usage: bool) -> None:
-        self.id = "chatcmpl-" + new_id()[:24]
+        # meshkit's own answer id, made when first asked for: an answer relayed under
+        # the upstream's id (nearly every OpenAI-compatible stream) never needs one.
+        self._id = ""
         self.created = int(time.time())
         self.model = model
         self.include_usage = include_usage
@@ -63,8 +65,22 @@ class ChatEncoder:
         self._usage: Usage | None = None
         self._usage_relayed = False
         self._head = b""  # a text event's bytes up to its JSON text, for these two:
-        self._head_id = ""
+        self._head_id: str | None = None
         self._head_model: str | None = None
+
+    @property
+    def id(self) -> str:
+        """The id every event of the answer carries (meshkit's own until an upstream
+        event relayed as it came gives the upstream's)."""
+        return self._id or self._mint()
+
+    @id.setter
+    def id(self, value: str) -> None:
+        self._id = value
+
+    def _mint(self) -> str:
+        self._id = ident = "chatcmpl-" + new_id()[:24]
+        return ident
 
     def _event(self, delta: dict[str, Any], finish: str | None, logprobs: Any = None) -> bytes:
         obj = {
@@ -81,10 +97,11 @@ class ChatEncoder:
     def _text(self, text: str) -> bytes:
         """``_event({"content": text}, None)``, joined from bytes made once per answer
         rather than from dictionaries per event (nearly every event)."""
-        if self._head_model is not self.model or self._head_id is not self.id:
-            self._head_id, self._head_model = self.id, self.model
+        if self._head_model is not self.model or self._head_id is not self._id:
+            ident = self.id
+            self._head_id, self._head_model = ident, self.model
             self._head = b'{"id":%b,"object":"chat.completion.chunk","created":%b,"model":%b%b' % (
-                _json.dumps(self.id),
+                _json.dumps(ident),
                 _json.dumps(self.created),
                 _json.dumps(self.model),
                 b',"choices":[{"index":0,"delta":{"content":',
@@ -110,7 +127,7 @@ class ChatEncoder:
             if self._first and chunk.id:
                 # The answer goes out under the upstream's id (an upstream that sends
                 # none gets every event rebuilt under meshkit's).
-                self.id = self._relay = chunk.id
+                self._id = self._relay = chunk.id
             if chunk.id == self._relay:
                 # Relay the upstream's own event; drop the usage-only event unless asked.
                 if chunk.usage is not None and not chunk.text and chunk.finish_reason is None:
