@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -389,6 +390,47 @@ class TestSameStreams:
         texts = [e["choices"][0]["delta"].get("content") for e in events(replies["fast"].body)[:-1]]
         assert "canned answer" in texts
         assert replies["fast"].same() == replies["general"].same()
+
+
+class TestCircuitOpen:
+    """No replica to try: the fallback answers on the plain path as on the general one."""
+
+    @pytest.mark.parametrize("stream", [True, False], ids=["stream", "whole"])
+    async def test_fallback_with_every_replica_out(self, stream: bool) -> None:
+        """The first request finds the replica unreachable, the second finds it out."""
+        with socket.socket() as sock:  # a port nobody listens on
+            sock.bind(("127.0.0.1", 0))
+            dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        body = {**REQUESTS["plain"], "stream": stream}
+        replies: dict[str, list[Reply]] = {}
+        with capture_logs() as logs:
+            for name, kind in (("fast", RemoteLLM), ("general", GeneralLLM)):
+                llm = kind("llm", endpoint=dead, model=MODEL, health_interval=0)
+                llm.fallback = Canned("canned")
+                application = App().mount(llm).application()
+                server = LeanTestServer(application, **SERVER_KWARGS)
+                await server.start_server()
+                try:
+                    url = str(server.make_url("")).rstrip("/")
+                    async with aiohttp.ClientSession() as session:
+                        replies[name] = [await post(session, url, body, f"r{i}") for i in (1, 2)]
+                finally:
+                    await server.close()
+        for fast, general in zip(replies["fast"], replies["general"], strict=True):
+            assert fast.status == 200 and b"canned answer" in fast.body
+            if stream:
+                assert fast.same() == general.same()
+            else:  # (the answer's own id and clock apart)
+                assert strip(fast.body) == strip(general.body)
+        errors = [e["error"] for e in logs if e["event"] == "meshkit.llm.fallback"]
+        assert errors == ["upstream_unavailable", "upstream_circuit_open"] * 2
+
+
+def strip(body: bytes) -> Any:
+    """A whole answer without its id and clock."""
+    obj = json.loads(body)
+    assert _OWN_ID.fullmatch(obj.pop("id")) and isinstance(obj.pop("created"), int)
+    return obj
 
 
 class TestPlainStreamCancel:

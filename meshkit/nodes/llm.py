@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -186,24 +186,29 @@ class RemoteLLM(MicroService):
         except UpstreamError as err:
             return await self._recover(err, replica, body, request, ctx, budget_end)
 
-    async def whole(
+    def whole(
         self, body: dict[str, Any], asked: Asked, ctx: Context
-    ) -> Completion | ChunkStream:
-        """:meth:`process` for a plain whole answer whose upstream body is made already
-        (the gateway's whole-answer path): ``asked.read`` reads the first try's answer;
-        a failed first try makes the request in full for the retries and the fallback."""
+    ) -> Coroutine[Any, Any, Completion | ChunkStream]:
+        """:meth:`process` for a plain whole answer or stream whose upstream body is made
+        already (the gateway's plain path): ``asked.read`` reads the first try's whole
+        answer; a failed first try makes the request in full for the retries and the
+        fallback. It returns the first try's coroutine (to await), which recovers from
+        a failure itself."""
         budget_end, first = self._first_try(ctx)
         replica = self.replicas.pick()
-        try:
-            if replica is None:
-                raise self._circuit_open()
-            # ``asked`` stands in for the ChatRequest: an attempt reads its model and its
-            # stream switch, and ``asked.read`` reads the answer.
-            stand_in: Any = asked
-            return await self._attempt(replica, body, stand_in, ctx, budget_end, first, asked.read)
-        except UpstreamError as err:
-            request = ctx.request = asked.chat()
-            return await self._recover(err, replica, body, request, ctx, budget_end)
+        if replica is None:
+            return self._without_replica(body, asked, ctx, budget_end)
+        # ``asked`` stands in for the ChatRequest: an attempt reads its model and its
+        # stream switch, and ``asked.read`` reads the answer.
+        stand_in: Any = asked
+        return self._attempt(replica, body, stand_in, ctx, budget_end, first, asked.read, asked)
+
+    async def _without_replica(
+        self, body: dict[str, Any], asked: Asked, ctx: Context, budget_end: float
+    ) -> Completion | ChunkStream:
+        """:meth:`whole` with no replica to try: the fallback, if any."""
+        request = ctx.request = asked.chat()
+        return await self._recover(self._circuit_open(), None, body, request, ctx, budget_end)
 
     def _first_try(self, ctx: Context) -> tuple[float, Timeouts | None]:
         """When a call's first-token budget ends (the request's deadline may end it
@@ -311,101 +316,112 @@ class RemoteLLM(MicroService):
         budget_end: float,
         timeouts: Timeouts | None = None,
         read: Callable[[bytes, ChatRequest], Completion] | None = None,
+        asked: Asked | None = None,
     ) -> Completion | ChunkStream:
         """One try on one replica, up to the first chunk (or the whole answer).
 
         ``timeouts``: the call's own, when the caller knows them (a first try with no
         request deadline: the node's, made once). ``read``: how a whole answer is read
-        (the codec's :meth:`completion` unless given).
+        (the codec's :meth:`completion` unless given). ``asked``: the plain request
+        this first try stands in with (:meth:`whole`), whose failure is recovered from
+        here, so no coroutine of :meth:`whole`'s waits around this one.
         """
-        remaining = budget_end - time.monotonic()
-        if remaining <= 0:
-            raise UpstreamTimeout(f"{self.name}: no time left for the call", service=self.name)
-        if timeouts is None:
-            timeouts = self.timeouts
-            if ctx.deadline is not None:
-                timeouts = timeouts.within(ctx.deadline - time.monotonic())
-            timeouts = Timeouts(
-                min(timeouts.connect, remaining), remaining, timeouts.idle, timeouts.total
-            )
-        # The node's own headers are fixed (the client renders them once per URL);
-        # these are the request's.
-        headers = {"X-Request-ID": ctx.request_id}
-        if ctx.deadline is not None:
-            headers[DEADLINE_HEADER] = header_value(ctx.deadline)
-        client = ctx.client
-        replicas = self.replicas
-        replicas.acquire(replica)
-        task = asyncio.current_task()
-        loop = asyncio.get_running_loop() if task is None else task.get_loop()
-        url = replica.url + self.path
-        probe = ctx.observer.attempt(self.name, replica.name, url, request.model, headers)
-        head: list[Chunk] = []
-        response: h1.Response | None = None
-        if task is not None:
-            replica.waiting.add(task)
         try:
+            remaining = budget_end - time.monotonic()
+            if remaining <= 0:
+                raise UpstreamTimeout(f"{self.name}: no time left for the call", service=self.name)
+            if timeouts is None:
+                timeouts = self.timeouts
+                if ctx.deadline is not None:
+                    timeouts = timeouts.within(ctx.deadline - time.monotonic())
+                timeouts = Timeouts(
+                    min(timeouts.connect, remaining), remaining, timeouts.idle, timeouts.total
+                )
+            # The node's own headers are fixed (the client renders them once per URL);
+            # these are the request's.
+            headers = {"X-Request-ID": ctx.request_id}
+            if ctx.deadline is not None:
+                headers[DEADLINE_HEADER] = header_value(ctx.deadline)
+            client = ctx.client
+            replicas = self.replicas
+            replicas.acquire(replica)
+            task = asyncio.current_task()
+            loop = asyncio.get_running_loop() if task is None else task.get_loop()
+            url = replica.url + self.path
+            probe = ctx.observer.attempt(self.name, replica.name, url, request.model, headers)
+            head: list[Chunk] = []
+            response: h1.Response | None = None
+            if task is not None:
+                replica.waiting.add(task)
             try:
-                # One timer on the response bounds the head and the first chunk.
-                response = await client.start(
-                    "POST",
-                    url,
-                    service=self.name,
-                    timeouts=timeouts,
-                    body=body,
-                    headers=self._headers,
-                    more_headers=headers,
-                    secrets=self._secrets,
-                    answer_by=loop.time() + remaining,
-                )
-                if request.stream:
-                    parser = LineParser(self.name, self._codec.line_parser())
-                    # Any chunk is the first byte: a role, reasoning or a tool call
-                    # shows the model is answering as much as text does.
-                    while not parser.done:
-                        data = await response.readany()
-                        if not data:
-                            head += parser.eof()
-                            break
-                        batch = parser.feed(data)
-                        head += batch
-                        if batch:
-                            break
-                        if parser.error is not None:
-                            raise parser.error
-                else:
-                    # A short answer arrives with its head: taken at once, no reader.
-                    whole = response.whole()
-                    raw = (
-                        whole
-                        if whole is not None
-                        else await client.read_whole(response, service=self.name)
+                try:
+                    # One timer on the response bounds the head and the first chunk.
+                    response = await client.start(
+                        "POST",
+                        url,
+                        service=self.name,
+                        timeouts=timeouts,
+                        body=body,
+                        headers=self._headers,
+                        more_headers=headers,
+                        secrets=self._secrets,
+                        answer_by=loop.time() + remaining,
                     )
-                response.in_time()
-            finally:
-                if task is not None:
-                    replica.waiting.discard(task)
-        except BaseException as exc:
-            if response is not None:
-                client.finish(response, ok=False)
+                    if request.stream:
+                        parser = LineParser(self.name, self._codec.line_parser())
+                        # Any chunk is the first byte: a role, reasoning or a tool call
+                        # shows the model is answering as much as text does.
+                        while not parser.done:
+                            data = await response.readany()
+                            if not data:
+                                head += parser.eof()
+                                break
+                            batch = parser.feed(data)
+                            head += batch
+                            if batch:
+                                break
+                            if parser.error is not None:
+                                raise parser.error
+                    else:
+                        # A short answer arrives with its head: taken at once, no reader.
+                        whole = response.whole()
+                        raw = (
+                            whole
+                            if whole is not None
+                            else await client.read_whole(response, service=self.name)
+                        )
+                    response.in_time()
+                finally:
+                    if task is not None:
+                        replica.waiting.discard(task)
+            except BaseException as exc:
+                if response is not None:
+                    client.finish(response, ok=False)
+                replicas.release(replica)
+                err = self.failure(exc, timeouts, before_first=True)
+                if isinstance(exc, asyncio.CancelledError) and eviction(replica, task):
+                    err = UpstreamConnectError(
+                        f"{self.name}: replica went down before answering", service=self.name
+                    )
+                probe.failed(exc if err is None else err)
+                if err is None:
+                    raise
+                replicas.failed(replica, err)
+                raise err from exc
+            replicas.succeeded(replica)
+            probe.answered()
+            if request.stream:
+                return UpstreamStream(self, response, parser, head, replica, client)
+            client.finish(response, ok=True)
             replicas.release(replica)
-            err = self.failure(exc, timeouts, before_first=True)
-            if isinstance(exc, asyncio.CancelledError) and eviction(replica, task):
-                err = UpstreamConnectError(
-                    f"{self.name}: replica went down before answering", service=self.name
-                )
-            probe.failed(exc if err is None else err)
-            if err is None:
+            return probe.completed((read or self._codec.completion)(raw, request))
+        except UpstreamError as err:
+            if asked is None:
                 raise
-            replicas.failed(replica, err)
-            raise err from exc
-        replicas.succeeded(replica)
-        probe.answered()
-        if request.stream:
-            return UpstreamStream(self, response, parser, head, replica, client)
-        client.finish(response, ok=True)
-        replicas.release(replica)
-        return probe.completed((read or self._codec.completion)(raw, request))
+            # The plain path's first try failed: the retries and the fallback, as
+            # ``process`` has them, with the request made in full.
+            full = ctx.request = asked.chat()
+            return await self._recover(err, replica, body, full, ctx, budget_end)
 
     def failure(
         self, exc: BaseException, timeouts: Timeouts, *, before_first: bool
