@@ -326,7 +326,11 @@ def _targets_section(results: dict[str, Any], systems: list[str]) -> list[str]:
             if value is None:
                 cells.append("—")
                 continue
-            ratio = value / here if here > 0 else float("inf")
+            if here <= 0:  # nginx added nothing over direct: no multiple to judge
+                mark = "—" if target is None else ("✓" if value <= target else "✗")
+                cells.append(f"{_num(value)}; {mark} · —")
+                continue
+            ratio = value / here
             as_written = ratio <= times if target is None else value <= target
             mark = "✓" if as_written else "✗"
             cells.append(

@@ -505,3 +505,17 @@ class TestReport:
             "| added TTFT p99, burst of stream starts, ms | ≤ 100 | ≤ 1.33x | 100 | "
             "600 = 6.00x nginx; ✗ · ✗ |" in md
         )
+
+    def test_no_multiple_when_nginx_adds_nothing(self) -> None:
+        """nginx at or under direct gives no multiple to judge, only the target as written."""
+        results: dict[str, Any] = {
+            "order": ["direct", "nginx", "meshkit"],
+            "systems": {
+                "direct": {"status": "ok", "scenarios": {"1": sc(p50_ms_c1=0.4)}},
+                "nginx": {"status": "ok", "scenarios": {"1": sc(p50_ms_c1=0.3)}},
+                "meshkit": {"status": "ok", "scenarios": {"1": sc(p50_ms_c1=0.6)}},
+            },
+            "meta": _META,
+        }
+        md = report.markdown(results)
+        assert "| added p50 latency at c1, ms | ≤ 0.3 | ≤ 2.00x | -0.10 | 0.20; ✓ · — |" in md
