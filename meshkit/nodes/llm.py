@@ -189,18 +189,14 @@ class RemoteLLM(MicroService):
     def whole(
         self, body: dict[str, Any], asked: Asked, ctx: Context
     ) -> Coroutine[Any, Any, Completion | ChunkStream]:
-        """:meth:`process` for a plain whole answer or stream whose upstream body is made
-        already (the gateway's plain path): ``asked.read`` reads the first try's whole
-        answer; a failed first try makes the request in full for the retries and the
-        fallback. It returns the first try's coroutine (to await), which recovers from
-        a failure itself."""
+        """:meth:`process` for a plain request whose upstream body is made already (the
+        gateway's plain path), as its first try's coroutine: ``asked.read`` reads a whole
+        answer; a failed try makes the request in full for the retries and fallback."""
         budget_end, first = self._first_try(ctx)
         replica = self.replicas.pick()
         if replica is None:
             return self._without_replica(body, asked, ctx, budget_end)
-        # ``asked`` stands in for the ChatRequest: an attempt reads its model and its
-        # stream switch, and ``asked.read`` reads the answer.
-        stand_in: Any = asked
+        stand_in: Any = asked  # (for the ChatRequest: its model and stream switch)
         return self._attempt(replica, body, stand_in, ctx, budget_end, first, asked.read, asked)
 
     async def _without_replica(
@@ -418,8 +414,7 @@ class RemoteLLM(MicroService):
         except UpstreamError as err:
             if asked is None:
                 raise
-            # The plain path's first try failed: the retries and the fallback, as
-            # ``process`` has them, with the request made in full.
+            # A plain first try failed: the retries and fallback, as ``process``'s.
             full = ctx.request = asked.chat()
             return await self._recover(err, replica, body, full, ctx, budget_end)
 
