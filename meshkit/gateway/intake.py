@@ -364,8 +364,8 @@ class Connection(asyncio.Protocol):
     # -- answering --------------------------------------------------------------------------
 
     def served(self, call: Call, left: bool) -> None:
-        """``call`` is over (its answer written, its record finished): read the next
-        request, or close (``left``: the connection is being closed anyway)."""
+        """``call`` is over (its answer written): read the next request, or close
+        (``left``: the connection is being closed anyway)."""
         self.task = None
         transport = self.transport
         if transport is None or left:
