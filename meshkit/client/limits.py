@@ -1,6 +1,7 @@
 """Bounds on outbound calls: :class:`Timeouts` per call, :class:`Limits` per service.
 
-:class:`IdleWatch` bounds each wait for data on a stream (one lazy timer per loop). Each
+:class:`IdleWatch` bounds each wait for data on a stream (one lazy timer per loop),
+:class:`Dials` each new connection's connect timeout (one lazy timer per pool). Each
 service gets at most ``max_connections`` requests (so connections) in flight at once;
 more wait in turn for one to be given back (a :class:`Gate`), each within its own
 first-token budget, and get :class:`ConnectionsBusy` (504) when it runs out.
@@ -193,3 +194,62 @@ class _Watches:
                 soonest = due
         if soonest is not None:
             self._arm(soonest)
+
+
+class Dials:
+    """The connections one pool is opening, each within its connect timeout.
+
+    A burst opens a connection per call, and a timer per dial (what
+    :func:`asyncio.timeout` arms) is an object made, scheduled and cancelled each time.
+    The dials in progress share one timer instead, armed for the soonest deadline and
+    re-armed only when it fires: then it cancels the tasks whose dial is overdue (as
+    :func:`asyncio.timeout` would) and re-arms for the soonest of the others. Dials
+    end long before their bound, so a burst arms one timer in all. The dialing task
+    brackets its wait with :meth:`add` and :meth:`done`, and turns a cancellation
+    :meth:`done` says was its timeout into :class:`TimeoutError`.
+    """
+
+    __slots__ = ("_due", "_expired", "_handle", "_loop", "_running")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        #: Each dialing task's deadline (loop time).
+        self._running: dict[asyncio.Task[object], float] = {}
+        #: The tasks cancelled for being overdue, until they say they are done.
+        self._expired: set[asyncio.Task[object]] = set()
+        self._handle: asyncio.TimerHandle | None = None
+        self._due = 0.0
+
+    def add(self, task: asyncio.Task[object], when: float) -> None:
+        """``task`` begins a dial that must end by loop time ``when``."""
+        self._running[task] = when
+        if self._handle is None or when < self._due:
+            if self._handle is not None:
+                self._handle.cancel()
+            self._due = when
+            self._handle = self._loop.call_at(when, self._check)
+
+    def done(self, task: asyncio.Task[object], cancelling: int) -> bool:
+        """``task``'s dial is over: whether it ran out of time, so that the
+        cancellation it got is a timeout (``cancelling``: the task's
+        :meth:`~asyncio.Task.cancelling` when the dial began; a cancellation from
+        elsewhere since then stays one)."""
+        if self._running.pop(task, None) is not None or task not in self._expired:
+            return False
+        self._expired.discard(task)
+        return task.uncancel() <= cancelling
+
+    def _check(self) -> None:
+        self._handle = None
+        now = self._loop.time()
+        soonest: float | None = None
+        for task, when in list(self._running.items()):
+            if when <= now:
+                del self._running[task]
+                self._expired.add(task)
+                task.cancel()
+            elif soonest is None or when < soonest:
+                soonest = when
+        if soonest is not None:
+            self._due = soonest
+            self._handle = self._loop.call_at(soonest, self._check)

@@ -10,7 +10,9 @@ through a ``CONNECT`` tunnel with TLS to the upstream inside it (:mod:`meshkit.p
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
+from collections.abc import Callable
 from typing import Protocol, cast
 
 import attrs
@@ -27,6 +29,7 @@ from .h1 import (
     Response,
     UnexpectedAnswer,
 )
+from .limits import Dials
 from .proxy import Proxies, Proxy
 
 Key = tuple[str, str, int]
@@ -52,6 +55,20 @@ class Route:
 
 
 DIRECT = Route()
+
+
+@attrs.frozen
+class _Step:
+    """A new connection the loop opens in one step (see :meth:`Pool._one_step`)."""
+
+    factory: Callable[[], Connection]
+    family: int
+    ip: str
+    port: int
+    tls: ssl.SSLContext | None
+    server_hostname: str | None
+    #: What a failure's reason is prefixed with (the proxy it went through).
+    where: str
 
 
 class Owner(Protocol):
@@ -250,6 +267,8 @@ class Pool:
         self._proxies = proxies or Proxies()
         self._routes: dict[Key, Route] = {}
         self._resolver = dial.SharedLookups(resolver)
+        self._steps: dict[Key, _Step | None] = {}
+        self._dials: Dials | None = None
         self.closed = False
 
     @property
@@ -279,6 +298,10 @@ class Pool:
 
         ``reuse=False`` always opens a new one; ``fresh=True`` also leaves it out of
         the pool's accounting (a health probe's own connection, closed after use).
+
+        Raises:
+            TimeoutError: No connection within ``within`` s.
+            ConnectFailed: The connection could not be opened.
         """
         if self.closed:
             raise RuntimeError("the connection pool is closed")
@@ -286,8 +309,42 @@ class Pool:
             conn = self.idle_connection(key)
             if conn is not None:
                 return conn
-        async with asyncio.timeout(within):
-            conn = await self._open(key)
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task(loop)
+        if task is None:
+            raise RuntimeError("Pool.connection must be called in a task")
+        cancelling = task.cancelling()
+        dials = self._dials
+        if dials is None:
+            dials = self._dials = Dials(loop)
+        dials.add(task, loop.time() + within)
+        try:
+            try:
+                step = self._steps[key]
+            except KeyError:
+                step = self._one_step(key)
+            if step is None:
+                conn = await self._open(key)
+            else:
+                try:
+                    _, conn = await loop.create_connection(
+                        step.factory,
+                        step.ip,
+                        step.port,
+                        family=step.family,
+                        ssl=step.tls,
+                        server_hostname=step.server_hostname,
+                    )
+                except OSError as exc:  # ssl.SSLError is one too
+                    raise ConnectFailed(key[1], key[2], step.where + _why(exc)) from exc
+        except asyncio.CancelledError as exc:
+            if dials.done(task, cancelling):
+                raise TimeoutError from exc
+            raise
+        except BaseException:
+            dials.done(task, cancelling)
+            raise
+        dials.done(task, cancelling)
         if not fresh:
             self._busy.add(conn)
         return conn
@@ -308,15 +365,44 @@ class Pool:
                 return conn
         return None
 
+    def _one_step(self, key: Key) -> _Step | None:
+        """How the loop opens a new connection to ``key`` by itself, or None: the
+        name must be resolved (and its addresses raced), or a tunnel set up first.
+
+        Decided once per upstream: an IP literal (most upstreams are given as one)
+        reached directly or through a forwarding proxy given as one is a single
+        ``create_connection``, without a lookup or a coroutine of meshkit's.
+        """
+        scheme, host, port = key
+        route = self.route(key)
+        proxy = route.proxy
+        step: _Step | None = None
+        if proxy is None or route.forward:
+            to_host, to_port = (host, port) if proxy is None else (proxy.host, proxy.port)
+            one = dial.one_step(dial.literal(to_host, to_port) or ())
+            if one is not None:
+                tls = self._context() if scheme == "https" else None
+                step = _Step(
+                    functools.partial(Connection, self, key),
+                    *one,
+                    tls,
+                    host if tls else None,
+                    f"through proxy {proxy.name}: " if proxy else "",
+                )
+        self._steps[key] = step
+        return step
+
+    def _context(self) -> ssl.SSLContext:
+        """The TLS context ``https`` upstreams are verified with (made on first use)."""
+        if self._tls is None:
+            self._tls = ssl.create_default_context()
+        return self._tls
+
     async def _open(self, key: Key) -> Connection:
         scheme, host, port = key
         route = self.route(key)
         proxy = route.proxy
-        tls: ssl.SSLContext | None = None
-        if scheme == "https":
-            if self._tls is None:
-                self._tls = ssl.create_default_context()
-            tls = self._tls
+        tls = self._context() if scheme == "https" else None
         factory = lambda: Connection(self, key)  # noqa: E731
         if proxy is None or route.forward:
             # Straight to the upstream, or to a proxy taking absolute-form requests: one
