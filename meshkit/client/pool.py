@@ -29,7 +29,7 @@ from .h1 import (
     Response,
     UnexpectedAnswer,
 )
-from .limits import Dials
+from .limits import Deadlines, Dials
 from .proxy import Proxies, Proxy
 
 Key = tuple[str, str, int]
@@ -74,6 +74,8 @@ class _Step:
 class Owner(Protocol):
     """What a :class:`Connection` tells the pool it belongs to."""
 
+    deadlines: Deadlines[Connection]
+
     def put_back(self, conn: Connection) -> None: ...
 
     def forget(self, conn: Connection) -> None: ...
@@ -97,8 +99,6 @@ class Connection(asyncio.Protocol):
         #: Loop time the response being waited for must have begun by (None: no bound).
         self.due: float | None = None
         self._due_why = ""
-        self._due_timer: asyncio.TimerHandle | None = None
-        self._due_armed = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -131,10 +131,9 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: BaseException | None) -> None:
         self.transport = None
         self.streaming = None
-        self.due = None
-        if self._due_timer is not None:
-            self._due_timer.cancel()
-            self._due_timer = None
+        if self.due is not None:
+            self.due = None
+            self.pool.deadlines.discard(self)
         response = self.response
         if response is not None:
             response.lost(exc)
@@ -162,36 +161,22 @@ class Connection(asyncio.Protocol):
         """Fail ``response`` (the one this connection carries) with ``TimeoutError(why)``
         at loop time ``when`` unless :meth:`in_time` comes first.
 
-        One lazy timer per connection, not one per call: it is armed only when none is
-        or the new deadline is sooner; when it fires it fails the response if the
-        deadline has passed and otherwise re-arms for the deadline now set. Calls end
-        long before their bound, so a keep-alive connection arms about one timer per
-        budget (60 s by default) rather than one per request: a deadline costs two
-        stores.
+        The pool's :class:`~meshkit.client.limits.Deadlines` keep one timer for every
+        connection's deadline, not one per call or per connection: a burst of new
+        connections arms one in all, and a deadline costs a store and a removal.
         """
         self.due = when
         self._due_why = why
-        timer = self._due_timer
-        if timer is None or when < self._due_armed:
-            if timer is not None:
-                timer.cancel()
-            self._due_armed = when
-            self._due_timer = self.loop.call_at(when, self._overdue)
+        self.pool.deadlines.add(self, when)
 
     def in_time(self, response: Response) -> None:
         """``response`` no longer needs its deadline (its answer came, or it is over)."""
-        if self.response is response:
+        if self.response is response and self.due is not None:
             self.due = None
+            self.pool.deadlines.discard(self)
 
-    def _overdue(self) -> None:
-        self._due_timer = None
-        due = self.due
-        if due is None:
-            return  # nothing is waiting: the next deadline arms a timer again
-        if self.loop.time() < due:  # a later request's deadline: wait for that one
-            self._due_armed = due
-            self._due_timer = self.loop.call_at(due, self._overdue)
-            return
+    def overdue(self) -> None:
+        """The deadline of :meth:`expire_at` passed: the response fails."""
         self.due = None
         if self.response is not None:
             self.response.fail(TimeoutError(self._due_why))
@@ -268,7 +253,9 @@ class Pool:
         self._routes: dict[Key, Route] = {}
         self._resolver = dial.SharedLookups(resolver)
         self._steps: dict[Key, _Step | None] = {}
-        self._dials: Dials | None = None
+        self._dials = Dials()
+        #: When each connection's awaited answer must have begun (Connection.expire_at).
+        self.deadlines: Deadlines[Connection] = Deadlines(Connection.overdue)
         self.closed = False
 
     @property
@@ -315,8 +302,6 @@ class Pool:
             raise RuntimeError("Pool.connection must be called in a task")
         cancelling = task.cancelling()
         dials = self._dials
-        if dials is None:
-            dials = self._dials = Dials(loop)
         dials.add(task, loop.time() + within)
         try:
             try:
