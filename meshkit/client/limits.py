@@ -68,10 +68,13 @@ class Limits:
 class Gate:
     """The connections one service may use at once; requests past it wait in turn."""
 
-    __slots__ = ("busy", "limit", "waiters")
+    __slots__ = ("busy", "limit", "max_body", "waiters")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, max_body: int = h1.WHOLE_LIMIT) -> None:
         self.limit = limit
+        #: The service's :attr:`Limits.max_body` (kept here: the gate is looked up
+        #: on every call anyway).
+        self.max_body = max_body
         self.busy = 0
         self.waiters: deque[asyncio.Future[None]] = deque()
 
@@ -159,12 +162,19 @@ class _Watches:
         self._handle: asyncio.TimerHandle | None = None
         self._due = 0.0
 
+    #: The last loop's own: a weak mapping's lookup makes a weak reference each time.
+    _last: _Watches | None = None
+
     @classmethod
     def of(cls, loop: asyncio.AbstractEventLoop) -> _Watches:
         """The loop's own (one per loop)."""
+        last = cls._last
+        if last is not None and last._loop is loop:
+            return last
         watches = cls._of.get(loop)
         if watches is None:
             watches = cls._of[loop] = cls(loop)
+        cls._last = watches
         return watches
 
     def add(self, watch: IdleWatch) -> None:

@@ -84,6 +84,21 @@ class Owner(Protocol):
 class Connection(asyncio.Protocol):
     """One keep-alive connection to one upstream, carrying one response at a time."""
 
+    # (slots: a burst keeps a thousand of them, and each is touched on every event)
+    __slots__ = (
+        "_due_why",
+        "due",
+        "idle_since",
+        "keep",
+        "key",
+        "loop",
+        "pool",
+        "response",
+        "reused",
+        "streaming",
+        "transport",
+    )
+
     def __init__(self, pool: Owner, key: tuple[str, str, int]) -> None:
         self.loop = asyncio.get_running_loop()
         self.pool = pool
