@@ -58,7 +58,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"comma-separated subset of {','.join(systems.ALL)} "
         "(direct is always added: the 'added' figures need it)",
     )
-    p.add_argument("--scenarios", default="1,2,3,4,5,6", help="comma-separated subset of 1-6")
+    p.add_argument("--scenarios", default="1,2,3,4,5,6,7", help="comma-separated subset of 1-7")
     p.add_argument(
         "--baseline",
         metavar="REF",
@@ -71,7 +71,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=1000,
         metavar="N",
-        help="scenario 6: streams opened at the same instant (default 1000)",
+        help="scenarios 6 and 7: streams opened at the same instant (default 1000)",
     )
     p.add_argument(
         "--meshkit-yaml",
@@ -250,12 +250,12 @@ def run_rounds(
     system).
 
     Scenarios 1-3 keep every system up for the whole scenario (started, probed and
-    warmed once; the idle ones wait on CPU ``SUT_CPU`` costing nothing). Scenario 6
-    restarts its system before each repetition, so a system is only probed here and
+    warmed once; the idle ones wait on CPU ``SUT_CPU`` costing nothing). Scenarios 6 and 7
+    restart their system before each repetition, so a system is only probed here and
     stopped after each of its repetitions.
     """
     warm, once = scenarios.SCENARIOS[sid]
-    stay_up = sid != "6"
+    stay_up = sid not in ("6", "7")
     reps = bench.plan.s3_reps if sid == "3" else bench.plan.reps
     live: list[tuple[systems.System, dict[str, Any]]] = []
     t0 = time.monotonic()
@@ -421,8 +421,9 @@ def run(args: argparse.Namespace, niceness: int, base: baseline.Baseline | None)
                 if results["systems"][system.name]["status"].startswith("ok"):
                     system.model = args.llm_model
                     run_system(system, ["4"], bench, args.llm_url.rstrip("/"), results)
-        if "6" in ids and relays:
-            run_rounds(relays, "6", bench, results)
+        for sid in ("6", "7"):
+            if sid in ids and relays:
+                run_rounds(relays, sid, bench, results)
     finally:
         upstream.stop()
         shutil.rmtree(scratch, ignore_errors=True)

@@ -385,8 +385,13 @@ def scenario_3(system: System, bench: Bench) -> Figures:
     }
 
 
-#: scenario 6: a fast upstream, so a stream's cost is mostly its start
+#: scenario 6: a fast upstream, each answer 20 chunks 2 ms apart (40 ms a stream)
 BURST_CHUNKS, BURST_GAP_MS = 20, 2.0
+
+#: scenario 7: the same burst answered with one chunk, so a stream's cost is its start
+#: alone (accept, request, upstream connect, first chunk, close); with 20 chunks the
+#: relaying of early streams is about 35 % (meshkit) to 65 % (nginx) of the burst's CPU.
+START_CHUNKS = 1
 
 
 def scenario_6(system: System, bench: Bench) -> Figures:
@@ -401,6 +406,21 @@ def scenario_6(system: System, bench: Bench) -> Figures:
     connections an earlier burst left in a gateway's keep-alive pool (meshkit keeps up
     to 1 024 for 30 s, nginx 128), and the repetitions measure the same case.
     """
+    return _burst(system, bench, BURST_CHUNKS, "burst")
+
+
+def scenario_7(system: System, bench: Bench) -> Figures:
+    """Scenario 6's burst with one-chunk answers: the cost of N stream starts alone.
+
+    This is the case issue 16 measured (each stream start queued behind the others);
+    scenario 6's longer answers add the relaying of the first streams' chunks while
+    the last ones are still starting.
+    """
+    return _burst(system, bench, START_CHUNKS, "burst1")
+
+
+def _burst(system: System, bench: Bench, chunks: int, suffix: str) -> Figures:
+    """One burst of ``bench.plan.burst`` streams of ``chunks`` chunks on a fresh system."""
     n = bench.plan.burst
     system.stop()
     system.start(bench.upstream_url)
@@ -412,7 +432,7 @@ def scenario_6(system: System, bench: Bench) -> Figures:
             system.model,
             concurrency=n,
             requests=n,
-            chunks=BURST_CHUNKS,
+            chunks=chunks,
             gap_ms=BURST_GAP_MS,
             deadline=60,
             timeout=120,
@@ -422,26 +442,28 @@ def scenario_6(system: System, bench: Bench) -> Figures:
     sut = fig["sut_cpu_s"]
     if res["errors"] or res["complete"] != res["requests"]:
         print(
-            f"[{system.name}] burst: {res['complete']}/{res['requests']} complete, errors "
+            f"[{system.name}] {suffix}: {res['complete']}/{res['requests']} complete, errors "
             f"{res['errors']}, first bad answer: {str(res['first_bad'])[:200]!r}",
             flush=True,
         )
     return {
-        "error_kinds_burst": res["errors"],  # kept in the JSON, not summarised
-        "first_bad_burst": res["first_bad"],
-        "streams_burst": res["requests"],
-        "completed_burst": res["complete"],
-        "in_order_burst": res["in_order"],
-        "errors_burst": sum(res["errors"].values()),
-        "ttft_p50_ms_burst": res["ttft_ms"]["p50"],
-        "ttft_p99_ms_burst": res["ttft_ms"]["p99"],
-        "ttft_max_ms_burst": res["ttft_ms"]["max"],
-        "connect_p99_ms_burst": res["connect_ms"]["p99"],
-        "start_spread_ms_burst": res["start_spread_ms"],
-        "cpu_us_per_stream_burst": sut * 1e6 / res["ok"] if sut is not None and res["ok"] else None,
-        "loadgen_cpu_ms_burst": res["cpu_s"] * 1000.0,
-        "gen_core_busy_burst": fig["gen_core_busy"],
-        "other_load_cores_burst": fig["other_load_cores"],
+        f"error_kinds_{suffix}": res["errors"],  # kept in the JSON, not summarised
+        f"first_bad_{suffix}": res["first_bad"],
+        f"streams_{suffix}": res["requests"],
+        f"completed_{suffix}": res["complete"],
+        f"in_order_{suffix}": res["in_order"],
+        f"errors_{suffix}": sum(res["errors"].values()),
+        f"ttft_p50_ms_{suffix}": res["ttft_ms"]["p50"],
+        f"ttft_p99_ms_{suffix}": res["ttft_ms"]["p99"],
+        f"ttft_max_ms_{suffix}": res["ttft_ms"]["max"],
+        f"connect_p99_ms_{suffix}": res["connect_ms"]["p99"],
+        f"start_spread_ms_{suffix}": res["start_spread_ms"],
+        f"cpu_us_per_stream_{suffix}": sut * 1e6 / res["ok"]
+        if sut is not None and res["ok"]
+        else None,
+        f"loadgen_cpu_ms_{suffix}": res["cpu_s"] * 1000.0,
+        f"gen_core_busy_{suffix}": fig["gen_core_busy"],
+        f"other_load_cores_{suffix}": fig["other_load_cores"],
     }
 
 
@@ -482,4 +504,5 @@ SCENARIOS: dict[
     "4": (None, scenario_4),
     "5": (warm_streams, scenario_2),
     "6": (None, scenario_6),  # restarts and warms the system before each burst
+    "7": (None, scenario_7),  # likewise
 }

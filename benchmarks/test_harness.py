@@ -476,3 +476,46 @@ class TestReport:
         assert "| ≤ 0.3 | ≤ 2.00x | 0.30 | 0.50 = 1.67x nginx; ✗ · ✓ |" in md
         # no burst figures in this run: that row is left out
         assert "added TTFT p99, burst, ms | ≤" not in md
+
+    def test_burst_of_starts(self) -> None:
+        """Scenario 7 has its own section, main row and target row beside scenario 6's."""
+
+        def bursts(p99: float, p99_starts: float, cpu: float = 0, cpu_starts: float = 0) -> Any:
+            cpus = ({"cpu_us_per_stream_burst": cpu}, {"cpu_us_per_stream_burst1": cpu_starts})
+            return {  # direct has no CPU of its own
+                "6": sc(ttft_p99_ms_burst=p99, **(cpus[0] if cpu else {})),
+                "7": sc(ttft_p99_ms_burst1=p99_starts, **(cpus[1] if cpu_starts else {})),
+            }
+
+        results: dict[str, Any] = {
+            "order": ["direct", "nginx", "meshkit"],
+            "systems": {
+                "direct": {"status": "ok", "scenarios": bursts(100.0, 50.0)},
+                "nginx": {"status": "ok", "scenarios": bursts(400.0, 150.0, 500.0, 180.0)},
+                "meshkit": {"status": "ok", "scenarios": bursts(800.0, 650.0, 1000.0, 620.0)},
+            },
+            "meta": _META,
+        }
+        md = report.markdown(results)
+        assert "## Scenario 6: burst of 1000 streams" in md
+        assert "## Scenario 7: burst of 1000 stream starts (one-chunk answers)" in md
+        assert "| CPU µs per stream start in the burst | — | 180 | 620 |" in md
+        # added p99 of the starts: nginx +100, meshkit +600 = 6x, over 100 / 75 = 1.33x
+        assert (
+            "| added TTFT p99, burst of stream starts, ms | ≤ 100 | ≤ 1.33x | 100 | "
+            "600 = 6.00x nginx; ✗ · ✗ |" in md
+        )
+
+    def test_no_multiple_when_nginx_adds_nothing(self) -> None:
+        """nginx at or under direct gives no multiple to judge, only the target as written."""
+        results: dict[str, Any] = {
+            "order": ["direct", "nginx", "meshkit"],
+            "systems": {
+                "direct": {"status": "ok", "scenarios": {"1": sc(p50_ms_c1=0.4)}},
+                "nginx": {"status": "ok", "scenarios": {"1": sc(p50_ms_c1=0.3)}},
+                "meshkit": {"status": "ok", "scenarios": {"1": sc(p50_ms_c1=0.6)}},
+            },
+            "meta": _META,
+        }
+        md = report.markdown(results)
+        assert "| added p50 latency at c1, ms | ≤ 0.3 | ≤ 2.00x | -0.10 | 0.20; ✓ · — |" in md
