@@ -1,5 +1,5 @@
-"""The first-token deadline of an upstream call: one lazy timer per keep-alive
-connection instead of a timer per call, still failing each call at its own deadline."""
+"""The first-token deadline of an upstream call: one lazy timer per pool instead of a
+timer per call or per connection, still failing each call at its own deadline."""
 
 from __future__ import annotations
 
@@ -155,6 +155,30 @@ class TestConnectionDeadline:
             with pytest.raises(TimeoutError):
                 await ask(pool, key, 0.2)
             assert start + 0.2 <= loop.time() < start + 0.2 + SLACK
+            pool.close()
+
+    async def test_calls_on_several_connections_fail_each_at_its_own(self) -> None:
+        """Two unanswered calls at once on two connections, the later one bounded
+        sooner: it fails at its own deadline, the other one later at its own."""
+        loop = asyncio.get_running_loop()
+        answers: asyncio.Queue[bool] = asyncio.Queue()
+        async with upstream(answers) as key:
+            pool = Pool()
+            answers.put_nowait(False)
+            answers.put_nowait(False)
+            first = await pool.connection(key, within=5)
+            second = await pool.connection(key, within=5)
+            assert first is not second
+            start = loop.time()
+            late = first.send(WIRE)
+            late.expire_at(start + 2.0, "no answer in time")
+            soon = second.send(WIRE)
+            soon.expire_at(start + 0.2, "no answer in time")
+            for response, within in ((soon, 0.2), (late, 2.0)):
+                with pytest.raises(TimeoutError, match="no answer in time"):
+                    await response.head()
+                assert start + within <= loop.time() < start + within + SLACK
+                response.close()
             pool.close()
 
 

@@ -809,3 +809,19 @@ class TestIdle:
             assert (await conn.answer()).status == 200
             assert await conn.closed()
             conn.close()
+
+    async def test_each_after_its_own_wait(self, fake: FakeLLM) -> None:
+        """Connections idle since different times close in turn (one timer for them all):
+        the later one stays open and answers after the first was closed."""
+        async with serve(spec(fake.url, "lean"), keepalive_timeout=0.5) as gw:
+            first = await Conn.open(gw.url)  # idle from its connect
+            await asyncio.sleep(0.25)  # spacing only: the verdicts wait on the sockets
+            later = await Conn.open(gw.url)
+            await later.send(post(OPENAI, chat()))
+            assert (await later.answer()).status == 200  # idle again from here
+            assert await first.closed()
+            await later.send(post(OPENAI, chat()))
+            assert (await later.answer()).status == 200
+            assert await later.closed()
+            first.close()
+            later.close()

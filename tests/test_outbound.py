@@ -19,6 +19,7 @@ from structlog.testing import capture_logs
 
 from meshkit.client import ReplicaSet, dial
 from meshkit.client.http import ConnectionsBusy, HttpClient, Limits, Timeouts
+from meshkit.client.pool import Pool
 from meshkit.errors import SpecError, UpstreamConnectError, UpstreamError
 from meshkit.gateway.app import ADMISSION
 from meshkit.spec import loads
@@ -555,6 +556,75 @@ class TestDialStorm:
                     "GET", f"http://[::1]:{port}/hello", service="llm", timeouts=Timeouts()
                 )
         assert body == b"hello over IPv4"
+
+
+class TestConnectTimeout:
+    """A dial that never connects ends at its connect timeout, however many are running;
+    the pool's one timer for them never touches a dial that ended or a caller's own
+    cancellation."""
+
+    @pytest.mark.parametrize("via", ["literal", "name"])
+    async def test_a_dial_that_never_connects_is_a_connect_error(
+        self, ipv6_black_hole: Any, via: str
+    ) -> None:
+        """``[::1]:port`` drops every SYN: the call fails as a connect error at 0.3 s
+        (the first-byte budget is 5 s), by IP literal or by a name resolving to it."""
+        port = free_port()
+        ipv6_black_hole(port)
+
+        async def resolver(host: str, port: int) -> list[dial.Address]:
+            return [(socket.AF_INET6, ("::1", port, 0, 0))]
+
+        host = "[::1]" if via == "literal" else "model.test"
+        async with HttpClient(resolver=resolver) as client:
+            with pytest.raises(UpstreamConnectError, match=r"llm: no connection within 0.3 s"):
+                await client.fetch(
+                    "GET",
+                    f"http://{host}:{port}/",
+                    service="llm",
+                    timeouts=Timeouts(connect=0.3, first_byte=5.0),
+                )
+            assert client.connections_in_use == 0
+
+    async def test_a_sooner_deadline_beside_a_later_one(self, ipv6_black_hole: Any) -> None:
+        """A dial begun after another with a sooner deadline ends at its own; the other
+        goes on until its caller leaves, which is a cancellation, not a timeout."""
+        port = free_port()
+        ipv6_black_hole(port)
+        pool = Pool()
+        key = ("http", "::1", port)
+        try:
+            late = asyncio.ensure_future(pool.connection(key, within=30.0))
+            soon = asyncio.ensure_future(pool.connection(key, within=0.2))
+            await asyncio.wait([soon], timeout=10.0)  # (a bound on the test, not the verdict)
+            assert soon.done() and isinstance(soon.exception(), TimeoutError)
+            assert not late.done()
+            late.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await late
+        finally:
+            pool.close()
+
+    async def test_a_dial_after_a_timeout_is_an_ordinary_one(self, ipv6_black_hole: Any) -> None:
+        """The task whose dial timed out is left as it was (no cancellation pending or
+        counted): its next dial connects, and a timeout around it still works."""
+        port = free_port()
+        ipv6_black_hole(port)
+        pool = Pool()
+        task = asyncio.current_task()
+        assert task is not None
+        try:
+            with pytest.raises(TimeoutError):
+                await pool.connection(("http", "::1", port), within=0.2)
+            assert task.cancelling() == 0
+            async with serve_app(await hello_app()) as url:
+                live = int(url.rsplit(":", 1)[1])
+                async with asyncio.timeout(10.0):
+                    conn = await pool.connection(("http", "127.0.0.1", live), within=5.0)
+                assert conn.transport is not None
+                conn.close()
+        finally:
+            pool.close()
 
 
 # -- a model server that starts after the gateway -----------------------------------------------

@@ -49,17 +49,18 @@ class TunnelRefused(OSError):
 
 async def resolve(host: str, port: int) -> list[Address]:
     """The addresses of ``host`` (an IP literal is its own only address)."""
-    literal = _literal(host, port)
-    if literal is not None:
-        return list(literal)
+    own = literal(host, port)
+    if own is not None:
+        return list(own)
     loop = asyncio.get_running_loop()
     infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     return [(family, sockaddr) for family, _, _, _, sockaddr in infos]
 
 
 @functools.lru_cache(maxsize=256)
-def _literal(host: str, port: int) -> tuple[Address, ...] | None:
-    """``host:port`` as its own only address when ``host`` is an IP literal, else None."""
+def literal(host: str, port: int) -> tuple[Address, ...] | None:
+    """``host:port`` as its own only address when ``host`` is an IP literal, else None
+    (kept: a pool asks about the same few upstreams over and over)."""
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
@@ -85,9 +86,9 @@ class SharedLookups:
         self._running: dict[tuple[str, int], asyncio.Future[Sequence[Address]]] = {}
 
     async def __call__(self, host: str, port: int) -> Sequence[Address]:
-        literal = _literal(host, port)
-        if literal is not None:
-            return literal
+        own = literal(host, port)
+        if own is not None:
+            return own
         key = (host, port)
         running = self._running.get(key)
         if running is None:
@@ -188,9 +189,13 @@ async def connect(
     return await happy_eyeballs(interleave(addresses), stagger=stagger)
 
 
-def _one_step(addresses: Sequence[Address]) -> tuple[int, str, int] | None:
+def one_step(addresses: Sequence[Address]) -> tuple[int, str, int] | None:
     """``(family, ip, port)`` when there is exactly one address, plain enough for the
-    loop to connect by itself (an IPv6 address with a flow or scope id is not)."""
+    loop to connect by itself (an IPv6 address with a flow or scope id is not).
+
+    The pool asks this once per upstream of an IP literal's address and then opens
+    each new connection to it with ``loop.create_connection`` alone
+    (:meth:`meshkit.client.pool.Pool.connection`)."""
     if len(addresses) != 1:
         return None
     family, sockaddr = addresses[0]
@@ -219,7 +224,7 @@ async def open_connection(
     """
     loop = asyncio.get_running_loop()
     addresses = await resolver(host, port)
-    one = _one_step(addresses)
+    one = one_step(addresses)
     if one is not None:
         family, ip, ip_port = one
         _, protocol = await loop.create_connection(

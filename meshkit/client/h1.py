@@ -223,7 +223,7 @@ class Response:
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
-        if _interim(status):
+        if 100 <= status < 200 and status != 101:
             # An interim answer (103 Early Hints, an unasked-for 100 Continue): the
             # final one follows on the same parser; forget this one's reason and headers.
             self.reason = ""
@@ -251,7 +251,8 @@ class Response:
         self._wake()
 
     def on_message_complete(self) -> None:
-        if _interim(self.parser.get_status_code()):
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
             return  # the end of an interim answer, not of this response
         self.complete = True
         self._conn.finished(self)
@@ -448,11 +449,6 @@ class _NoCallbacks:
 
 #: The parser a response released whole holds instead of its own (never fed).
 _SPENT = httptools.HttpResponseParser(_NoCallbacks())
-
-
-def _interim(status: int) -> bool:
-    """A 1xx answer other than 101: informational, always followed by the final one."""
-    return 100 <= status < 200 and status != 101
 
 
 def _why(exc: BaseException | None) -> str:

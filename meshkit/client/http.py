@@ -121,7 +121,8 @@ class HttpClient(Resource):
         self._gates.pop(service, None)
 
     def _gate(self, service: str) -> Gate:
-        gate = self._gates[service] = Gate(self._limits_of(service).max_connections)
+        limits = self._limits_of(service)
+        gate = self._gates[service] = Gate(limits.max_connections, limits.max_body)
         return gate
 
     def _limits_of(self, service: str) -> Limits:
@@ -313,7 +314,7 @@ class HttpClient(Resource):
             gate.give()
             raise
         self._live[response] = gate
-        response.max_size = self._limits_of(service).max_body
+        response.max_size = gate.max_body
         if timeouts.total is not None:
             response.timer = asyncio.get_running_loop().call_later(
                 timeouts.total,

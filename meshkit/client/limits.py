@@ -1,6 +1,8 @@
 """Bounds on outbound calls: :class:`Timeouts` per call, :class:`Limits` per service.
 
-:class:`IdleWatch` bounds each wait for data on a stream (one lazy timer per loop). Each
+:class:`IdleWatch` bounds each wait for data on a stream (one lazy timer per loop),
+:class:`Deadlines` bound many waits with one lazy timer (a pool's connects, the
+starts of its answers: :class:`Dials`). Each
 service gets at most ``max_connections`` requests (so connections) in flight at once;
 more wait in turn for one to be given back (a :class:`Gate`), each within its own
 first-token budget, and get :class:`ConnectionsBusy` (504) when it runs out.
@@ -11,11 +13,15 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections import deque
+from collections.abc import Callable, Hashable
+from typing import Any, Generic, TypeVar
 
 import attrs
 
 from ..errors import UpstreamTimeout
 from . import h1
+
+K = TypeVar("K", bound=Hashable)
 
 
 @attrs.frozen
@@ -62,10 +68,13 @@ class Limits:
 class Gate:
     """The connections one service may use at once; requests past it wait in turn."""
 
-    __slots__ = ("busy", "limit", "waiters")
+    __slots__ = ("busy", "limit", "max_body", "waiters")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, max_body: int = h1.WHOLE_LIMIT) -> None:
         self.limit = limit
+        #: The service's :attr:`Limits.max_body` (kept here: the gate is looked up
+        #: on every call anyway).
+        self.max_body = max_body
         self.busy = 0
         self.waiters: deque[asyncio.Future[None]] = deque()
 
@@ -153,12 +162,19 @@ class _Watches:
         self._handle: asyncio.TimerHandle | None = None
         self._due = 0.0
 
+    #: The last loop's own: a weak mapping's lookup makes a weak reference each time.
+    _last: _Watches | None = None
+
     @classmethod
     def of(cls, loop: asyncio.AbstractEventLoop) -> _Watches:
         """The loop's own (one per loop)."""
+        last = cls._last
+        if last is not None and last._loop is loop:
+            return last
         watches = cls._of.get(loop)
         if watches is None:
             watches = cls._of[loop] = cls(loop)
+        cls._last = watches
         return watches
 
     def add(self, watch: IdleWatch) -> None:
@@ -193,3 +209,86 @@ class _Watches:
                 soonest = due
         if soonest is not None:
             self._arm(soonest)
+
+
+class Deadlines(Generic[K]):
+    """Keys each due by a loop time, and one timer for all of them.
+
+    A burst opens a connection per call, and a timer per connection or per call (what
+    :func:`asyncio.timeout` arms) is an object made, scheduled and cancelled each time.
+    Here one timer is armed for the soonest deadline (a sooner one added re-arms it)
+    and re-armed only when it fires: then ``expire`` is called with each key that is
+    overdue, and the timer is armed for the soonest of the others. Calls end long
+    before their bound, so a burst arms one timer in all, and a key that is done costs
+    one store and one removal.
+    """
+
+    __slots__ = ("_due", "_expire", "_handle", "_running")
+
+    def __init__(self, expire: Callable[[K], object]) -> None:
+        self._expire = expire
+        #: Each key's deadline (loop time).
+        self._running: dict[K, float] = {}
+        self._handle: asyncio.TimerHandle | None = None
+        self._due = 0.0
+
+    def __len__(self) -> int:
+        return len(self._running)
+
+    def add(self, key: K, when: float) -> None:
+        """``key`` is due by loop time ``when`` (replacing its deadline, if any)."""
+        self._running[key] = when
+        if self._handle is None or when < self._due:
+            self._arm(when)
+
+    def discard(self, key: K) -> bool:
+        """``key`` is done in time: whether it was still waiting (not expired)."""
+        return self._running.pop(key, None) is not None
+
+    def _arm(self, when: float) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self._due = when
+        self._handle = asyncio.get_running_loop().call_at(when, self._check)
+
+    def _check(self) -> None:
+        self._handle = None
+        now = asyncio.get_running_loop().time()
+        running = self._running
+        for key in [key for key, when in running.items() if when <= now]:
+            if running.pop(key, None) is not None:  # (an expiry may end others)
+                self._expire(key)
+        if running:
+            soonest = min(running.values())
+            if self._handle is None or soonest < self._due:  # (an expiry may add one)
+                self._arm(soonest)
+
+
+class Dials(Deadlines["asyncio.Task[Any]"]):
+    """The connections one pool is opening, each within its connect timeout.
+
+    An overdue dial's task is cancelled, as :func:`asyncio.timeout` would; the task
+    brackets its wait with :meth:`add` and :meth:`done`, and turns a cancellation
+    :meth:`done` says was its timeout into :class:`TimeoutError`.
+    """
+
+    __slots__ = ("_expired",)
+
+    def __init__(self) -> None:
+        super().__init__(self._cancel)
+        #: The tasks cancelled for being overdue, until they say they are done.
+        self._expired: set[asyncio.Task[Any]] = set()
+
+    def _cancel(self, task: asyncio.Task[Any]) -> None:
+        self._expired.add(task)
+        task.cancel()
+
+    def done(self, task: asyncio.Task[Any], cancelling: int) -> bool:
+        """``task``'s dial is over: whether it ran out of time, so that the
+        cancellation it got is a timeout (``cancelling``: the task's
+        :meth:`~asyncio.Task.cancelling` when the dial began; a cancellation from
+        elsewhere since then stays one)."""
+        if self.discard(task) or task not in self._expired:
+            return False
+        self._expired.discard(task)
+        return task.uncancel() <= cancelling

@@ -10,7 +10,9 @@ through a ``CONNECT`` tunnel with TLS to the upstream inside it (:mod:`meshkit.p
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
+from collections.abc import Callable
 from typing import Protocol, cast
 
 import attrs
@@ -27,6 +29,7 @@ from .h1 import (
     Response,
     UnexpectedAnswer,
 )
+from .limits import Deadlines, Dials
 from .proxy import Proxies, Proxy
 
 Key = tuple[str, str, int]
@@ -54,8 +57,24 @@ class Route:
 DIRECT = Route()
 
 
+@attrs.frozen
+class _Step:
+    """A new connection the loop opens in one step (see :meth:`Pool._one_step`)."""
+
+    factory: Callable[[], Connection]
+    family: int
+    ip: str
+    port: int
+    tls: ssl.SSLContext | None
+    server_hostname: str | None
+    #: What a failure's reason is prefixed with (the proxy it went through).
+    where: str
+
+
 class Owner(Protocol):
     """What a :class:`Connection` tells the pool it belongs to."""
+
+    deadlines: Deadlines[Connection]
 
     def put_back(self, conn: Connection) -> None: ...
 
@@ -64,6 +83,21 @@ class Owner(Protocol):
 
 class Connection(asyncio.Protocol):
     """One keep-alive connection to one upstream, carrying one response at a time."""
+
+    # (slots: a burst keeps a thousand of them, and each is touched on every event)
+    __slots__ = (
+        "_due_why",
+        "due",
+        "idle_since",
+        "keep",
+        "key",
+        "loop",
+        "pool",
+        "response",
+        "reused",
+        "streaming",
+        "transport",
+    )
 
     def __init__(self, pool: Owner, key: tuple[str, str, int]) -> None:
         self.loop = asyncio.get_running_loop()
@@ -80,8 +114,6 @@ class Connection(asyncio.Protocol):
         #: Loop time the response being waited for must have begun by (None: no bound).
         self.due: float | None = None
         self._due_why = ""
-        self._due_timer: asyncio.TimerHandle | None = None
-        self._due_armed = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -114,10 +146,9 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: BaseException | None) -> None:
         self.transport = None
         self.streaming = None
-        self.due = None
-        if self._due_timer is not None:
-            self._due_timer.cancel()
-            self._due_timer = None
+        if self.due is not None:
+            self.due = None
+            self.pool.deadlines.discard(self)
         response = self.response
         if response is not None:
             response.lost(exc)
@@ -145,36 +176,22 @@ class Connection(asyncio.Protocol):
         """Fail ``response`` (the one this connection carries) with ``TimeoutError(why)``
         at loop time ``when`` unless :meth:`in_time` comes first.
 
-        One lazy timer per connection, not one per call: it is armed only when none is
-        or the new deadline is sooner; when it fires it fails the response if the
-        deadline has passed and otherwise re-arms for the deadline now set. Calls end
-        long before their bound, so a keep-alive connection arms about one timer per
-        budget (60 s by default) rather than one per request: a deadline costs two
-        stores.
+        The pool's :class:`~meshkit.client.limits.Deadlines` keep one timer for every
+        connection's deadline, not one per call or per connection: a burst of new
+        connections arms one in all, and a deadline costs a store and a removal.
         """
         self.due = when
         self._due_why = why
-        timer = self._due_timer
-        if timer is None or when < self._due_armed:
-            if timer is not None:
-                timer.cancel()
-            self._due_armed = when
-            self._due_timer = self.loop.call_at(when, self._overdue)
+        self.pool.deadlines.add(self, when)
 
     def in_time(self, response: Response) -> None:
         """``response`` no longer needs its deadline (its answer came, or it is over)."""
-        if self.response is response:
+        if self.response is response and self.due is not None:
             self.due = None
+            self.pool.deadlines.discard(self)
 
-    def _overdue(self) -> None:
-        self._due_timer = None
-        due = self.due
-        if due is None:
-            return  # nothing is waiting: the next deadline arms a timer again
-        if self.loop.time() < due:  # a later request's deadline: wait for that one
-            self._due_armed = due
-            self._due_timer = self.loop.call_at(due, self._overdue)
-            return
+    def overdue(self) -> None:
+        """The deadline of :meth:`expire_at` passed: the response fails."""
         self.due = None
         if self.response is not None:
             self.response.fail(TimeoutError(self._due_why))
@@ -250,6 +267,10 @@ class Pool:
         self._proxies = proxies or Proxies()
         self._routes: dict[Key, Route] = {}
         self._resolver = dial.SharedLookups(resolver)
+        self._steps: dict[Key, _Step | None] = {}
+        self._dials = Dials()
+        #: When each connection's awaited answer must have begun (Connection.expire_at).
+        self.deadlines: Deadlines[Connection] = Deadlines(Connection.overdue)
         self.closed = False
 
     @property
@@ -279,6 +300,10 @@ class Pool:
 
         ``reuse=False`` always opens a new one; ``fresh=True`` also leaves it out of
         the pool's accounting (a health probe's own connection, closed after use).
+
+        Raises:
+            TimeoutError: No connection within ``within`` s.
+            ConnectFailed: The connection could not be opened.
         """
         if self.closed:
             raise RuntimeError("the connection pool is closed")
@@ -286,8 +311,40 @@ class Pool:
             conn = self.idle_connection(key)
             if conn is not None:
                 return conn
-        async with asyncio.timeout(within):
-            conn = await self._open(key)
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task(loop)
+        if task is None:
+            raise RuntimeError("Pool.connection must be called in a task")
+        cancelling = task.cancelling()
+        dials = self._dials
+        dials.add(task, loop.time() + within)
+        try:
+            try:
+                step = self._steps[key]
+            except KeyError:
+                step = self._one_step(key)
+            if step is None:
+                conn = await self._open(key)
+            else:
+                try:
+                    _, conn = await loop.create_connection(
+                        step.factory,
+                        step.ip,
+                        step.port,
+                        family=step.family,
+                        ssl=step.tls,
+                        server_hostname=step.server_hostname,
+                    )
+                except OSError as exc:  # ssl.SSLError is one too
+                    raise ConnectFailed(key[1], key[2], step.where + _why(exc)) from exc
+        except asyncio.CancelledError as exc:
+            if dials.done(task, cancelling):
+                raise TimeoutError from exc
+            raise
+        except BaseException:
+            dials.done(task, cancelling)
+            raise
+        dials.done(task, cancelling)
         if not fresh:
             self._busy.add(conn)
         return conn
@@ -308,15 +365,44 @@ class Pool:
                 return conn
         return None
 
+    def _one_step(self, key: Key) -> _Step | None:
+        """How the loop opens a new connection to ``key`` by itself, or None: the
+        name must be resolved (and its addresses raced), or a tunnel set up first.
+
+        Decided once per upstream: an IP literal (most upstreams are given as one)
+        reached directly or through a forwarding proxy given as one is a single
+        ``create_connection``, without a lookup or a coroutine of meshkit's.
+        """
+        scheme, host, port = key
+        route = self.route(key)
+        proxy = route.proxy
+        step: _Step | None = None
+        if proxy is None or route.forward:
+            to_host, to_port = (host, port) if proxy is None else (proxy.host, proxy.port)
+            one = dial.one_step(dial.literal(to_host, to_port) or ())
+            if one is not None:
+                tls = self._context() if scheme == "https" else None
+                step = _Step(
+                    functools.partial(Connection, self, key),
+                    *one,
+                    tls,
+                    host if tls else None,
+                    f"through proxy {proxy.name}: " if proxy else "",
+                )
+        self._steps[key] = step
+        return step
+
+    def _context(self) -> ssl.SSLContext:
+        """The TLS context ``https`` upstreams are verified with (made on first use)."""
+        if self._tls is None:
+            self._tls = ssl.create_default_context()
+        return self._tls
+
     async def _open(self, key: Key) -> Connection:
         scheme, host, port = key
         route = self.route(key)
         proxy = route.proxy
-        tls: ssl.SSLContext | None = None
-        if scheme == "https":
-            if self._tls is None:
-                self._tls = ssl.create_default_context()
-            tls = self._tls
+        tls = self._context() if scheme == "https" else None
         factory = lambda: Connection(self, key)  # noqa: E731
         if proxy is None or route.forward:
             # Straight to the upstream, or to a proxy taking absolute-form requests: one

@@ -152,6 +152,10 @@ class Call(Exchange[int], Protocol):
     @property
     def method(self) -> str: ...
 
+    def served(self, left: bool) -> None:
+        """The request is over (its record finishes just after); its connection reads
+        on (``left``: the caller left or the server stops: it is being closed)."""
+
 
 class BodyTooLarge(Exception):
     """The lean intake's request body passed the gate's limit (answered as a 413)."""
@@ -160,7 +164,8 @@ class BodyTooLarge(Exception):
 async def serve(gate: Gate, endpoint: Endpoint, call: Call) -> None:
     """Answer ``call`` as aiohttp's middlewares and the chat handler would: the record,
     keys, admission, the handler; a refusal or a crash in the route's dialects (one
-    coroutine for what aiohttp runs as a chain of them)."""
+    coroutine for what aiohttp runs as a chain of them, and the request's task itself:
+    it ends by handing the connection back with :meth:`Call.served`)."""
     observer = gate.observer
     record = call.record = Record(observer, endpoint.labels, call.rid, call.headers, call.method)
     gauge = None if observer.metrics is None else observer.metrics.in_flight
@@ -168,6 +173,7 @@ async def serve(gate: Gate, endpoint: Endpoint, call: Call) -> None:
     if gauge is not None:
         gauge.inc(key)
     status = 500
+    left = True
     try:
         try:
             keys = gate.keys
@@ -204,6 +210,7 @@ async def serve(gate: Gate, endpoint: Endpoint, call: Call) -> None:
         code = call.code if status >= 400 else None
         if code is not None and record.error is None:
             record.error = code
+        left = False
     except asyncio.CancelledError:
         # The caller left: 499 (as nginx logs it) unless the answer had begun.
         record.left = True
@@ -212,5 +219,8 @@ async def serve(gate: Gate, endpoint: Endpoint, call: Call) -> None:
     finally:
         if gauge is not None:
             gauge.dec(key)
-        # After the answer was handed to the connection, as on aiohttp.
+        # After the answer was handed to the connection, as on aiohttp. (Finishing it
+        # in this step instead measured 7 % more CPU per request at c32: the records
+        # of one turn of the loop are better finished together.)
         asyncio.get_running_loop().call_soon(record.finish, status)
+        call.served(left)

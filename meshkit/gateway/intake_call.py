@@ -39,6 +39,9 @@ class Conn(Protocol):
     async def writable(self) -> None:
         """Wait until the transport takes writes (ConnectionResetError: the caller left)."""
 
+    def served(self, call: Call, left: bool) -> None:
+        """``call`` is over: read the next request, or close (``left``: being closed)."""
+
 
 class Shared(Protocol):
     """What a call needs of the intake (settings shared by every connection)."""
@@ -245,6 +248,9 @@ class Call:
 
     def streamed(self) -> int:
         return 200
+
+    def served(self, left: bool) -> None:
+        self._conn.served(self, left)
 
 
 class _Wire:

@@ -386,7 +386,17 @@ class Record(RequestObserver):
         now = time.perf_counter()
         duration = now - self.start
         metrics = self.observer.metrics
-        usage, finishes, answer_model = self._answer()
+        # Usage and the chunks without text in one pass over what the writer kept (the
+        # finish reasons and model only when a span wants them, below).
+        response = self.response
+        usage = None if response is None else response.usage
+        bare = 0
+        if response is None:
+            for chunk in self.ends:
+                if chunk.usage is not None:
+                    usage = chunk.usage
+                if not chunk.text:
+                    bare += 1
         ttft = None
         tpot = None
         if self.stream and self.first is not None:
@@ -394,8 +404,12 @@ class Record(RequestObserver):
             last = self.end or now
             if self.sent > 1 and last > self.first:
                 tpot = (last - self.first) / (self.sent - 1)
-        tokens_in = usage.prompt_tokens if usage is not None else None
-        tokens_out = usage.completion_tokens if usage is not None else self._counted()
+        tokens_in = tokens_out = None
+        if usage is not None:
+            tokens_in = usage.prompt_tokens
+            tokens_out = usage.completion_tokens
+        elif response is None and self.sent:  # counted: output chunks that carried text
+            tokens_out = max(0, self.sent - bare)
         # A node refers to its record: let go of them, or each stream would leave a
         # reference cycle (with its attempts and kept chunks) for the collector.
         open_nodes, self.open_nodes = self.open_nodes, ()
@@ -405,6 +419,7 @@ class Record(RequestObserver):
             if attempt.outcome is None:
                 attempt.outcome = self._stream_outcome(attempt.service)
                 if attempt.span is not None:
+                    _, finishes, answer_model = self._answer()
                     answer_attributes(attempt.span, answer_model, finishes, usage)
                     if attempt.outcome != "ok":
                         self.observer.tracing.fail(attempt.span, self.error or "cancelled")  # type: ignore[union-attr]
@@ -478,15 +493,6 @@ class Record(RequestObserver):
                 finishes.append(chunk.finish_reason)
             model = chunk.model or model
         return usage, finishes, model
-
-    def _counted(self) -> int | None:
-        """Output chunks that carried text, when the upstream reported no usage."""
-        if self.response is not None:
-            return None
-        if not self.sent:
-            return None
-        bare = sum(1 for c in self.ends if not c.text)
-        return max(0, self.sent - bare)
 
     def _stream_outcome(self, service: str) -> str:
         """How an attempt that was streaming ended, from how the request ended."""
