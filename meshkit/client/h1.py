@@ -3,8 +3,8 @@
 Every outbound call meshkit makes is one small request and one response that may be
 long and streamed, to a handful of upstreams. This module does just that, and no more:
 a :class:`Response` is parsed by ``httptools`` (the llhttp parser) as its
-:class:`~meshkit.pool.Connection` receives bytes; :mod:`meshkit.pool` keeps the
-connections and opens them.
+:class:`~meshkit.client.connection.Connection` receives bytes; :mod:`meshkit.client.pool`
+keeps the connections and opens them.
 
 A :class:`Response`'s body is read either by awaiting (:meth:`Response.readany`,
 :meth:`Response.read`) or, for a relay, by callbacks (:meth:`Response.pipe`): each piece
@@ -94,7 +94,7 @@ class Headers(dict[str, str]):
 
 class Connection(Protocol):
     """What a :class:`Response` needs of the connection it arrives on
-    (:class:`meshkit.client.pool.Connection` is the one meshkit uses)."""
+    (:class:`meshkit.client.connection.Connection` is the one meshkit uses)."""
 
     loop: asyncio.AbstractEventLoop
     streaming: Response | None

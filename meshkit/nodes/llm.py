@@ -1,9 +1,11 @@
 """`RemoteLLM`: a chat model behind an OpenAI-compatible or Ollama-native HTTP API.
 
-Replicas, retries, health probes and the fallback live here, around one attempt. What
-goes over the wire is the dialect's business (:mod:`meshkit.protocol.openai`,
+Replicas, retries and the fallback live here, around one attempt. What goes over the
+wire is the dialect's business (:mod:`meshkit.protocol.openai`,
 :mod:`meshkit.protocol.ollama`); the relay of an open stream
-(:class:`~meshkit.nodes.upstream.UpstreamStream`, pulled or spliced) is in its own module.
+(:class:`~meshkit.nodes.upstream.UpstreamStream`, pulled or spliced) and what is asked of
+the replicas out of band (health probes, readiness, the model list:
+:class:`~meshkit.nodes.listing.Listing`) are each in their own module.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from ..protocol import ollama, openai
 from ..protocol.codec import UpstreamCodec
 from ..protocol.types import ChatRequest, Chunk, ChunkStream, Completion, Message
 from .base import Context, MicroService, ServiceType, base_urls, bearer
+from .listing import Listing
 from .upstream import LineParser, UpstreamStream
 
 __all__ = ["APIS", "LineParser", "RemoteLLM", "UpstreamStream"]
@@ -124,7 +127,7 @@ class RemoteLLM(MicroService):
             self.timeouts.total,
         )
         self._secrets = (api_key,) if api_key else ()
-        self._prober: asyncio.Task[None] | None = None
+        self._listing = Listing(name, self.replicas, self._codec, self._headers, self._secrets)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -139,29 +142,11 @@ class RemoteLLM(MicroService):
 
     async def open(self, client: HttpClient) -> None:
         """Start the periodic health probe of every replica (when an interval is set)."""
-        if self.health_interval > 0 and self._prober is None:
-            timeout = min(5.0, max(1.0, self.health_interval))
-            headers = self._headers
-
-            async def probe(replica: Replica) -> str | None:
-                url = replica.url + self._codec.models_path
-                return await client.probe(url, within=timeout, headers=headers)
-
-            self._prober = asyncio.create_task(
-                self.replicas.probe_forever(probe, self.health_interval),
-                name=f"meshkit.health.{self.name}",
-            )
+        self._listing.start(client, self.health_interval)
 
     async def close(self) -> None:
         """Stop the health probe."""
-        prober, self._prober = self._prober, None
-        if prober is not None:
-            prober.cancel()
-            try:
-                await prober
-            except asyncio.CancelledError:
-                if (task := asyncio.current_task()) is not None and task.cancelling():
-                    raise
+        await self._listing.stop()
 
     # -- serving ---------------------------------------------------------------------------
 
@@ -451,45 +436,11 @@ class RemoteLLM(MicroService):
         That answer also counts as a passed health probe: a replica that was out (not
         up yet when the gateway started) takes traffic as soon as readiness says so.
         """
-        now = self.replicas.clock()
-        for replica in sorted(self.replicas, key=lambda r: not r.available(now)):
-            try:
-                await self._list_models(client, replica.url, wait=2.0)
-            except MeshError:
-                continue
-            self.replicas.probed(replica, None)
-            return self.replicas.serving()
-        return False
-
-    def _by_health(self) -> list[str]:
-        """Replica URLs, those that may take traffic now first."""
-        now = self.replicas.clock()
-        ordered = sorted(self.replicas, key=lambda r: not r.available(now))
-        return [r.url for r in ordered]
+        return await self._listing.ready(client, self.timeouts)
 
     async def models(self, client: HttpClient) -> Sequence[str]:
         """Model names the upstream lists (the first replica that answers)."""
-        errors: list[MeshError] = []
-        for base in self._by_health():
-            try:
-                return await self._list_models(client, base, wait=self.timeouts.first_byte)
-            except MeshError as exc:
-                errors.append(exc)
-        raise errors[-1]
-
-    async def _list_models(self, client: HttpClient, base: str, *, wait: float) -> list[str]:
-        timeouts = Timeouts(min(self.timeouts.connect, wait), wait, wait)
-        url = base + self._codec.models_path
-        raw = await client.fetch(
-            "GET",
-            url,
-            service=self.name,
-            timeouts=timeouts,
-            what="model list",
-            headers=self._headers,
-            secrets=self._secrets,
-        )
-        return self._codec.models(raw)
+        return await self._listing.models(client, self.timeouts)
 
 
 def _as_chat(data: Any) -> ChatRequest:
