@@ -225,12 +225,10 @@ class Whole:
                 return None
         return Plain(obj, model, messages, self.codec, self.llm, stream is True)
 
-    async def answer(self, exchange: Exchange[R], plain: Plain, rid: str) -> R:
-        """Run the node's call for ``plain`` and answer (as :func:`serve_chat` would)."""
-        llm = self.llm
-        observer = exchange.observe(plain.model, False)
+    def _context(self, exchange: Exchange[Any], plain: Plain, rid: str, observer: Any) -> Context:
+        """The node call's context for ``plain`` (as the orchestrator's run makes it)."""
         headers = exchange.headers
-        ctx = Context(
+        return Context(
             client=self.route.orchestrator.client,
             request_id=rid,
             headers=headers,
@@ -238,6 +236,12 @@ class Whole:
             request=plain,
             observer=observer,
         )
+
+    async def answer(self, exchange: Exchange[R], plain: Plain, rid: str) -> R:
+        """Run the node's call for ``plain`` and answer (as :func:`serve_chat` would)."""
+        llm = self.llm
+        observer = exchange.observe(plain.model, False)
+        ctx = self._context(exchange, plain, rid, observer)
         # The orchestrator's node call (record, errors, debug line), running the node's
         # ``whole`` in place of its ``process``.
         result = await self.route.orchestrator.call_node(llm, plain.body(), ctx, plain.process)
@@ -262,15 +266,7 @@ class Whole:
         :func:`serve_chat` would; to await: the sink's coroutine, which awaits the node
         call first)."""
         observer = exchange.observe(plain.model, True)
-        headers = exchange.headers
-        ctx = Context(
-            client=self.route.orchestrator.client,
-            request_id=rid,
-            headers=headers,
-            deadline=deadline_from(headers),
-            request=plain,
-            observer=observer,
-        )
+        ctx = self._context(exchange, plain, rid, observer)
         encoder = ChatEncoder.plain(plain.model)  # before the run, as serve_chat makes it
         self.streamed += 1
         return stream_answer(
