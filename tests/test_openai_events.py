@@ -14,7 +14,7 @@ from meshkit.errors import UpstreamError
 from meshkit.nodes.upstream import LineParser
 from meshkit.protocol import openai
 from meshkit.protocol.openai_events import Events
-from meshkit.protocol.types import Chunk, Usage, relayed_text
+from meshkit.protocol.types import Chunk, Usage, relayed_chunk, relayed_text
 from meshkit.protocol.wire import END, sse_event
 
 UP = openai.Upstream("llm")
@@ -338,3 +338,100 @@ class TestRelayedText:
         assert fast == slow and hash(fast) == hash(slow) and repr(fast) == repr(slow)
         assert fast.raw == slow.raw == b"{}"
         assert fast.replace(usage=Usage(1, 2)).raw is None
+
+
+class TestRelayedChunk:
+    """``relayed_chunk`` is the chunk the constructor builds, every field set."""
+
+    @pytest.mark.parametrize(
+        ("t", "finish", "usage", "model", "ident"),
+        [
+            ("a", None, None, "m", "c1"),
+            ("", "stop", None, None, None),
+            ("", None, Usage(3, 4), "x", "c2"),
+            ("é", "length", Usage(0, 1), "m", None),
+        ],
+    )
+    def test_equal_to_the_constructor(
+        self, t: str, finish: str | None, usage: Usage | None, model: str | None, ident: str | None
+    ) -> None:
+        fast = relayed_chunk(t, finish, usage, model, ident, b"{}")
+        slow = Chunk(t, finish, usage, model, id=ident).relaying(b"{}")
+        assert attrs.asdict(fast) == attrs.asdict(slow)  # (reads every field)
+        assert fast == slow and hash(fast) == hash(slow) and repr(fast) == repr(slow)
+        assert fast.raw == slow.raw == b"{}"
+
+
+class TestEventsWithoutReasoning:
+    """A role, a finish or usage alone parse to the chunk the full reading gives."""
+
+    @pytest.mark.parametrize(
+        ("data", "expected"),
+        [
+            (
+                line({"role": "assistant", "content": "Hi"}),
+                Chunk("Hi", None, None, "m", id="chatcmpl-1"),
+            ),
+            (
+                line({"role": "assistant", "content": ""}),
+                Chunk("", None, None, "m", id="chatcmpl-1"),
+            ),
+            (line({"role": "assistant"}), Chunk("", None, None, "m", id="chatcmpl-1")),
+            (line(finish="stop"), Chunk("", "stop", None, "m", id="chatcmpl-1")),
+            (
+                line(
+                    {"content": "x"},
+                    finish="length",
+                    usage={"prompt_tokens": 2, "completion_tokens": 5},
+                ),
+                Chunk("x", "length", Usage(2, 5), "m", id="chatcmpl-1"),
+            ),
+            (
+                b"data: "
+                + json.dumps(
+                    {**BASE, "choices": [], "usage": {"prompt_tokens": 8, "completion_tokens": 1}}
+                ).encode(),
+                Chunk("", None, Usage(8, 1), "m", id="chatcmpl-1"),
+            ),
+            (
+                line({"role": "assistant", "content": "a", "reasoning_content": "r"}),
+                Chunk("a", None, None, "m", reasoning="r", id="chatcmpl-1"),
+            ),
+            (
+                line({"content": "a"}, logprobs={"content": []}),
+                Chunk("a", None, None, "m", logprobs={"content": []}, id="chatcmpl-1"),
+            ),
+        ],
+    )
+    def test_chunk(self, data: bytes, expected: Chunk) -> None:
+        (chunk,) = UP.line(data)
+        # (every field, and the payload it is relayed as)
+        assert attrs.asdict(chunk) == attrs.asdict(expected.relaying(data[6:]))
+
+    def test_a_delta_that_is_not_an_object_is_refused(self) -> None:
+        with pytest.raises(UpstreamError, match="malformed event"):
+            UP.line(b"data: " + json.dumps({**BASE, "choices": [{"delta": ["x"]}]}).encode())
+
+
+class TestBlankLines:
+    """The line parser is handed no blank line (the blank line after each SSE event)."""
+
+    def test_only_lines_with_bytes_are_parsed(self) -> None:
+        seen: list[bytes] = []
+
+        class Recording:
+            def __call__(self, data: bytes) -> Sequence[Chunk]:
+                seen.append(data)
+                return [END] if data == b"data: [DONE]" else [Chunk(data.decode())]
+
+            def whole(self, data: bytes) -> Chunk | None:
+                return None
+
+            def verbatim(self, data: bytes) -> str | None:
+                return None
+
+        parser = LineParser("llm", Recording())
+        got = parser.feed(b"data: a\n\n\ndata: b\r\n\ndata: [DONE]\n\n")
+        assert [c.text for c in got] == ["data: a", "data: b\r"]
+        assert seen == [b"data: a", b"data: b\r", b"data: [DONE]"]
+        assert parser.done

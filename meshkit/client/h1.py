@@ -187,11 +187,15 @@ class Response:
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.status:
             return  # a trailer, after a chunked body: nothing meshkit reads
-        self._count_head(len(name) + len(value) + 4)
+        # The head's complete lines are bounded (one check per header, none per body
+        # chunk; inline: a call per header is most of this callback's cost).
+        size = self._head_size = self._head_size + len(name) + len(value) + 4
+        if size > HEAD_LIMIT:
+            raise HeadTooLarge(f"the answer's head is over {HEAD_LIMIT} bytes")
         self._raw_headers.append((name, value))  # decoded only if someone looks
 
     def _count_head(self, size: int) -> None:
-        """Bound the head's complete lines (one check per header, none per body chunk)."""
+        """Bound the head's complete lines (as :meth:`on_header` does)."""
         self._head_size += size
         if self._head_size > HEAD_LIMIT:
             raise HeadTooLarge(f"the answer's head is over {HEAD_LIMIT} bytes")

@@ -336,6 +336,8 @@ class LineParser:
         out: list[Chunk] = []
         parse = self._parse
         for line in lines:
+            if not line:
+                continue  # (a blank line ends an SSE event; neither dialect reads it)
             try:
                 chunks = parse(line)
             except UpstreamError as err:

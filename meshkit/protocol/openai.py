@@ -27,6 +27,7 @@ from .types import (
     ToolCall,
     ToolCallDelta,
     Usage,
+    relayed_chunk,
 )
 from .wire import END_ONLY, SSE_DONE
 
@@ -82,6 +83,8 @@ RUNTIME_OPTIONS = frozenset(
 #: Extra keys only the Ollama dialect produces (see :mod:`.ollama`).
 _OLLAMA_ONLY = frozenset({"options", "keep_alive"})
 _EMPTY: Mapping[str, Any] = {}
+#: The members of a stream event's ``delta`` that need no more than its text read.
+_PLAIN_DELTA = frozenset({"role", "content"})
 
 
 # -- client side: requests in ------------------------------------------------------------
@@ -405,15 +408,18 @@ class Upstream:
                 delta = choice.get("delta") or _EMPTY
                 text = delta.get("content") or ""
                 logprobs = choice.get("logprobs")
-                if text and len(delta) == 1 and not logprobs:  # plain text: cheap path
+                if not logprobs and delta.keys() <= _PLAIN_DELTA:
+                    # Text, a role or nothing (a stream's first text, its finish): no
+                    # reasoning, tool call or logprobs to read.
                     return [
-                        Chunk(
+                        relayed_chunk(
                             text,
                             choice.get("finish_reason"),
                             _usage(usage) if usage else None,
                             obj.get("model"),
-                            id=obj.get("id"),
-                        ).relaying(payload)
+                            obj.get("id"),
+                            payload,
+                        )
                     ]
                 return [
                     Chunk(
@@ -429,9 +435,7 @@ class Upstream:
                 ]
             if usage:
                 return [
-                    Chunk("", None, _usage(usage), obj.get("model"), id=obj.get("id")).relaying(
-                        payload
-                    )
+                    relayed_chunk("", None, _usage(usage), obj.get("model"), obj.get("id"), payload)
                 ]
         except (AttributeError, TypeError, ValueError, KeyError) as exc:
             raise self._malformed("event in stream") from exc

@@ -264,6 +264,31 @@ def relayed_text(text: str, model: str | None, id: str | None, raw: bytes) -> Ch
     return chunk
 
 
+def relayed_chunk(
+    text: str,
+    finish_reason: str | None,
+    usage: Usage | None,
+    model: str | None,
+    id: str | None,
+    raw: bytes,
+) -> Chunk:
+    """``Chunk(text, finish_reason, usage, model, id=id).relaying(raw)``, built as
+    :func:`relayed_text` builds its chunk (an upstream event with no reasoning, tool
+    call or logprobs: a stream's first text with its role, its finish, its usage)."""
+    chunk: Chunk = _new(Chunk)
+    _text(chunk, text)
+    _finish_reason(chunk, finish_reason)
+    _usage(chunk, usage)
+    _model(chunk, model)
+    _meta(chunk, None)
+    _raw(chunk, raw)
+    _reasoning(chunk, "")
+    _tool_calls(chunk, ())
+    _logprobs(chunk, None)
+    _id(chunk, id)
+    return chunk
+
+
 ChunkStream: TypeAlias = AsyncIterator[Chunk]
 
 
