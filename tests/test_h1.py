@@ -19,7 +19,7 @@ from aiohttp import web
 from meshkit.client import h1
 from meshkit.client.http import HttpClient, Timeouts
 from meshkit.client.pool import Connection, Pool
-from meshkit.errors import UpstreamConnectError, UpstreamError
+from meshkit.errors import UpstreamConnectError, UpstreamError, UpstreamTimeout
 from meshkit.testing import serve_app
 
 from .conftest import free_port, until
@@ -938,6 +938,46 @@ class TestHttpClient:
                     client.finish(response, ok=False)
                 assert client.live_responses == 0 and client.connections_in_use == 0
                 await until(lambda: raw.eofs == 1)
+
+    async def test_an_unbounded_call_waits_for_its_head_within_first_byte(self) -> None:
+        """A call its caller does not bound fails when no head comes within
+        ``first_byte``, and gives its connection slot back."""
+        async with Raw(answering()) as raw, HttpClient() as client:
+            with pytest.raises(UpstreamTimeout, match=r"llm: no answer within 0\.2 s"):
+                async with asyncio.timeout(10):  # a hang fails: no message to match
+                    await client.start(
+                        "GET", raw.url, service="llm", timeouts=Timeouts(first_byte=0.2)
+                    )
+            assert client.connections_in_use == 0 and client.live_responses == 0
+
+    async def test_an_unbounded_call_leaves_the_body_to_its_caller(self) -> None:
+        """Once the head is in, ``first_byte`` bounds nothing more: a body that comes
+        later than it is read whole."""
+        body_sent = asyncio.Event()
+
+        async def script(
+            raw: Raw, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        ) -> None:
+            await request_head(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.5)  # past the first-byte budget
+            writer.write(b"late")
+            await writer.drain()
+            body_sent.set()
+            await raw.wait_eof(reader)
+
+        async with Raw(script) as raw, HttpClient() as client:
+            response = await client.start(
+                "GET", raw.url, service="llm", timeouts=Timeouts(first_byte=0.2)
+            )
+            try:
+                async with asyncio.timeout(10):
+                    assert await response.read() == b"late"
+                assert body_sent.is_set()
+            finally:
+                client.finish(response, ok=True)
+            assert client.connections_in_use == 0
 
     async def test_total_timer_is_cancelled_on_release(self) -> None:
         async def fixed(request: web.Request) -> web.Response:
