@@ -234,6 +234,35 @@ class TestBodies:
             response.release()
             assert pool.idle == 1
 
+    async def test_take_what_came(self, pool: Pool) -> None:
+        """``take()``: the body bytes that came with the head, at once; None when none
+        are waiting; a read paused past ``READ_LIMIT`` goes on once they are taken."""
+        size = 3 * h1.READ_LIMIT
+        go = asyncio.Event()
+
+        async def script(raw: Raw, reader: asyncio.StreamReader, writer: Any) -> None:
+            await request_head(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\nfirst" % (size + 5))
+            await go.wait()
+            writer.write(b"x" * size)
+            await raw.wait_eof(reader)
+
+        async with Raw(script) as raw:
+            _, response = await get(pool, raw.url)
+            await until(lambda: response.buffered == 5)
+            assert response.take() == b"first"
+            assert response.take() is None
+            go.set()
+            await until(lambda: response.buffered > h1.READ_LIMIT)  # reading paused
+            got = response.take()
+            assert got is not None
+            async with asyncio.timeout(10):  # a read left paused hangs: fails here
+                rest = await response.read()
+            assert len(got) + len(rest) == size and set(got + rest) == {ord("x")}
+            assert response.complete and response.take() is None
+            response.release()
+            assert pool.idle == 1
+
     async def test_whole_at_once(self, pool: Pool) -> None:
         """``whole()``: None while the body is still arriving or over ``max_size``;
         the body once all of it is in, then the empty rest."""
@@ -1210,6 +1239,15 @@ class TestConformance:
             _, response = await get(pool, raw.url)
             assert await response.read() == b"ok"
             response.release()
+
+    async def test_oversized_status_line_in_one_packet(self, pool: Pool) -> None:
+        """A reason phrase over 64 KiB counts toward the head's bound too."""
+        head = b"HTTP/1.1 200 %s\r\nContent-Length: 2\r\n\r\nok" % (b"O" * (h1.HEAD_LIMIT + 1))
+        async with Raw(answering(head)) as raw:
+            conn = await connect(pool, raw.url)
+            with pytest.raises(h1.HeadTooLarge, match=str(h1.HEAD_LIMIT)):
+                await send(conn, raw.url).head()
+            await until(lambda: raw.eofs == 1)
 
     async def test_a_head_line_that_never_ends(self, pool: Pool) -> None:
         """A header line sent forever without its end is cut off at the limit."""

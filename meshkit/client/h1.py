@@ -181,7 +181,9 @@ class Response:
             raise BrokenBody("an answer nobody asked for followed the response")
 
     def on_status(self, status: bytes) -> None:
-        self._count_head(len(status))
+        size = self._head_size = self._head_size + len(status)  # (as on_header)
+        if size > HEAD_LIMIT:
+            raise HeadTooLarge(f"the answer's head is over {HEAD_LIMIT} bytes")
         self.reason += status.decode("latin-1")
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -193,12 +195,6 @@ class Response:
         if size > HEAD_LIMIT:
             raise HeadTooLarge(f"the answer's head is over {HEAD_LIMIT} bytes")
         self._raw_headers.append((name, value))  # decoded only if someone looks
-
-    def _count_head(self, size: int) -> None:
-        """Bound the head's complete lines (as :meth:`on_header` does)."""
-        self._head_size += size
-        if self._head_size > HEAD_LIMIT:
-            raise HeadTooLarge(f"the answer's head is over {HEAD_LIMIT} bytes")
 
     def head_pending(self, size: int) -> bool:
         """``size`` more bytes arrived and the head is still not complete: whether the
@@ -345,6 +341,21 @@ class Response:
         buffer.clear()
         self._size = 0
         return body
+
+    def take(self) -> bytes | None:
+        """The body bytes that arrived since the last read, at once; None when none
+        did (:meth:`readany` waits for them). A stream's first bytes often come with
+        its head: taking them needs no coroutine."""
+        buffer = self._buffer
+        if not buffer:
+            return None
+        data = buffer[0] if len(buffer) == 1 else b"".join(buffer)
+        buffer.clear()
+        self._size = 0
+        if self._paused:
+            self._paused = False
+            self._conn.resume_reading()
+        return data
 
     async def readany(self) -> bytes:
         """The body bytes that arrived since the last read (waiting for some); b"" at the end."""

@@ -353,7 +353,9 @@ class RemoteLLM(MicroService):
                         # Any chunk is the first byte: a role, reasoning or a tool call
                         # shows the model is answering as much as text does.
                         while not parser.done:
-                            data = await response.readany()
+                            data = response.take()
+                            if data is None:
+                                data = await response.readany()
                             if not data:
                                 head += parser.eof()
                                 break
