@@ -20,7 +20,7 @@ from structlog.testing import capture_logs
 from meshkit.client import ReplicaSet, dial
 from meshkit.client.http import ConnectionsBusy, HttpClient, Limits, Timeouts
 from meshkit.client.pool import Pool
-from meshkit.errors import SpecError, UpstreamConnectError, UpstreamError
+from meshkit.errors import SpecError, UpstreamConnectError, UpstreamError, UpstreamTimeout
 from meshkit.gateway.app import ADMISSION
 from meshkit.spec import loads
 from meshkit.testing import FakeLLM, serve_app
@@ -584,6 +584,36 @@ class TestConnectTimeout:
                     service="llm",
                     timeouts=Timeouts(connect=0.3, first_byte=5.0),
                 )
+            assert client.connections_in_use == 0
+
+    @pytest.mark.parametrize(
+        ("connect", "first_byte", "error", "message"),
+        [
+            (0.3, 5.0, UpstreamConnectError, r"llm: no connection within 0.3 s"),
+            (5.0, 0.3, UpstreamTimeout, r"llm: no answer within 0.3 s"),
+        ],
+    )
+    async def test_an_unbounded_call_dials_within_the_sooner_bound(
+        self,
+        ipv6_black_hole: Any,
+        connect: float,
+        first_byte: float,
+        error: type[Exception],
+        message: str,
+    ) -> None:
+        """A call its caller does not bound gives up a dial at the connect timeout or
+        at the first-byte budget, whichever ends first, and says which it was."""
+        port = free_port()
+        ipv6_black_hole(port)
+        async with HttpClient() as client:
+            with pytest.raises(error, match=message):
+                async with asyncio.timeout(10):  # a hang fails: no message to match
+                    await client.start(
+                        "GET",
+                        f"http://[::1]:{port}/",
+                        service="llm",
+                        timeouts=Timeouts(connect=connect, first_byte=first_byte),
+                    )
             assert client.connections_in_use == 0
 
     async def test_a_sooner_deadline_beside_a_later_one(self, ipv6_black_hole: Any) -> None:
