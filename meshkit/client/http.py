@@ -28,7 +28,7 @@ from ..errors import (
 )
 from . import dial, h1
 from .limits import ConnectionsBusy, Gate, IdleWatch, Limits, Timeouts
-from .pool import Pool, Route
+from .pool import Key, Pool, Route
 from .proxy import Proxies
 from .upstream import HOP_BY_HOP, forwardable, redact, retry_after, status_error, too_large
 
@@ -280,61 +280,13 @@ class HttpClient(Resource):
         gate = self._gates.get(service) or self._gate(service)
         if not gate.take():
             await self._queue(gate, service, timeouts, answer_by)
-        # Unless the caller bounds it, the wait for the answer's head is bounded here:
-        # by a deadline on the response (as ``answer_by``, lifted once the head is in),
-        # and the dial by that deadline too when it comes before the connect timeout.
-        timed = not bounded and answer_by is None
-        due = 0.0  # (a timed call's) loop time its head must have come by
-        if timed:
-            clock = asyncio.get_running_loop().time
-            answer_by = due = clock() + timeouts.first_byte
         try:
             try:
-                # A request written on a reused connection that ends before any byte
-                # of the answer (the upstream closed it while it sat idle, as servers
-                # with a short keep-alive do) is sent again, at once, on a new one: the
-                # upstream never answered. (Inline: no coroutine of its own per call.)
-                reuse = True
-                while True:
-                    conn = pool.idle_connection(key) if reuse else None
-                    if conn is None:
-                        within = timeouts.connect
-                        sooner = False  # the head's bound ends before the connect timeout
-                        if timed and due - clock() < within:
-                            within, sooner = due - clock(), True
-                        try:
-                            conn = await pool.connection(key, within=within, reuse=False)
-                        except TimeoutError as exc:
-                            if sooner:
-                                raise  # the answer's own bound ran out first
-                            raise _ConnectTimeout from exc
-                    try:
-                        response = conn.send(wire)
-                    except h1.ClosedEarly:
-                        pool.forget(conn)  # closed before a byte was written: no wait
-                        if not (reuse and conn.reused):
-                            raise
-                        reuse = False
-                        continue
-                    if answer_by is not None:
-                        response.expire_at(answer_by, "no answer in time")
-                    try:
-                        await response.head()
-                    except h1.ClosedEarly:
-                        response.close()
-                        if not (reuse and conn.reused) or response.begun:
-                            raise
-                        log.debug(
-                            "meshkit.upstream.stale_connection", upstream=f"{key[1]}:{key[2]}"
-                        )
-                        reuse = False
-                        continue
-                    except BaseException:
-                        response.close()
-                        raise
-                    break
-                if timed:
-                    response.in_time()  # the rest is the caller's to bound
+                if bounded or answer_by is not None:
+                    response = await self._send(pool, key, wire, timeouts.connect, answer_by)
+                else:
+                    async with asyncio.timeout(timeouts.first_byte):
+                        response = await self._send(pool, key, wire, timeouts.connect, None)
             except _ConnectTimeout as exc:
                 raise UpstreamConnectError(
                     f"{service}: no connection within {timeouts.connect:g} s", service=service
@@ -406,6 +358,52 @@ class HttpClient(Resource):
                 f"for the whole {timeouts.first_byte:g} s budget",
                 service=service,
             ) from exc
+
+    @staticmethod
+    async def _send(
+        pool: Pool,
+        key: Key,
+        wire: bytes,
+        connect: float,
+        answer_by: float | None,
+    ) -> h1.Response:
+        """Write ``wire`` on a pooled (or new) connection and wait for the answer's head.
+
+        A reused connection that ends before any byte of the answer (the upstream
+        closed it while it sat idle, as servers with a short keep-alive do) is
+        replaced once, at once, by a new one: the upstream never answered.
+        """
+        reuse = True
+        while True:
+            conn = pool.idle_connection(key) if reuse else None
+            if conn is None:
+                try:
+                    conn = await pool.connection(key, within=connect, reuse=False)
+                except TimeoutError as exc:
+                    raise _ConnectTimeout from exc
+            try:
+                response = conn.send(wire)
+            except h1.ClosedEarly:
+                pool.forget(conn)  # closed before a byte was written: nothing to wait for
+                if not (reuse and conn.reused):
+                    raise
+                reuse = False
+                continue
+            if answer_by is not None:
+                response.expire_at(answer_by, "no answer in time")
+            try:
+                await response.head()
+            except h1.ClosedEarly:
+                response.close()
+                if not (reuse and conn.reused) or response.begun:
+                    raise
+                log.debug("meshkit.upstream.stale_connection", upstream=f"{key[1]}:{key[2]}")
+                reuse = False
+                continue
+            except BaseException:
+                response.close()
+                raise
+            return response
 
     def finish(self, response: h1.Response, *, ok: bool) -> None:
         """Done with a response from :meth:`start`: back to the pool when ``ok`` (and

@@ -42,21 +42,6 @@ class ChatEncoder:
 
     content_type = "text/event-stream; charset=utf-8"
 
-    # (slots: one encoder per answer, read on every event; no dictionary made per answer)
-    __slots__ = (
-        "_first",
-        "_head",
-        "_head_id",
-        "_head_model",
-        "_id",
-        "_relay",
-        "_usage",
-        "_usage_relayed",
-        "created",
-        "include_usage",
-        "model",
-    )
-
     def __init__(self, chat: ChatRequest) -> None:
         self._begin(chat.model or "", chat.include_usage)
 
