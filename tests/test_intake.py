@@ -532,6 +532,36 @@ class TestApp:
         assert json.loads(whole.body)["choices"][0]["message"]["content"] == "The sky appears blue."
         assert json.loads(generated.body)["response"] == "The sky appears blue."
 
+    async def test_refusals_on_an_ollama_chat_path(self, fake: FakeLLM) -> None:
+        """An Ollama mount's ``chat_path`` outside ``/api/``: the handler's refusal in
+        Ollama's shape, a refusal before the handler (a body over the limit) in
+        OpenAI's, the same from both intakes."""
+        replies: dict[str, list[Reply]] = {}
+        for intake in INTAKES:
+            llm = RemoteLLM("llm", endpoint=fake.url, model="llama3.2:1b")
+            app = App(intake=intake, max_body=1024).mount(
+                llm, dialect="ollama", chat_path="/ollama-chat"
+            )
+            runner = IntakeRunner(app.application(), handler_cancellation=True)
+            await runner.setup()
+            try:
+                await runner.site("127.0.0.1", 0).start()
+                conn = await Conn.open(f"http://127.0.0.1:{runner.addresses[0][1]}")
+                await conn.send(post("/ollama-chat", b"{not json"))
+                refused = await conn.answer()
+                await conn.send(post("/ollama-chat", chat(pad="x" * 2000)))
+                replies[intake] = [refused, await conn.answer()]
+                conn.close()
+                answered = 0 if runner.intake is None else runner.intake.answered
+                assert answered == (2 if intake == "lean" else 0)
+            finally:
+                await runner.cleanup()
+        bad_json, too_large = same(replies)
+        assert bad_json.status == 400
+        assert isinstance(json.loads(bad_json.body)["error"], str)  # Ollama's shape
+        assert too_large.status == 413
+        assert json.loads(too_large.body)["error"]["code"] == "payload_too_large"  # OpenAI's
+
 
 class Broken(MicroService):
     """A custom node whose answer cannot be written (a bug in it, not a refusal)."""

@@ -170,21 +170,40 @@ async def answer_chat(
     """Read, check and answer one chat request; a refusal in the route's dialect."""
     try:
         body = await exchange.body()
-        whole = Whole.of(route) if parse is openai_wire.parse_request else None
-        if whole is None:
-            parsed = parse(body)
-        else:
-            obj = parse_object(body)
-            plain = whole.plain(obj)
-            if plain is not None:  # a plain chat: the route's plain path
-                if plain.stream:
-                    return await whole.stream(exchange, plain, rid)
-                return await whole.answer(exchange, plain, rid)
-            parsed = openai_wire.request_from(obj)
-        parsed = parsed.with_model(route.default_model())
-        return await serve_chat(exchange, route.orchestrator, parsed, make_encoder, rid)
+        return await chat_reply(exchange, body, rid, route, parse, make_encoder)
     except MeshError as err:
         return exchange.answer(error_answer(error_body(err), err))
+
+
+def chat_reply(
+    exchange: Exchange[R],
+    body: bytes,
+    rid: str,
+    route: Route,
+    parse: Callable[[bytes], ChatRequest],
+    make_encoder: Callable[[ChatRequest], Encoder],
+) -> Awaitable[R]:
+    """Check the chat request ``body`` and start its answer, to await: what
+    :func:`answer_chat` does once the body is read, with no coroutine of its own (the
+    lean intake has the body before its request's task starts).
+
+    Raises:
+        MeshError: The request is refused (here, or when the answer is awaited), for
+            the caller to answer in the route's dialect.
+    """
+    whole = Whole.of(route) if parse is openai_wire.parse_request else None
+    if whole is None:
+        parsed = parse(body)
+    else:
+        obj = parse_object(body)
+        plain = whole.plain(obj)
+        if plain is not None:  # a plain chat: the route's plain path
+            if plain.stream:
+                return whole.stream(exchange, plain, rid)
+            return whole.answer(exchange, plain, rid)
+        parsed = openai_wire.request_from(obj)
+    parsed = parsed.with_model(route.default_model())
+    return serve_chat(exchange, route.orchestrator, parsed, make_encoder, rid)
 
 
 def serve_chat(

@@ -4,8 +4,10 @@ On aiohttp a chat request passes the app's middlewares (the observer's record, e
 the caller's dialect, API keys, admission) before its handler. The lean intake runs the
 same steps here, in the same order and with the same objects — the app's
 :class:`~meshkit.observability.observer.Observer`, :class:`ApiKeys` and
-:class:`Admission` — then the same chat code (:func:`~meshkit.gateway.dialect.answer_chat`):
-one coroutine per request instead of five nested ones, and no aiohttp request object.
+:class:`Admission` — then the same chat code (:func:`~meshkit.gateway.dialect.chat_reply`: what
+:func:`~meshkit.gateway.dialect.answer_chat` runs once it has the body, awaited by
+the request's own coroutine): one coroutine per request instead of five nested ones,
+and no aiohttp request object.
 
 A :class:`Gate` is what an app built by meshkit leaves in itself for that intake: the
 pieces above and its chat endpoints. An app without one (or whose middlewares or
@@ -31,8 +33,8 @@ from ..protocol import openai as openai_wire
 from ..protocol.types import ChatRequest
 from .admission import Admission
 from .auth import ApiKeys
-from .dialect import Encoder, ErrorBody, answer_chat, dialect_for, render, too_large
-from .exchange import Exchange, Streaming
+from .dialect import Encoder, ErrorBody, chat_reply, dialect_for, render, too_large
+from .exchange import Exchange, Streaming, error_answer
 from .route import Route
 
 log = structlog.get_logger(__name__)
@@ -152,6 +154,13 @@ class Call(Exchange[int], Protocol):
     @property
     def method(self) -> str: ...
 
+    def received(self) -> bytes:
+        """The whole body, read before the request's task starts.
+
+        Raises:
+            BodyTooLarge: It passed the gate's limit.
+        """
+
     def served(self, left: bool) -> None:
         """The request is over (its record finishes just after); its connection reads
         on (``left``: the caller left or the server stops: it is being closed)."""
@@ -186,16 +195,17 @@ async def serve(gate: Gate, endpoint: Endpoint, call: Call) -> None:
                     raise refusal
                 admission.enter()
             try:
-                status = await answer_chat(
-                    call,
-                    call.rid,
-                    endpoint.route,
-                    endpoint.parse,
-                    endpoint.encoder,
-                    endpoint.error_body,
-                )
-            except BodyTooLarge:
-                raise too_large(gate.max_body) from None
+                try:
+                    body = call.received()
+                except BodyTooLarge:
+                    raise too_large(gate.max_body) from None
+                # The chat's answer awaited here: no coroutine of answer_chat's own.
+                try:
+                    status = await chat_reply(
+                        call, body, call.rid, endpoint.route, endpoint.parse, endpoint.encoder
+                    )
+                except MeshError as err:  # the handler's refusal, in the route's dialect
+                    status = call.answer(error_answer(endpoint.error_body(err), err))
             finally:
                 if admission is not None:
                     admission.leave()

@@ -224,11 +224,14 @@ class Call:
         assert self.record is not None
         return self.record.bind(model, stream)
 
-    async def body(self) -> bytes:
+    def received(self) -> bytes:
         if self.too_large:
             raise BodyTooLarge
         parts = self._parts
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def body(self) -> bytes:
+        return self.received()
 
     def answer(self, answer: Answer) -> int:
         self.code = answer.code
