@@ -14,7 +14,7 @@ from meshkit.errors import UpstreamError
 from meshkit.nodes.upstream import LineParser
 from meshkit.protocol import openai
 from meshkit.protocol.openai_events import Events
-from meshkit.protocol.types import Chunk, Usage, relayed_chunk, relayed_text
+from meshkit.protocol.types import Chunk, Usage, relayed_chunk
 from meshkit.protocol.wire import END, sse_event
 
 UP = openai.Upstream("llm")
@@ -326,13 +326,13 @@ class TestLineParser:
 
 
 class TestRelayedText:
-    """``relayed_text`` is the chunk the constructor builds, every field set."""
+    """``relayed_chunk`` of a text delta is the chunk the constructor builds, every field set."""
 
     @pytest.mark.parametrize(
         ("t", "model", "ident"), [("a", "m", "c1"), ("", None, None), ("é\n", "x", None)]
     )
     def test_equal_to_the_constructor(self, t: str, model: str | None, ident: str | None) -> None:
-        fast = relayed_text(t, model, ident, b"{}")
+        fast = relayed_chunk(t, model, ident, b"{}")
         slow = Chunk(t, model=model, id=ident).relaying(b"{}")
         assert attrs.asdict(fast) == attrs.asdict(slow)  # (reads every field)
         assert fast == slow and hash(fast) == hash(slow) and repr(fast) == repr(slow)
@@ -355,7 +355,7 @@ class TestRelayedChunk:
     def test_equal_to_the_constructor(
         self, t: str, finish: str | None, usage: Usage | None, model: str | None, ident: str | None
     ) -> None:
-        fast = relayed_chunk(t, finish, usage, model, ident, b"{}")
+        fast = relayed_chunk(t, model, ident, b"{}", finish, usage)
         slow = Chunk(t, finish, usage, model, id=ident).relaying(b"{}")
         assert attrs.asdict(fast) == attrs.asdict(slow)  # (reads every field)
         assert fast == slow and hash(fast) == hash(slow) and repr(fast) == repr(slow)

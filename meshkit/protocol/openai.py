@@ -414,11 +414,11 @@ class Upstream:
                     return [
                         relayed_chunk(
                             text,
-                            choice.get("finish_reason"),
-                            _usage(usage) if usage else None,
                             obj.get("model"),
                             obj.get("id"),
                             payload,
+                            choice.get("finish_reason"),
+                            _usage(usage) if usage else None,
                         )
                     ]
                 return [
@@ -435,7 +435,7 @@ class Upstream:
                 ]
             if usage:
                 return [
-                    relayed_chunk("", None, _usage(usage), obj.get("model"), obj.get("id"), payload)
+                    relayed_chunk("", obj.get("model"), obj.get("id"), payload, None, _usage(usage))
                 ]
         except (AttributeError, TypeError, ValueError, KeyError) as exc:
             raise self._malformed("event in stream") from exc

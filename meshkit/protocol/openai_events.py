@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from .. import _json
-from .types import Chunk, relayed_text
+from .types import Chunk, relayed_chunk
 
 #: Bytes that end or escape a JSON string, or may not appear in one unescaped.
 _NOT_PLAIN = re.compile(rb'["\\\x00-\x1f]')
@@ -139,7 +139,7 @@ class Events:
         except UnicodeDecodeError:
             return None  # parsed, to be refused as a malformed event
         payload = data[self._before : size - self._after]
-        return relayed_text(text, self._model, self._id, payload)
+        return relayed_chunk(text, self._model, self._id, payload)
 
     def _learn(self, line: bytes, chunk: Chunk) -> None:
         """Take the template of ``line``, whose parse is the plain delta ``chunk``, if

@@ -230,7 +230,7 @@ class Chunk:
 #: How :meth:`Chunk.relaying` sets the one field that is not an ``__init__`` argument.
 _set = object.__setattr__
 
-# Each field's slot, set directly by :func:`relayed_text` (attrs' ``__init__`` sets
+# Each field's slot, set directly by :func:`relayed_chunk` (attrs' ``__init__`` sets
 # every slot through ``object.__setattr__``, by name, at twice the cost).
 _new = object.__new__
 _slot = vars(Chunk)
@@ -246,35 +246,19 @@ _logprobs = _slot["logprobs"].__set__
 _id = _slot["id"].__set__
 
 
-def relayed_text(text: str, model: str | None, id: str | None, raw: bytes) -> Chunk:
-    """``Chunk(text, model=model, id=id).relaying(raw)``, built at half the cost (the
-    relay of a plain text delta, once per chunk of a stream). It sets every field:
-    one added to :class:`Chunk` must be added here too (its tests compare the two)."""
-    chunk: Chunk = _new(Chunk)
-    _text(chunk, text)
-    _finish_reason(chunk, None)
-    _usage(chunk, None)
-    _model(chunk, model)
-    _meta(chunk, None)
-    _raw(chunk, raw)
-    _reasoning(chunk, "")
-    _tool_calls(chunk, ())
-    _logprobs(chunk, None)
-    _id(chunk, id)
-    return chunk
-
-
 def relayed_chunk(
     text: str,
-    finish_reason: str | None,
-    usage: Usage | None,
     model: str | None,
     id: str | None,
     raw: bytes,
+    finish_reason: str | None = None,
+    usage: Usage | None = None,
 ) -> Chunk:
-    """``Chunk(text, finish_reason, usage, model, id=id).relaying(raw)``, built as
-    :func:`relayed_text` builds its chunk (an upstream event with no reasoning, tool
-    call or logprobs: a stream's first text with its role, its finish, its usage)."""
+    """``Chunk(text, finish_reason, usage, model, id=id).relaying(raw)``, built at half
+    the cost: an upstream event with no reasoning, tool call or logprobs (a plain text
+    delta, once per chunk of a stream; a stream's first text with its role, its finish,
+    its usage). It sets every field: one added to :class:`Chunk` must be added here too
+    (its tests compare the two)."""
     chunk: Chunk = _new(Chunk)
     _text(chunk, text)
     _finish_reason(chunk, finish_reason)
