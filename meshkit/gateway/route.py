@@ -10,8 +10,8 @@ from ..errors import MeshError
 from ..graph.orchestrator import ServiceOrchestrator
 from ..nodes.base import MicroService, ServiceType
 
-#: The default model before it was looked up.
-_UNKNOWN = object()
+#: A value looked up once per route (its default model, its whole-answer path) before it was.
+UNSET = object()
 
 
 @attrs.define
@@ -31,9 +31,9 @@ class Route:
     prefix: str = ""
     model: str | None = None
     embeddings: MicroService | None = None
-    _default: str | object | None = attrs.field(default=_UNKNOWN, init=False, eq=False, repr=False)
+    _default: str | object | None = attrs.field(default=UNSET, init=False, eq=False, repr=False)
     #: The route's whole-answer path (:class:`meshkit.gateway.whole.Whole`), once looked up.
-    whole: object = attrs.field(default=_UNKNOWN, init=False, eq=False, repr=False)
+    whole: object = attrs.field(default=UNSET, init=False, eq=False, repr=False)
 
     @property
     def llms(self) -> list[MicroService]:
@@ -45,7 +45,7 @@ class Route:
         complete by the time it is first asked, when the app is built or at the first
         request)."""
         default = self._default
-        if default is _UNKNOWN:
+        if default is UNSET:
             default = self._default = self._find_default()
         return default  # type: ignore[return-value]
 

@@ -40,7 +40,7 @@ from ..protocol.streams import collect
 from ..protocol.types import ROLES, ChatRequest, ChunkStream, Completion, Usage
 from ..protocol.wire import new_id
 from .exchange import Answer, Exchange
-from .route import _UNKNOWN, Route
+from .route import UNSET, Route
 from .sink import stream_answer
 
 R = TypeVar("R")
@@ -183,7 +183,7 @@ class Whole:
     def of(cls, route: Route) -> Whole | None:
         """The route's path (looked up once, as its default model), None when it has none."""
         plan = route.whole
-        if plan is _UNKNOWN:
+        if plan is UNSET:
             plan = route.whole = cls._find(route)
         return plan  # type: ignore[return-value]
 
