@@ -22,7 +22,7 @@ from meshkit.client.pool import Connection, Pool
 from meshkit.errors import UpstreamConnectError, UpstreamError, UpstreamTimeout
 from meshkit.testing import serve_app
 
-from .conftest import free_port, until
+from .conftest import TcpServer, free_port, until
 
 Script = Callable[["Raw", asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -30,7 +30,7 @@ Script = Callable[["Raw", asyncio.StreamReader, asyncio.StreamWriter], Awaitable
 RECV_MAX = 256 * 1024
 
 
-class Raw:
+class Raw(TcpServer):
     """A raw TCP server on 127.0.0.1 that runs ``script`` for each connection.
 
     ``peers`` holds each connection's client port; ``eofs`` counts connections the
@@ -38,31 +38,12 @@ class Raw:
     """
 
     def __init__(self, script: Script) -> None:
+        super().__init__()
         self.script = script
         self.peers: list[int] = []
         self.eofs = 0
-        self.url = ""
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
-
-    async def __aenter__(self) -> Raw:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        port = self._server.sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
         self.peers.append(writer.get_extra_info("peername")[1])
         try:
             await self.script(self, reader, writer)
@@ -70,7 +51,6 @@ class Raw:
             pass
         finally:
             writer.close()
-            self._tasks.discard(task)
 
     async def wait_eof(self, reader: asyncio.StreamReader) -> None:
         """Wait until the client closes this connection (anything it sends is dropped)."""
@@ -83,13 +63,16 @@ async def request_head(reader: asyncio.StreamReader) -> bytes:
     return await reader.readuntil(b"\r\n\r\n")
 
 
-def answering(*parts: bytes, then_close: bool = False) -> Script:
-    """A script: read one request, write ``parts`` (draining each), then close or wait
-    for the client to close."""
+def answering(*parts: bytes | asyncio.Event, then_close: bool = False) -> Script:
+    """A script: read one request, write ``parts`` (draining each; at an event, wait until
+    it is set), then close or wait for the client to close."""
 
     async def script(raw: Raw, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await request_head(reader)
         for part in parts:
+            if isinstance(part, asyncio.Event):
+                await part.wait()
+                continue
             writer.write(part)
             await writer.drain()
         if not then_close:
@@ -154,6 +137,25 @@ async def pool() -> Any:
     made = Pool()
     yield made
     made.close()
+
+
+async def paused(pool: Pool, url: str) -> tuple[h1.Response, asyncio.Transport]:
+    """Send a request for a large body and read none of it: the answer and its
+    connection's transport, once the transport has paused."""
+    conn, response = await get(pool, url)
+    transport = conn.transport
+    assert transport is not None
+    await until(lambda: not transport.is_reading())
+    return response, transport
+
+
+def answer_body(body: bytes) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """An aiohttp handler answering ``body`` (a 200 with its length)."""
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(body=body)
+
+    return handler
 
 
 def app_with(**routes: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.Application:
@@ -289,10 +291,7 @@ class TestBodies:
             assert pool.idle == 1
 
     async def test_read_with_limit(self, pool: Pool) -> None:
-        async def fixed(request: web.Request) -> web.Response:
-            return web.Response(body=b"0123456789")
-
-        async with serve_app(app_with(fixed=fixed)) as url:
+        async with serve_app(app_with(fixed=answer_body(b"0123456789"))) as url:
             _, response = await get(pool, url + "/fixed")
             assert await response.read(4) == b"0123"
             response.close()
@@ -345,16 +344,9 @@ class TestBodies:
 
     async def test_one_mebibyte_read_whole(self, pool: Pool) -> None:
         big = random.Random(1).randbytes(1 << 20)
-
-        async def large(request: web.Request) -> web.Response:
-            return web.Response(body=big)
-
-        async with serve_app(app_with(large=large)) as url:
-            conn, response = await get(pool, url + "/large")
-            transport = conn.transport
-            assert transport is not None
+        async with serve_app(app_with(large=answer_body(big))) as url:
             # Nobody reads: the buffer passes READ_LIMIT and the socket is paused.
-            await until(lambda: not transport.is_reading())
+            response, transport = await paused(pool, url + "/large")
             assert h1.READ_LIMIT < response.buffered <= h1.READ_LIMIT + RECV_MAX
             body = await response.read()
             assert len(body) == len(big) and body == big
@@ -435,10 +427,7 @@ class TestPipe:
             assert pool.idle == 1
 
     async def test_pipe_after_the_end_ends_at_once(self, pool: Pool) -> None:
-        async def fixed(request: web.Request) -> web.Response:
-            return web.Response(body=b"all of it")
-
-        async with serve_app(app_with(fixed=fixed)) as url:
+        async with serve_app(app_with(fixed=answer_body(b"all of it"))) as url:
             _, response = await get(pool, url + "/fixed")
             await until(lambda: response.complete)
             rec = Recorder()
@@ -449,15 +438,8 @@ class TestPipe:
 
     async def test_pipe_resumes_a_paused_socket(self, pool: Pool) -> None:
         big = random.Random(2).randbytes(1 << 20)
-
-        async def large(request: web.Request) -> web.Response:
-            return web.Response(body=big)
-
-        async with serve_app(app_with(large=large)) as url:
-            conn, response = await get(pool, url + "/large")
-            transport = conn.transport
-            assert transport is not None
-            await until(lambda: not transport.is_reading())
+        async with serve_app(app_with(large=answer_body(big))) as url:
+            response, _ = await paused(pool, url + "/large")
             rec = Recorder()
             response.pipe(rec.on_data, rec.on_end)
             await until(lambda: bool(rec.ends))
@@ -534,14 +516,8 @@ class TestFailures:
             assert pool.in_use == 0 and pool.idle == 0
 
     async def test_closed_mid_body_ends_a_pipe_with_the_error(self, pool: Pool) -> None:
-        gate = asyncio.Event()
-
-        async def script(raw: Raw, reader: asyncio.StreamReader, writer: Any) -> None:
-            await request_head(reader)
-            writer.write(CHUNKED_HEAD + b"5\r\nhello\r\n")
-            await writer.drain()
-            await gate.wait()  # then the script ends: the server closes
-
+        gate = asyncio.Event()  # once set, the script ends: the server closes
+        script = answering(CHUNKED_HEAD + b"5\r\nhello\r\n", gate, then_close=True)
         async with Raw(script) as raw:
             _, response = await get(pool, raw.url)
             rec = Recorder()
@@ -594,15 +570,7 @@ class TestFailures:
 
     async def test_a_failing_on_data_breaks_the_body(self, pool: Pool) -> None:
         gate = asyncio.Event()
-
-        async def script(raw: Raw, reader: asyncio.StreamReader, writer: Any) -> None:
-            await request_head(reader)
-            writer.write(CHUNKED_HEAD + b"3\r\nabc\r\n")
-            await writer.drain()
-            await gate.wait()
-            writer.write(b"3\r\ndef\r\n")
-            await raw.wait_eof(reader)
-
+        script = answering(CHUNKED_HEAD + b"3\r\nabc\r\n", gate, b"3\r\ndef\r\n")
         async with Raw(script) as raw:
             _, response = await get(pool, raw.url)
             got: list[bytes] = []
@@ -624,15 +592,8 @@ class TestFailures:
 
     async def test_unasked_bytes_close_an_idle_connection(self, pool: Pool) -> None:
         gate = asyncio.Event()
-
-        async def script(raw: Raw, reader: asyncio.StreamReader, writer: Any) -> None:
-            await request_head(reader)
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-            await writer.drain()
-            await gate.wait()
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n??")
-            await raw.wait_eof(reader)
-
+        ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        script = answering(ok, gate, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n??")
         async with Raw(script) as raw:
             conn, response = await get(pool, raw.url)
             assert await response.read() == b"ok"
@@ -680,15 +641,8 @@ class TestInterim:
 
     async def test_early_hints_then_the_answer(self, pool: Pool) -> None:
         gate = asyncio.Event()
-
-        async def script(raw: Raw, reader: asyncio.StreamReader, writer: Any) -> None:
-            await request_head(reader)
-            writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n")
-            await writer.drain()
-            await gate.wait()
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")
-            await raw.wait_eof(reader)
-
+        hints = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n"
+        script = answering(hints, gate, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")
         async with Raw(script) as raw:
             conn = await connect(pool, raw.url)
             response = send(conn, raw.url)
@@ -898,11 +852,10 @@ class TestHttpClient:
     async def test_no_cycle_per_call(self) -> None:
         """A response read whole and given back leaves no reference cycle behind (the
         collector would otherwise find one, with its head and body, per call)."""
-
-        async def fixed(request: web.Request) -> web.Response:
-            return web.Response(body=b"0123456789")
-
-        async with serve_app(app_with(fixed=fixed)) as url, HttpClient() as client:
+        async with (
+            serve_app(app_with(fixed=answer_body(b"0123456789"))) as url,
+            HttpClient() as client,
+        ):
             gc.collect()
             gc.set_debug(gc.DEBUG_SAVEALL)
             try:
@@ -1009,10 +962,7 @@ class TestHttpClient:
             assert client.connections_in_use == 0
 
     async def test_total_timer_is_cancelled_on_release(self) -> None:
-        async def fixed(request: web.Request) -> web.Response:
-            return web.Response(body=b"done")
-
-        async with serve_app(app_with(fixed=fixed)) as url, HttpClient() as client:
+        async with serve_app(app_with(fixed=answer_body(b"done"))) as url, HttpClient() as client:
             response = await client.start(
                 "GET", url + "/fixed", service="llm", timeouts=Timeouts(total=30)
             )

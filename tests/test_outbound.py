@@ -25,7 +25,7 @@ from meshkit.gateway.app import ADMISSION
 from meshkit.spec import loads
 from meshkit.testing import FakeLLM, serve_app
 
-from .conftest import free_port, until
+from .conftest import TcpServer, free_port, until
 from .test_resilience import CHAT, llm_of, mesh_text, ndjson, settled, sse_events, start
 
 PATHS = {"openai": "/v1/chat/completions", "ollama": "/api/chat"}
@@ -34,7 +34,7 @@ PATHS = {"openai": "/v1/chat/completions", "ollama": "/api/chat"}
 # -- an upstream whose idle connections go stale ------------------------------------------
 
 
-class StaleRelay:
+class StaleRelay(TcpServer):
     """A TCP relay in front of ``target`` that drops every reused connection.
 
     Each connection carries one request: once the upstream has answered anything on
@@ -44,31 +44,13 @@ class StaleRelay:
     """
 
     def __init__(self, target: str) -> None:
+        super().__init__()
         self.host, port = target.removeprefix("http://").rsplit(":", 1)
         self.port = int(port)
         self.dropped = 0
         self.connections = 0
-        self.url = ""
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
-
-    async def __aenter__(self) -> StaleRelay:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
         self.connections += 1
         up_reader, up_writer = await asyncio.open_connection(self.host, self.port)
         answered = asyncio.Event()
@@ -95,7 +77,6 @@ class StaleRelay:
             await asyncio.gather(relay_down, return_exceptions=True)
             up_writer.close()
             writer.close()
-            self._tasks.discard(task)
 
 
 @pytest.fixture

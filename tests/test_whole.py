@@ -13,28 +13,22 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-import attrs
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 from structlog.testing import capture_logs
 
 from meshkit import App
-from meshkit.client.retry import RetryPolicy
 from meshkit.gateway.fastpath import GATE
 from meshkit.gateway.whole import Whole
-from meshkit.nodes.base import Context, MicroService
 from meshkit.nodes.llm import RemoteLLM
 
+from . import whole_kit as kit
 from .conftest import SERVER_KWARGS, LeanTestServer
-from .test_metrics import parse
-
-MODEL = "llama3.2:1b"
-USER = {"role": "user", "content": "hi"}
+from .whole_kit import INTAKES, MODEL, USER, GeneralLLM
 
 #: Request bodies: plain ones first, then every kind the general path must take.
 REQUESTS: dict[str, Any] = {
@@ -153,100 +147,41 @@ PLAIN_ANSWERS = ("text", "no-usage", "no-model", "length", "null-finish", "null-
 PLAIN_ANSWERS += ("more-fields", "usage-not-object")
 
 
-class GeneralLLM(RemoteLLM):
-    """A RemoteLLM subclass: the route takes the general path (a subclass may override
-    ``process``, so the whole-answer path leaves it alone)."""
-
-
-@attrs.define
-class Upstream:
+class Upstream(kit.ScriptedUpstream):
     """The scripted upstream: answers by the request id's answer name, keeps what came."""
 
-    url: str = ""
-    received: list[tuple[str, bytes, dict[str, str]]] = attrs.field(factory=list)
-    fail_first: set[str] = attrs.field(factory=set)
-    fail_always: set[str] = attrs.field(factory=set)
-
     async def chat(self, request: web.Request) -> web.Response:
-        rid = request.headers["X-Request-ID"]
-        body = await request.read()
-        kept = {k: v for k, v in request.headers.items() if k.lower().startswith("x-")}
-        self.received.append((rid, body, kept))
-        if rid in self.fail_first or rid in self.fail_always:  # a retryable failure
-            self.fail_first.discard(rid)
-            return web.json_response({"error": "busy"}, status=503)
+        rid, refused = await self.arrived(request)
+        if refused is not None:
+            return refused
         shape = ANSWERS[rid.split("|")[1]]
         data = shape if isinstance(shape, bytes) else json.dumps(shape).encode()
         return web.Response(body=data, content_type="application/json")
-
-    async def models(self, request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": MODEL}]})
 
 
 @pytest.fixture
 async def upstream() -> AsyncIterator[Upstream]:
     """The scripted upstream, served on a free port."""
-    up = Upstream()
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", up.chat)
-    app.router.add_get("/v1/models", up.models)
-    server = TestServer(app)
-    await server.start_server()
-    up.url = str(server.make_url("")).rstrip("/")
-    try:
+    async with Upstream().serve() as up:
         yield up
-    finally:
-        await server.close()
 
 
-class Canned(MicroService):
-    """A fallback node answering with fixed text (not a Completion)."""
-
-    async def process(self, data: Any, ctx: Context) -> str:
-        return "canned answer"
-
-
-@pytest.fixture(params=["lean", "aiohttp"])
+@pytest.fixture(params=INTAKES)
 async def gateways(
     upstream: Upstream, request: pytest.FixtureRequest
 ) -> AsyncIterator[dict[str, str]]:
     """``fast`` (a RemoteLLM route) and ``general`` (a GeneralLLM route), on either intake;
     both fall back to a :class:`Canned` node."""
-    made: dict[str, str] = {}
-    servers = []
-    serving = LeanTestServer if request.param == "lean" else TestServer
-    for name, kind in (("fast", RemoteLLM), ("general", GeneralLLM)):
-        llm = kind(
-            "llm",
-            endpoint=upstream.url,
-            model=MODEL,
-            health_interval=0,
-            retry=RetryPolicy(retries=1, base=0.01, jitter=0.01),
-            fallback=Canned("canned"),
-        )
-        app = App().mount(llm)
-        server = serving(app.application(), **SERVER_KWARGS)
-        await server.start_server()
-        servers.append(server)
-        made[name] = str(server.make_url("")).rstrip("/")
-    try:
-        yield made
-    finally:
-        for server in servers:
-            await server.close()
+    async with kit.fast_and_general(upstream.url, request.param) as made:
+        yield {name: url for name, (url, _) in made.items()}
 
 
-@attrs.define
-class Reply:
+class Reply(kit.Reply):
     """One answer as the caller got it."""
-
-    status: int
-    headers: dict[str, str]
-    body: bytes
 
     def same(self) -> tuple[int, dict[str, str], Any]:
         """What must be equal between the paths (the answer's id and clock apart)."""
-        headers = {k: v for k, v in self.headers.items() if k not in ("Date", "Content-Length")}
+        headers = self.kept_headers()
         try:
             obj = json.loads(self.body)
         except ValueError:
@@ -259,13 +194,7 @@ class Reply:
 
 async def post(session: aiohttp.ClientSession, url: str, body: Any, rid: str) -> Reply:
     """POST ``body`` (JSON unless bytes) to the chat endpoint as request ``rid``."""
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    async with session.post(
-        url + "/v1/chat/completions",
-        data=data,
-        headers={"Content-Type": "application/json", "X-Request-ID": rid},
-    ) as resp:
-        return Reply(resp.status, dict(resp.headers), await resp.read())
+    return Reply(*await kit.send(session, url, body, rid))
 
 
 def access(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -277,29 +206,6 @@ def access(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def counters(text: str) -> dict[Any, float]:
-    """Every counter and histogram count of a ``/metrics`` page (no durations)."""
-    return {
-        key: v
-        for key, v in parse(text).items()
-        if not key[0].endswith(("_sum", "_bucket", "_created")) and "in_flight" not in key[0]
-    }
-
-
-async def run_all(
-    gateways: dict[str, str], rid: Callable[[str, str], str]
-) -> dict[str, dict[tuple[str, str], Reply]]:
-    """Every request shape with every answer shape, through each gateway."""
-    replies: dict[str, dict[tuple[str, str], Reply]] = {"fast": {}, "general": {}}
-    async with aiohttp.ClientSession() as session:
-        for req in REQUESTS:
-            for ans in ANSWERS:
-                for name, url in gateways.items():
-                    reply = await post(session, url, REQUESTS[req], rid(req, ans))
-                    replies[name][req, ans] = reply
-    return replies
-
-
 class TestSameAnswers:
     """The same requests through the whole-answer and the general path."""
 
@@ -307,20 +213,14 @@ class TestSameAnswers:
         self, gateways: dict[str, str], upstream: Upstream
     ) -> None:
         """Equal status, headers, body and upstream request, for every pair of shapes."""
-        logs: dict[str, list[dict[str, Any]]] = {}
         with capture_logs() as captured:
-            replies = await run_all(gateways, lambda req, ans: f"{req}|{ans}")
-        for line in captured:
-            if line["event"] == "meshkit.request":
-                logs.setdefault(line["request_id"], []).append(line)
+            replies = await kit.run_all(gateways, REQUESTS, ANSWERS, post)
+        logs = kit.logged(captured)
         for key, fast in replies["fast"].items():
             general = replies["general"][key]
             assert fast.same() == general.same(), key
         # What the upstream got, by request: the two gateways' calls byte for byte.
-        calls: dict[str, list[tuple[bytes, dict[str, str]]]] = {}
-        for rid, body, headers in upstream.received:
-            calls.setdefault(rid, []).append((body, headers))
-        for rid, pair in calls.items():
+        for rid, pair in upstream.calls().items():
             assert len(pair) == 2 and pair[0] == pair[1], rid
         for rid, lines in logs.items():
             assert len(lines) == 2 and access(lines[:1]) == access(lines[1:]), rid
@@ -357,24 +257,12 @@ class TestSameAnswers:
 
     async def test_metrics_equal(self, upstream: Upstream) -> None:
         """The same counters (requests, tokens, upstream calls, node runs) on both paths."""
-        pages = []
-        for kind in (RemoteLLM, GeneralLLM):
-            app = App().mount(kind("llm", endpoint=upstream.url, model=MODEL, health_interval=0))
-            server = LeanTestServer(app.application(), **SERVER_KWARGS)
-            await server.start_server()
-            try:
-                url = str(server.make_url("")).rstrip("/")
-                async with aiohttp.ClientSession() as session:
-                    for req in ("plain", "turns", "tools", "n2"):
-                        for ans in ("text", "no-usage", "reasoning", "not-json"):
-                            await post(session, url, REQUESTS[req], f"{req}|{ans}")
-                    async with session.get(url + "/metrics") as resp:
-                        assert resp.status == 200
-                        pages.append(counters(await resp.text()))
-            finally:
-                await server.close()
-        assert pages[0] == pages[1]
-        assert any(k[0] == "meshkit_tokens_total" for k in pages[0])
+        await kit.assert_metrics_equal(
+            upstream.url,
+            REQUESTS,
+            ("plain", "turns", "tools", "n2"),
+            ("text", "no-usage", "reasoning", "not-json"),
+        )
 
     async def test_retry_after_a_failed_first_try(
         self, gateways: dict[str, str], upstream: Upstream

@@ -15,25 +15,23 @@ import asyncio
 import json
 import re
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import aiohttp
-import attrs
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 from structlog.testing import capture_logs
 
 from meshkit import App
-from meshkit.client.retry import RetryPolicy
 from meshkit.gateway.fastpath import GATE
 from meshkit.gateway.whole import Whole
 from meshkit.nodes.llm import RemoteLLM
 from meshkit.testing import FakeLLM
 
+from . import whole_kit as kit
 from .conftest import SERVER_KWARGS, LeanTestServer
-from .test_whole import MODEL, USER, Canned, GeneralLLM, counters
+from .whole_kit import INTAKES, MODEL, USER, Canned, GeneralLLM
 
 #: Streamed request bodies: plain ones first, then every kind the general path takes.
 REQUESTS: dict[str, Any] = {
@@ -126,25 +124,19 @@ STREAMS: dict[str, list[bytes]] = {
 }
 
 
-@attrs.define
-class Upstream:
+class Upstream(kit.ScriptedUpstream):
     """The scripted upstream: streams by the request id's stream name, keeps what came."""
 
-    url: str = ""
-    received: list[tuple[str, bytes, dict[str, str]]] = attrs.field(factory=list)
-    fail_first: set[str] = attrs.field(factory=set)
-    fail_always: set[str] = attrs.field(factory=set)
-
-    async def chat(self, request: web.Request) -> web.StreamResponse:
-        rid = request.headers["X-Request-ID"]
-        body = await request.read()
-        kept = {k: v for k, v in request.headers.items() if k.lower().startswith("x-")}
+    def kept(self, headers: Mapping[str, str]) -> dict[str, str]:
+        kept = super().kept(headers)
         if "X-Meshkit-Deadline-Ms" in kept:  # (the budget left differs by a few ms)
             kept["X-Meshkit-Deadline-Ms"] = "set"
-        self.received.append((rid, body, kept))
-        if rid in self.fail_first or rid in self.fail_always:  # a retryable failure
-            self.fail_first.discard(rid)
-            return web.json_response({"error": "busy"}, status=503)
+        return kept
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        rid, refused = await self.arrived(request)
+        if refused is not None:
+            return refused
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         for piece in STREAMS[rid.split("|")[1]]:
@@ -153,54 +145,22 @@ class Upstream:
         await response.write_eof()
         return response
 
-    async def models(self, request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": MODEL}]})
-
 
 @pytest.fixture
 async def upstream() -> AsyncIterator[Upstream]:
     """The scripted upstream, served on a free port."""
-    up = Upstream()
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", up.chat)
-    app.router.add_get("/v1/models", up.models)
-    server = TestServer(app)
-    await server.start_server()
-    up.url = str(server.make_url("")).rstrip("/")
-    try:
+    async with Upstream().serve() as up:
         yield up
-    finally:
-        await server.close()
 
 
-@pytest.fixture(params=["lean", "aiohttp"])
+@pytest.fixture(params=INTAKES)
 async def gateways(
     upstream: Upstream, request: pytest.FixtureRequest
 ) -> AsyncIterator[dict[str, tuple[str, web.Application]]]:
     """``fast`` (a RemoteLLM route) and ``general`` (a GeneralLLM route), on either intake;
     both fall back to a :class:`Canned` node."""
-    made: dict[str, tuple[str, web.Application]] = {}
-    servers = []
-    serving = LeanTestServer if request.param == "lean" else TestServer
-    for name, kind in (("fast", RemoteLLM), ("general", GeneralLLM)):
-        llm = kind(
-            "llm",
-            endpoint=upstream.url,
-            model=MODEL,
-            health_interval=0,
-            retry=RetryPolicy(retries=1, base=0.01, jitter=0.01),
-            fallback=Canned("canned"),
-        )
-        application = App().mount(llm).application()
-        server = serving(application, **SERVER_KWARGS)
-        await server.start_server()
-        servers.append(server)
-        made[name] = (str(server.make_url("")).rstrip("/"), application)
-    try:
+    async with kit.fast_and_general(upstream.url, request.param) as made:
         yield made
-    finally:
-        for server in servers:
-            await server.close()
 
 
 def whole_of(application: web.Application) -> Whole | None:
@@ -241,17 +201,12 @@ def events(body: bytes) -> list[Any]:
     return out
 
 
-@attrs.define
-class Reply:
+class Reply(kit.Reply):
     """One answer as the caller got it."""
-
-    status: int
-    headers: dict[str, str]
-    body: bytes
 
     def same(self) -> tuple[int, dict[str, str], Any]:
         """What must be equal between the paths."""
-        headers = {k: v for k, v in self.headers.items() if k not in ("Date", "Content-Length")}
+        headers = self.kept_headers()
         if self.headers.get("Content-Type", "").startswith("text/event-stream"):
             return self.status, headers, events(self.body)
         return self.status, headers, json.loads(self.body)
@@ -261,28 +216,7 @@ async def post(
     session: aiohttp.ClientSession, url: str, body: Any, rid: str, **headers: str
 ) -> Reply:
     """POST ``body`` to the chat endpoint as request ``rid``."""
-    async with session.post(
-        url + "/v1/chat/completions",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json", "X-Request-ID": rid, **headers},
-    ) as resp:
-        return Reply(resp.status, dict(resp.headers), await resp.read())
-
-
-async def run_all(
-    gateways: dict[str, tuple[str, web.Application]],
-    rid: Callable[[str, str], str],
-    **headers: str,
-) -> dict[str, dict[tuple[str, str], Reply]]:
-    """Every request shape with every stream shape, through each gateway."""
-    replies: dict[str, dict[tuple[str, str], Reply]] = {"fast": {}, "general": {}}
-    async with aiohttp.ClientSession() as session:
-        for req in REQUESTS:
-            for shape in STREAMS:
-                for name, (url, _) in gateways.items():
-                    reply = await post(session, url, REQUESTS[req], rid(req, shape), **headers)
-                    replies[name][req, shape] = reply
-    return replies
+    return Reply(*await kit.send(session, url, body, rid, **headers))
 
 
 class TestSameStreams:
@@ -297,18 +231,13 @@ class TestSameStreams:
     ) -> None:
         """Equal status, headers, events, upstream request and access line for every pair."""
         headers = {} if deadline is None else {"X-Meshkit-Deadline-Ms": deadline}
-        logs: dict[str, list[dict[str, Any]]] = {}
+        urls = {name: url for name, (url, _) in gateways.items()}
         with capture_logs() as captured:
-            replies = await run_all(gateways, lambda req, shape: f"{req}|{shape}", **headers)
-        for line in captured:
-            if line["event"] == "meshkit.request":
-                logs.setdefault(line["request_id"], []).append(line)
+            replies = await kit.run_all(urls, REQUESTS, STREAMS, post, **headers)
+        logs = kit.logged(captured)
         for key, fast in replies["fast"].items():
             assert fast.same() == replies["general"][key].same(), key
-        calls: dict[str, list[tuple[bytes, dict[str, str]]]] = {}
-        for rid, body, kept in upstream.received:
-            calls.setdefault(rid, []).append((body, kept))
-        for rid, pair in calls.items():
+        for rid, pair in upstream.calls().items():
             assert len(pair) == 2 and pair[0] == pair[1], rid
         for rid, lines in logs.items():
             assert len(lines) == 2 and access(lines[:1]) == access(lines[1:]), rid
@@ -344,24 +273,12 @@ class TestSameStreams:
 
     async def test_metrics_equal(self, upstream: Upstream) -> None:
         """The same counters (requests, streams, tokens, upstream calls, node runs)."""
-        pages = []
-        for kind in (RemoteLLM, GeneralLLM):
-            app = App().mount(kind("llm", endpoint=upstream.url, model=MODEL, health_interval=0))
-            server = LeanTestServer(app.application(), **SERVER_KWARGS)
-            await server.start_server()
-            try:
-                url = str(server.make_url("")).rstrip("/")
-                async with aiohttp.ClientSession() as session:
-                    for req in ("plain", "turns", "include-usage", "stream-int"):
-                        for shape in ("text", "tool-call", "error-event", "no-events"):
-                            await post(session, url, REQUESTS[req], f"{req}|{shape}")
-                    async with session.get(url + "/metrics") as resp:
-                        assert resp.status == 200
-                        pages.append(counters(await resp.text()))
-            finally:
-                await server.close()
-        assert pages[0] == pages[1]
-        assert any(k[0] == "meshkit_tokens_total" for k in pages[0])
+        await kit.assert_metrics_equal(
+            upstream.url,
+            REQUESTS,
+            ("plain", "turns", "include-usage", "stream-int"),
+            ("text", "tool-call", "error-event", "no-events"),
+        )
 
     async def test_retry_after_a_failed_first_try(
         self, gateways: dict[str, tuple[str, web.Application]], upstream: Upstream
