@@ -360,13 +360,8 @@ class Response:
     async def readany(self) -> bytes:
         """The body bytes that arrived since the last read (waiting for some); b"" at the end."""
         while True:
-            if self._buffer:
-                data = self._buffer[0] if len(self._buffer) == 1 else b"".join(self._buffer)
-                self._buffer.clear()
-                self._size = 0
-                if self._paused:
-                    self._paused = False
-                    self._conn.resume_reading()
+            data = self.take()
+            if data is not None:
                 return data
             if self._error is not None:
                 raise self._error
